@@ -1,0 +1,14 @@
+//! Front ends and ONNX encoders of avlm, free of any transport or LLM code:
+//! plain media value types, the ONNX Runtime set-up, Silero voice activity
+//! and the endpointer that turns speech probabilities into segments.
+
+pub mod endpoint;
+pub mod error;
+pub mod media;
+pub mod runtime;
+pub mod vad;
+
+pub use endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
+pub use error::EncoderError;
+pub use media::{Frame, Pcm};
+pub use vad::{SileroVad, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE};

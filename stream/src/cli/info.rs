@@ -1,0 +1,35 @@
+//! `avlm info`: ask a server what it runs.
+
+use avlm_proto as pb;
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Server URL.
+    #[arg(long, env = "AVLM_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
+    let mut client = avlm_stream::client::connect(&args.server).await?;
+    let info = client.get_info(pb::GetInfoRequest {}).await?.into_inner();
+    println!("avlm {} at {}", info.version, args.server);
+    println!(
+        "sessions: {} active of {}",
+        info.active_sessions, info.max_sessions
+    );
+    println!("max message: {} bytes", info.max_message_bytes);
+    let tasks: Vec<String> = info
+        .tasks
+        .iter()
+        .map(|t| {
+            pb::Task::try_from(*t)
+                .map(|t| t.as_str_name().to_string())
+                .unwrap_or_else(|_| t.to_string())
+        })
+        .collect();
+    println!("tasks: {}", tasks.join(", "));
+    for m in info.models {
+        println!("model {}: vad {}", m.name, m.vad);
+    }
+    Ok(())
+}

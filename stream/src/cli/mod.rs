@@ -1,0 +1,85 @@
+//! Command-line parsing and dispatch for the `avlm` binary.
+
+mod info;
+mod paths;
+mod print;
+mod serve;
+mod stream;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// avlm: a live audio-visual language-model server. Send video and audio over
+/// a gRPC stream as it is captured; get speech segments, transcripts and
+/// captions back while the person is still talking.
+#[derive(Debug, Parser)]
+#[command(name = "avlm", version, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "AVLM_LOG_JSON")]
+    log_json: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "avlm_stream=debug".
+    #[arg(
+        long,
+        global = true,
+        env = "AVLM_LOG",
+        default_value = "warn,avlm_stream=info"
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(serve::ServeArgs),
+    /// Stream a file, stdin or any FFmpeg input to a server and print events live.
+    Stream(stream::StreamArgs),
+    /// Print a server's version, models and limits.
+    Info(info::InfoArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await.map(|_| 0),
+            Command::Stream(args) => stream::run(args).await,
+            Command::Info(args) => info::run(args).await.map(|_| 0),
+        }
+    });
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,61 @@
+//! `avlm serve`: load the models and serve gRPC until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use avlm_stream::config::{ServerConfig, SessionDefaults};
+
+use super::paths;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "AVLM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Most concurrent sessions; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AVLM_MAX_SESSIONS", default_value_t = 16)]
+    pub max_sessions: usize,
+    /// Largest client message in bytes; larger ones end the stream with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AVLM_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Where the runtime files are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// ONNX Runtime shared library [default: .avlm/lib/libonnxruntime.so.1.31.1].
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_lib: Option<PathBuf>,
+    /// Silero VAD ONNX model [default: .avlm/models/silero_vad.onnx].
+    #[arg(long, env = "AVLM_VAD_MODEL")]
+    pub vad_model: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    pub fn server_config(&self, max_sessions: usize, max_message_bytes: usize) -> ServerConfig {
+        ServerConfig {
+            ort_lib: paths::resolve(self.ort_lib.clone(), "lib/libonnxruntime.so.1.31.1"),
+            vad_model: paths::resolve(self.vad_model.clone(), "models/silero_vad.onnx"),
+            max_sessions,
+            max_message_bytes,
+            pipe_bytes: 1 << 20,
+            defaults: SessionDefaults::default(),
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args
+        .runtime
+        .server_config(args.max_sessions, args.max_message_bytes);
+    let server = avlm_stream::server::start(config, args.listen).await?;
+    eprintln!("avlm serving on {} (Ctrl-C to stop)", server.url());
+    server
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down");
+        })
+        .await
+}

@@ -1,0 +1,190 @@
+//! `avlm stream`: send media to a server and print its events live.
+
+use std::io::Write;
+
+use avlm_proto as pb;
+use avlm_stream::client::{self, ClientError, SendOptions, Source};
+
+use super::print;
+use super::serve::RuntimeArgs;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TaskArg {
+    Segments,
+    Transcribe,
+    Caption,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModalitiesArg {
+    Audio,
+    Video,
+    Av,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PcmArg {
+    S16le,
+    F32le,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StreamArgs {
+    /// A media file, `-` for stdin, or any FFmpeg input (URL, device; see --format).
+    pub input: String,
+    /// Server URL; without it a server is started in this process.
+    #[arg(long, env = "AVLM_SERVER")]
+    pub server: Option<String>,
+    /// What the server should do with the media.
+    #[arg(long, value_enum, default_value = "segments")]
+    pub task: TaskArg,
+    /// Which streams of the media to use.
+    #[arg(long, value_enum, default_value = "audio")]
+    pub modalities: ModalitiesArg,
+    /// Send at the media's own pace (as a live capture would) instead of as fast as the server takes it.
+    #[arg(long)]
+    pub realtime: bool,
+    /// Bytes per MediaChunk message.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub chunk_bytes: usize,
+    /// Print one JSON object per line per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Open INPUT with this FFmpeg input format (e.g. lavfi, v4l2, alsa) and re-mux it here.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Send the input's bytes unchanged even if it cannot stream (for testing servers).
+    #[arg(long)]
+    pub as_is: bool,
+    /// Demuxer the server should use (e.g. webm, mpegts); probed when absent.
+    #[arg(long)]
+    pub format_hint: Option<String>,
+    /// INPUT is headerless PCM in this sample format.
+    #[arg(long, value_enum)]
+    pub pcm: Option<PcmArg>,
+    /// Sample rate of --pcm input.
+    #[arg(long, default_value_t = 16_000)]
+    pub pcm_rate: u32,
+    /// Channels of --pcm input.
+    #[arg(long, default_value_t = 1)]
+    pub pcm_channels: u32,
+    /// Speech probability that opens a segment (0-1).
+    #[arg(long)]
+    pub vad_threshold: Option<f32>,
+    /// Trailing silence that closes a segment, in ms.
+    #[arg(long)]
+    pub min_silence_ms: Option<u32>,
+    /// Shortest speech reported, in ms.
+    #[arg(long)]
+    pub min_speech_ms: Option<u32>,
+    /// Audio kept before a detected onset, in ms.
+    #[arg(long)]
+    pub pre_roll_ms: Option<u32>,
+    /// Longest segment before it is split, in ms.
+    #[arg(long)]
+    pub max_segment_ms: Option<u32>,
+    /// Media time between Stats messages, in ms (0: only at the end).
+    #[arg(long)]
+    pub stats_interval_ms: Option<u32>,
+    /// Model name (the server's default when absent).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl StreamArgs {
+    fn config(&self) -> pb::StreamConfig {
+        let input = match self.pcm {
+            Some(fmt) => pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+                sample_format: match fmt {
+                    PcmArg::S16le => pb::SampleFormat::S16le,
+                    PcmArg::F32le => pb::SampleFormat::F32le,
+                } as i32,
+                sample_rate: self.pcm_rate,
+                channels: self.pcm_channels,
+            }),
+            None => pb::stream_config::Input::Container(pb::ContainerInput {
+                format_hint: self.format_hint.clone().unwrap_or_default(),
+            }),
+        };
+        pb::StreamConfig {
+            task: match self.task {
+                TaskArg::Segments => pb::Task::Segments,
+                TaskArg::Transcribe => pb::Task::Transcribe,
+                TaskArg::Caption => pb::Task::Caption,
+            } as i32,
+            modalities: match self.modalities {
+                ModalitiesArg::Audio => pb::Modalities::Audio,
+                ModalitiesArg::Video => pb::Modalities::Video,
+                ModalitiesArg::Av => pb::Modalities::AudioVideo,
+            } as i32,
+            input: Some(input),
+            options: Some(pb::StreamOptions {
+                vad_threshold: self.vad_threshold,
+                min_silence_ms: self.min_silence_ms,
+                min_speech_ms: self.min_speech_ms,
+                pre_roll_ms: self.pre_roll_ms,
+                max_segment_ms: self.max_segment_ms,
+                stats_interval_ms: self.stats_interval_ms,
+                model: self.model.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Returns the process exit code: 0 when the server ended the stream with OK.
+pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
+    let source = if args.pcm.is_some() || args.as_is {
+        match args.input.as_str() {
+            "-" => Source::Stdin,
+            path => Source::File(path.into()),
+        }
+    } else {
+        Source::detect(&args.input, args.format.clone())
+    };
+    let (url, local) = match &args.server {
+        Some(url) => (url.clone(), None),
+        None => {
+            let config = args.runtime.server_config(4, 4 << 20);
+            let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
+            (server.url(), Some(server))
+        }
+    };
+    let send = SendOptions {
+        chunk_bytes: args.chunk_bytes,
+        realtime: args.realtime,
+    };
+    let json = args.json;
+    let stdout = std::io::stdout();
+    let result = client::stream(&url, args.config(), source, send, |msg| {
+        let mut out = stdout.lock();
+        let _ = if json {
+            writeln!(out, "{}", print::to_json(msg)).and_then(|_| out.flush())
+        } else {
+            print::human(&mut out, msg)
+        };
+    })
+    .await;
+    if let Some(server) = local {
+        server.shutdown().await?;
+    }
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            if json {
+                let (code, message) = match &e {
+                    ClientError::Status(s) => (format!("{:?}", s.code()), s.message().to_string()),
+                    other => ("Client".to_string(), other.to_string()),
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "error", "code": code, "message": message})
+                );
+            }
+            eprintln!("error: {e}");
+            Ok(e.exit_code())
+        }
+    }
+}

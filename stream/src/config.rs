@@ -1,0 +1,65 @@
+//! Server settings and the defaults a session starts from.
+
+use std::path::PathBuf;
+
+/// Session defaults the server applies to options a client leaves unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDefaults {
+    pub vad_threshold: f32,
+    pub min_silence_ms: u32,
+    pub min_speech_ms: u32,
+    pub pre_roll_ms: u32,
+    pub max_segment_ms: u32,
+    pub video_fps: f32,
+    pub video_width: u32,
+    pub video_height: u32,
+    pub stats_interval_ms: u32,
+}
+
+impl Default for SessionDefaults {
+    fn default() -> Self {
+        SessionDefaults {
+            vad_threshold: 0.5,
+            min_silence_ms: 500,
+            min_speech_ms: 250,
+            pre_roll_ms: 100,
+            max_segment_ms: 30_000,
+            video_fps: 25.0,
+            video_width: 224,
+            video_height: 224,
+            stats_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Everything `avlm serve` needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// ONNX Runtime shared library.
+    pub ort_lib: PathBuf,
+    /// Silero VAD ONNX model.
+    pub vad_model: PathBuf,
+    /// Concurrent sessions; more are refused with RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// Largest client message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Bytes a session may hold between the connection and its decoder.
+    pub pipe_bytes: usize,
+    pub defaults: SessionDefaults,
+}
+
+impl ServerConfig {
+    /// A configuration with the project-local runtime files found from `root`
+    /// (where tools/setup.sh puts them).
+    pub fn with_runtime_in(root: &std::path::Path) -> Self {
+        let state = root.join(".avlm");
+        ServerConfig {
+            ort_lib: state.join("lib/libonnxruntime.so.1.31.1"),
+            vad_model: state.join("models/silero_vad.onnx"),
+            max_sessions: 16,
+            max_message_bytes: 4 << 20,
+            pipe_bytes: 1 << 20,
+            defaults: SessionDefaults::default(),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! avlm's streaming server: media ingest with FFmpeg, live sessions, the gRPC
+//! service, the client, and the `avlm` command's subcommands.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod media;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod state;

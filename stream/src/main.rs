@@ -1,0 +1,7 @@
+//! The `avlm` command: serve, stream, info.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,393 @@
+//! Demuxing and decoding container bytes as they arrive, with FFmpeg reading
+//! from the session's byte pipe through custom I/O.
+
+use std::sync::atomic::Ordering;
+use std::sync::Once;
+use std::time::Instant;
+
+use ffmpeg::format::context::StreamIo;
+use ffmpeg::media::Type as MediaType;
+use ffmpeg::{codec, frame, Dictionary, Packet, Rational};
+use ffmpeg_next as ffmpeg;
+
+use super::pipe::{PipeAbort, PipeRead, PipeReader};
+use super::resample::ToMono16k;
+use super::video::{RateGate, VideoConverter};
+use super::{DecodeSpec, MediaError, MediaItem, MediaSink, AUDIO_RATE};
+use avlm_encoders::Pcm;
+
+/// FFmpeg's I/O buffer: small, so live streams are not held back waiting to fill it.
+const IO_BUFFER: usize = 4096;
+/// Consecutive packets that fail to decode before the stream is rejected.
+const MAX_BAD_PACKETS: u32 = 64;
+
+static INIT: Once = Once::new();
+
+pub fn init_ffmpeg() -> Result<(), MediaError> {
+    let mut result = Ok(());
+    INIT.call_once(|| {
+        if let Err(e) = ffmpeg::init() {
+            result = Err(MediaError::Internal(format!(
+                "FFmpeg failed to initialise: {e}"
+            )));
+        }
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    });
+    result
+}
+
+/// Media times on one timeline starting at the stream's first timestamp.
+struct Clock {
+    origin: Option<f64>,
+}
+
+impl Clock {
+    fn seconds(&mut self, ts: Option<i64>, base: Rational) -> Option<f64> {
+        let ts = ts?;
+        let s = ts as f64 * f64::from(base);
+        let origin = *self.origin.get_or_insert(s);
+        Some(s - origin)
+    }
+}
+
+/// Continuous 16 kHz audio timeline: samples are counted, and a gap in the
+/// source's timestamps is filled with silence so times stay right.
+struct AudioTimeline {
+    start_s: Option<f64>,
+    emitted: u64,
+}
+
+impl AudioTimeline {
+    fn now(&self) -> f64 {
+        self.start_s.unwrap_or(0.0) + self.emitted as f64 / f64::from(AUDIO_RATE)
+    }
+}
+
+pub fn decode(
+    spec: &DecodeSpec,
+    format_hint: Option<&str>,
+    reader: PipeReader,
+    sink: MediaSink,
+) -> Result<(), MediaError> {
+    let abort: PipeAbort = reader_abort(&reader);
+    let flush_sink = sink.clone();
+    let read = PipeRead {
+        reader,
+        on_flush: move || {
+            let _ = flush_sink.send(MediaItem::Flush);
+        },
+    };
+    let io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
+        .map_err(|e| MediaError::Internal(format!("cannot set up FFmpeg I/O: {e}")))?;
+    let mut options = Dictionary::new();
+    if let Some(hint) = format_hint {
+        options.set("format_whitelist", hint);
+    }
+    // Live input: don't sit on seconds of media before the first output.
+    options.set("analyzeduration", "1000000");
+    options.set("probesize", "262144");
+    let interrupt_abort = abort.clone();
+    let opened =
+        ffmpeg::format::input_from_stream_with_interrupt(io, None, Some(options), move || {
+            interrupt_abort.is_aborted()
+        });
+    let mut input = match opened {
+        Ok(input) => input,
+        Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
+        Err(e) => {
+            let what = match format_hint {
+                Some(h) => format!(" as {h:?}"),
+                None => String::new(),
+            };
+            return Err(MediaError::Undecodable(format!(
+                "FFmpeg cannot open the media{what}: {e}"
+            )));
+        }
+    };
+    let container = input.format().name().to_string();
+
+    let audio_stream = input.streams().best(MediaType::Audio).map(|s| s.index());
+    let video_stream = input.streams().best(MediaType::Video).map(|s| s.index());
+    if spec.audio && audio_stream.is_none() {
+        return Err(MediaError::MissingStream(format!(
+            "the media ({container}) has no audio stream, but the session asked for audio"
+        )));
+    }
+    if spec.video.is_some() && video_stream.is_none() {
+        return Err(MediaError::MissingStream(format!(
+            "the media ({container}) has no video stream, but the session asked for video"
+        )));
+    }
+
+    let open_decoder = |index: usize| -> Result<codec::decoder::Decoder, MediaError> {
+        let stream = input
+            .stream(index)
+            .ok_or_else(|| MediaError::Internal("stream vanished".into()))?;
+        let ctx = codec::context::Context::from_parameters(stream.parameters())
+            .map_err(|e| MediaError::Undecodable(format!("stream {index}: {e}")))?;
+        Ok(ctx.decoder())
+    };
+    let mut audio = match audio_stream.filter(|_| spec.audio) {
+        Some(i) => Some((
+            i,
+            input
+                .stream(i)
+                .map(|s| s.time_base())
+                .unwrap_or(Rational(1, 1)),
+            open_decoder(i)?
+                .audio()
+                .map_err(|e| MediaError::Undecodable(format!("audio stream {i}: {e}")))?,
+        )),
+        None => None,
+    };
+    let mut video = match (video_stream, spec.video) {
+        (Some(i), Some(vspec)) => Some((
+            i,
+            input
+                .stream(i)
+                .map(|s| s.time_base())
+                .unwrap_or(Rational(1, 1)),
+            open_decoder(i)?
+                .video()
+                .map_err(|e| MediaError::Undecodable(format!("video stream {i}: {e}")))?,
+            VideoConverter::new(vspec),
+            RateGate::new(vspec.fps),
+            None::<(frame::Video, f64)>,
+        )),
+        _ => None,
+    };
+
+    // The container's own start time, when it has one, anchors media time 0
+    // (MPEG-TS streams start at arbitrary clock values).
+    // SAFETY: reading a plain field of the open format context.
+    let start_time = unsafe { (*input.as_ptr()).start_time };
+    let mut clock = Clock {
+        origin: (start_time != ffmpeg::ffi::AV_NOPTS_VALUE).then(|| start_time as f64 / 1e6),
+    };
+    let mut timeline = AudioTimeline {
+        start_s: None,
+        emitted: 0,
+    };
+    let mut resampler = ToMono16k::default();
+    let mut pcm = Vec::new();
+    let mut decoded = frame::Audio::empty();
+    let mut picture = frame::Video::empty();
+    let mut bad_packets = 0u32;
+    let mut busy = std::time::Duration::ZERO;
+
+    loop {
+        let mut packet = Packet::empty();
+        let read = packet.read(&mut input);
+        let t0 = Instant::now();
+        match read {
+            Ok(()) => {}
+            Err(ffmpeg::Error::Eof) => break,
+            Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
+            Err(e) => {
+                return Err(MediaError::Undecodable(format!(
+                    "FFmpeg cannot read the {container} stream: {e}"
+                )))
+            }
+        }
+        let index = packet.stream();
+        if let Some((ai, base, dec)) = audio.as_mut().filter(|(ai, ..)| *ai == index) {
+            let _ = ai;
+            if let Some(t) = clock.seconds(packet.pts().or(packet.dts()), *base) {
+                sink.meter
+                    .note_received(t + packet_duration(&packet, *base));
+            }
+            match dec.send_packet(&packet) {
+                Ok(()) => bad_packets = 0,
+                Err(e) => {
+                    bad_packets += 1;
+                    if bad_packets > MAX_BAD_PACKETS {
+                        return Err(MediaError::Undecodable(format!(
+                            "audio does not decode: {e}"
+                        )));
+                    }
+                }
+            }
+            drain_audio(
+                dec,
+                *base,
+                &mut clock,
+                &mut timeline,
+                &mut resampler,
+                &mut decoded,
+                &mut pcm,
+                &sink,
+            )?;
+        } else if let Some((_, base, dec, conv, gate, held)) =
+            video.as_mut().filter(|v| v.0 == index)
+        {
+            if let Some(t) = clock.seconds(packet.pts().or(packet.dts()), *base) {
+                sink.meter.note_received(t);
+            }
+            match dec.send_packet(&packet) {
+                Ok(()) => bad_packets = 0,
+                Err(e) => {
+                    bad_packets += 1;
+                    if bad_packets > MAX_BAD_PACKETS {
+                        return Err(MediaError::Undecodable(format!(
+                            "video does not decode: {e}"
+                        )));
+                    }
+                }
+            }
+            drain_video(
+                dec,
+                *base,
+                &mut clock,
+                conv,
+                gate,
+                held,
+                &mut picture,
+                &sink,
+                false,
+            )?;
+        }
+        busy += t0.elapsed();
+        sink.meter
+            .busy_us
+            .store(busy.as_micros() as u64, Ordering::Release);
+    }
+
+    // End of input: drain decoders and converters.
+    if let Some((_, base, dec)) = audio.as_mut() {
+        let _ = dec.send_eof();
+        drain_audio(
+            dec,
+            *base,
+            &mut clock,
+            &mut timeline,
+            &mut resampler,
+            &mut decoded,
+            &mut pcm,
+            &sink,
+        )?;
+        resampler.flush(&mut pcm)?;
+        emit_audio(&mut timeline, &mut pcm, &sink)?;
+    }
+    if let Some((_, base, dec, conv, gate, held)) = video.as_mut() {
+        let _ = dec.send_eof();
+        drain_video(
+            dec,
+            *base,
+            &mut clock,
+            conv,
+            gate,
+            held,
+            &mut picture,
+            &sink,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+fn reader_abort(reader: &PipeReader) -> PipeAbort {
+    reader.abort_handle()
+}
+
+fn packet_duration(packet: &Packet, base: Rational) -> f64 {
+    packet.duration() as f64 * f64::from(base)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drain_audio(
+    dec: &mut ffmpeg::decoder::Audio,
+    base: Rational,
+    clock: &mut Clock,
+    timeline: &mut AudioTimeline,
+    resampler: &mut ToMono16k,
+    decoded: &mut frame::Audio,
+    pcm: &mut Vec<f32>,
+    sink: &MediaSink,
+) -> Result<(), MediaError> {
+    while dec.receive_frame(decoded).is_ok() {
+        let pts = clock.seconds(decoded.timestamp(), base);
+        match (timeline.start_s, pts) {
+            (None, p) => timeline.start_s = Some(p.unwrap_or(0.0).max(0.0)),
+            (Some(_), Some(p)) => {
+                // Fill a hole in the source with silence to keep media times right.
+                let pending = pcm.len() as f64 / f64::from(AUDIO_RATE);
+                let gap = p - (timeline.now() + pending);
+                if gap > 0.2 {
+                    let n = (gap * f64::from(AUDIO_RATE)).round() as usize;
+                    pcm.extend(std::iter::repeat_n(0.0, n));
+                }
+            }
+            _ => {}
+        }
+        resampler.push(decoded, pcm)?;
+        emit_audio(timeline, pcm, sink)?;
+    }
+    Ok(())
+}
+
+fn emit_audio(
+    timeline: &mut AudioTimeline,
+    pcm: &mut Vec<f32>,
+    sink: &MediaSink,
+) -> Result<(), MediaError> {
+    if pcm.is_empty() {
+        return Ok(());
+    }
+    let samples = std::mem::take(pcm);
+    let start_s = timeline.now();
+    timeline.emitted += samples.len() as u64;
+    sink.send(MediaItem::Audio(Pcm {
+        samples,
+        sample_rate: AUDIO_RATE,
+        start_s,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drain_video(
+    dec: &mut ffmpeg::decoder::Video,
+    base: Rational,
+    clock: &mut Clock,
+    conv: &mut VideoConverter,
+    gate: &mut RateGate,
+    held: &mut Option<(frame::Video, f64)>,
+    picture: &mut frame::Video,
+    sink: &MediaSink,
+    at_end: bool,
+) -> Result<(), MediaError> {
+    // A frame is shown until the next one starts, so each frame is emitted
+    // once its successor's time is known (or at the end of the stream).
+    while dec.receive_frame(picture).is_ok() {
+        let Some(pts) = clock.seconds(picture.timestamp(), base) else {
+            continue;
+        };
+        let next = std::mem::replace(picture, frame::Video::empty());
+        if let Some((prev, prev_pts)) = held.replace((next, pts)) {
+            if pts > prev_pts {
+                for t in gate.take(prev_pts, pts) {
+                    emit_frame(conv, &prev, t, sink)?;
+                }
+            }
+        }
+    }
+    if at_end {
+        if let Some((last, pts)) = held.take() {
+            let frame_period = 1.0 / 25.0;
+            for t in gate.take(pts, pts + frame_period) {
+                emit_frame(conv, &last, t, sink)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn emit_frame(
+    conv: &mut VideoConverter,
+    frame: &frame::Video,
+    t: f64,
+    sink: &MediaSink,
+) -> Result<(), MediaError> {
+    let out = conv.convert(frame, t)?;
+    sink.meter.video_frames.fetch_add(1, Ordering::AcqRel);
+    sink.send(MediaItem::Video(out))
+}

@@ -1,0 +1,148 @@
+//! Media ingest: bytes that arrive over time in, 16 kHz mono audio and
+//! fixed-rate video frames with media times out.
+//!
+//! Everything here runs on a session's blocking decoder thread; the async
+//! side only writes into the [`pipe`].
+
+pub mod container;
+pub mod pipe;
+pub mod raw;
+pub mod resample;
+pub mod sniff;
+pub mod video;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use avlm_encoders::{Frame, Pcm};
+
+/// Sample rate of all decoded audio.
+pub const AUDIO_RATE: u32 = 16_000;
+
+/// Sample layout of raw PCM input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawSampleFormat {
+    S16le,
+    F32le,
+}
+
+impl RawSampleFormat {
+    pub fn bytes(self) -> usize {
+        match self {
+            RawSampleFormat::S16le => 2,
+            RawSampleFormat::F32le => 4,
+        }
+    }
+}
+
+/// What the bytes are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSpec {
+    /// A container FFmpeg demuxes; `format_hint` restricts probing to that demuxer.
+    Container { format_hint: Option<String> },
+    /// Headerless interleaved PCM.
+    RawPcm {
+        format: RawSampleFormat,
+        sample_rate: u32,
+        channels: u16,
+    },
+}
+
+/// Decoded video geometry and rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoSpec {
+    pub fps: f64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What to decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeSpec {
+    pub input: InputSpec,
+    pub audio: bool,
+    pub video: Option<VideoSpec>,
+}
+
+/// What the decoder thread hands to the analysis thread, in media order.
+#[derive(Debug)]
+pub enum MediaItem {
+    Audio(Pcm),
+    Video(Frame),
+    /// The client's flush, after the media decoded before it.
+    Flush,
+}
+
+/// Why decoding stopped early.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// FFmpeg could not make sense of the bytes.
+    #[error("{0}")]
+    Undecodable(String),
+    /// The media lacks a stream the client asked for.
+    #[error("{0}")]
+    MissingStream(String),
+    /// A plain MP4 whose index (moov) comes after its media data.
+    #[error("the MP4 stores its index (moov box) after the media data (mdat), so it cannot be decoded while it streams: send fragmented MP4 (-movflags frag_keyframe+empty_moov) or faststart MP4 (-movflags +faststart), or another streamable container such as WebM or MPEG-TS")]
+    IndexAtEnd,
+    /// The session went away.
+    #[error("session aborted")]
+    Aborted,
+    /// Something in FFmpeg failed that is not the client's fault.
+    #[error("internal media error: {0}")]
+    Internal(String),
+}
+
+/// Counters the decoder updates for `Stats`, shared with the session.
+#[derive(Debug, Default)]
+pub struct DecodeMeter {
+    /// Media time demuxed so far, microseconds.
+    pub received_us: AtomicU64,
+    /// Video frames emitted.
+    pub video_frames: AtomicU64,
+    /// Wall time spent decoding (not waiting for bytes), microseconds.
+    pub busy_us: AtomicU64,
+}
+
+impl DecodeMeter {
+    pub fn note_received(&self, media_s: f64) {
+        if media_s.is_finite() && media_s > 0.0 {
+            self.received_us
+                .fetch_max((media_s * 1e6) as u64, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Where decoded media goes; a closed channel means the session is gone.
+#[derive(Clone)]
+pub struct MediaSink {
+    pub tx: SyncSender<MediaItem>,
+    pub meter: Arc<DecodeMeter>,
+}
+
+impl MediaSink {
+    pub fn send(&self, item: MediaItem) -> Result<(), MediaError> {
+        self.tx.send(item).map_err(|_| MediaError::Aborted)
+    }
+}
+
+/// Runs the decoder for `spec` over `reader` until the end of the bytes.
+pub fn decode(
+    spec: &DecodeSpec,
+    reader: pipe::PipeReader,
+    sink: MediaSink,
+) -> Result<(), MediaError> {
+    crate::media::container::init_ffmpeg()?;
+    match &spec.input {
+        InputSpec::Container { format_hint } => {
+            container::decode(spec, format_hint.as_deref(), reader, sink)
+        }
+        InputSpec::RawPcm {
+            format,
+            sample_rate,
+            channels,
+        } => raw::decode(*format, *sample_rate, *channels, reader, sink),
+    }
+}

@@ -1,0 +1,137 @@
+//! Video frames out at a fixed rate and size: frames are picked by their
+//! presentation times (dropped or repeated to hit the rate), then scaled to
+//! packed RGB24.
+
+use ffmpeg::format::Pixel;
+use ffmpeg::frame;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+
+use avlm_encoders::Frame;
+
+use super::{MediaError, VideoSpec};
+
+/// Picks frames for a constant output rate.
+#[derive(Debug, Clone)]
+pub struct RateGate {
+    period: f64,
+    next_due: Option<f64>,
+}
+
+impl RateGate {
+    pub fn new(fps: f64) -> Self {
+        RateGate {
+            period: 1.0 / fps,
+            next_due: None,
+        }
+    }
+
+    /// The output times (possibly none, possibly several) that a source frame
+    /// shown from `pts` until `until` covers.
+    pub fn take(&mut self, pts: f64, until: f64) -> Vec<f64> {
+        let mut due = *self.next_due.get_or_insert(pts);
+        // A jump forward (a gap in the source) restarts the grid at the frame.
+        if pts - due > 1.0 {
+            due = pts;
+        }
+        let mut out = Vec::new();
+        while due < until.max(pts + 1e-9) {
+            if due + self.period * 0.5 >= pts {
+                out.push(due);
+            }
+            due += self.period;
+        }
+        self.next_due = Some(due);
+        out
+    }
+}
+
+/// Scales decoded frames to the requested size.
+pub struct VideoConverter {
+    spec: VideoSpec,
+    scaler: Option<((Pixel, u32, u32), scaling::Context)>,
+    scaled: frame::Video,
+}
+
+impl VideoConverter {
+    pub fn new(spec: VideoSpec) -> Self {
+        VideoConverter {
+            spec,
+            scaler: None,
+            scaled: frame::Video::empty(),
+        }
+    }
+
+    /// Converts one decoded frame to RGB24 at `pts_s`.
+    pub fn convert(&mut self, input: &frame::Video, pts_s: f64) -> Result<Frame, MediaError> {
+        let key = (input.format(), input.width(), input.height());
+        if self.scaler.as_ref().map(|(k, _)| *k) != Some(key) {
+            let ctx = scaling::Context::get(
+                key.0,
+                key.1,
+                key.2,
+                Pixel::RGB24,
+                self.spec.width,
+                self.spec.height,
+                scaling::Flags::BILINEAR,
+            )
+            .map_err(|e| {
+                MediaError::Undecodable(format!(
+                    "cannot scale {}x{} {:?} video: {e}",
+                    key.1, key.2, key.0
+                ))
+            })?;
+            self.scaler = Some((key, ctx));
+            self.scaled = frame::Video::empty();
+        }
+        let Some((_, ctx)) = self.scaler.as_mut() else {
+            return Err(MediaError::Internal("scaler missing".into()));
+        };
+        ctx.run(input, &mut self.scaled)
+            .map_err(|e| MediaError::Undecodable(format!("video scaling failed: {e}")))?;
+        let (w, h) = (self.spec.width as usize, self.spec.height as usize);
+        let stride = self.scaled.stride(0);
+        let src = self.scaled.data(0);
+        let mut data = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            data.extend_from_slice(&src[y * stride..y * stride + w * 3]);
+        }
+        Ok(Frame {
+            width: self.spec.width,
+            height: self.spec.height,
+            stride: w * 3,
+            data,
+            pts_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_a_25fps_source_to_about_12_5() {
+        let mut gate = RateGate::new(12.5);
+        let mut n = 0;
+        for i in 0..250 {
+            let pts = i as f64 / 25.0;
+            n += gate.take(pts, pts + 0.04).len();
+        }
+        assert!((124..=126).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn repeats_a_slow_source() {
+        let mut gate = RateGate::new(10.0);
+        let mut times = Vec::new();
+        for i in 0..10 {
+            let pts = i as f64 * 0.5;
+            times.extend(gate.take(pts, pts + 0.5));
+        }
+        assert_eq!(times.len(), 50);
+        for w in times.windows(2) {
+            assert!((w[1] - w[0] - 0.1).abs() < 1e-9);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A session's analysis thread: voice activity over the decoded audio,
+//! endpointing into segments, and the session's statistics.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use avlm_encoders::{
+    EndReason, Endpointer, SpeechEvent, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE,
+};
+use avlm_proto as pb;
+use tokio::sync::mpsc::Sender;
+use tonic::Status;
+
+use crate::media::{DecodeMeter, MediaError, MediaItem};
+
+/// Where server messages go; `false` from `send` means the client is gone.
+pub struct Outbox {
+    pub tx: Sender<Result<pb::ServerMessage, Status>>,
+}
+
+impl Outbox {
+    pub fn send(&self, msg: pb::server_message::Msg) -> bool {
+        self.tx
+            .blocking_send(Ok(pb::ServerMessage { msg: Some(msg) }))
+            .is_ok()
+    }
+
+    pub fn fail(&self, status: Status) {
+        let _ = self.tx.blocking_send(Err(status));
+    }
+}
+
+/// Shared counters for `Stats`.
+pub struct Meters {
+    pub decode: Arc<DecodeMeter>,
+    pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub struct Analysis {
+    vad: VadStream,
+    endpointer: Endpointer,
+    out: Outbox,
+    meters: Meters,
+    stats_interval_s: f64,
+    /// Samples not yet run through the VAD, starting at `pending_start_s`.
+    pending: Vec<f32>,
+    pending_start_s: Option<f64>,
+    processed_s: f64,
+    next_stats_s: f64,
+    busy: Duration,
+    events: Vec<SpeechEvent>,
+}
+
+/// How the analysis ended.
+pub enum Outcome {
+    /// Everything was processed and reported.
+    Done,
+    /// The client went away.
+    Gone,
+}
+
+impl Analysis {
+    pub fn new(
+        vad: VadStream,
+        endpointer: Endpointer,
+        out: Outbox,
+        meters: Meters,
+        stats_interval_s: f64,
+    ) -> Self {
+        Analysis {
+            vad,
+            endpointer,
+            out,
+            meters,
+            stats_interval_s,
+            pending: Vec::with_capacity(VAD_CHUNK_SAMPLES * 4),
+            pending_start_s: None,
+            processed_s: 0.0,
+            next_stats_s: if stats_interval_s > 0.0 {
+                stats_interval_s
+            } else {
+                f64::INFINITY
+            },
+            busy: Duration::ZERO,
+            events: Vec::new(),
+        }
+    }
+
+    /// Consumes decoded media until the decoder finishes, then reports the
+    /// decoder's outcome.
+    pub fn run(
+        mut self,
+        media: Receiver<MediaItem>,
+        decoded: Receiver<Result<(), MediaError>>,
+    ) -> Outcome {
+        for item in media.iter() {
+            let t0 = Instant::now();
+            let alive = match item {
+                MediaItem::Audio(pcm) => self.audio(&pcm.samples, pcm.start_s),
+                MediaItem::Video(_) => true,
+                MediaItem::Flush => self.flush(EndReason::Flush) && self.stats(),
+            };
+            self.busy += t0.elapsed();
+            if !alive {
+                return Outcome::Gone;
+            }
+        }
+        match decoded.recv() {
+            Ok(Ok(())) => {
+                let ok = self.drain_tail() && self.flush(EndReason::EndOfStream) && self.stats();
+                if ok {
+                    Outcome::Done
+                } else {
+                    Outcome::Gone
+                }
+            }
+            Ok(Err(MediaError::Aborted)) | Err(_) => Outcome::Gone,
+            Ok(Err(e)) => {
+                self.out.fail(crate::error::media_status(&e));
+                Outcome::Gone
+            }
+        }
+    }
+
+    fn audio(&mut self, samples: &[f32], start_s: f64) -> bool {
+        if self.pending_start_s.is_none() {
+            self.pending_start_s = Some(start_s);
+        }
+        self.pending.extend_from_slice(samples);
+        let mut offset = 0;
+        while self.pending.len() - offset >= VAD_CHUNK_SAMPLES {
+            let window: &[f32; VAD_CHUNK_SAMPLES] = self.pending
+                [offset..offset + VAD_CHUNK_SAMPLES]
+                .try_into()
+                .expect("slice of window length");
+            let window = *window;
+            offset += VAD_CHUNK_SAMPLES;
+            if !self.window(&window, VAD_CHUNK_SAMPLES) {
+                return false;
+            }
+        }
+        self.pending.drain(..offset);
+        true
+    }
+
+    /// Runs the last partial window, zero-padded, at the end of the stream.
+    fn drain_tail(&mut self) -> bool {
+        let n = self.pending.len();
+        if n < VAD_CHUNK_SAMPLES / 4 {
+            return true;
+        }
+        let mut window = [0.0f32; VAD_CHUNK_SAMPLES];
+        window[..n].copy_from_slice(&self.pending);
+        self.pending.clear();
+        self.window(&window, n)
+    }
+
+    /// One VAD window of which `real` samples are media.
+    fn window(&mut self, window: &[f32; VAD_CHUNK_SAMPLES], real: usize) -> bool {
+        let start = self.pending_start_s.unwrap_or(0.0);
+        let end = start + real as f64 / f64::from(VAD_SAMPLE_RATE);
+        let prob = match self.vad.probability(window) {
+            Ok(p) => p,
+            Err(e) => {
+                self.out.fail(Status::internal(format!(
+                    "voice activity detection failed: {e}"
+                )));
+                return false;
+            }
+        };
+        self.pending_start_s = Some(end);
+        self.processed_s = end;
+        self.endpointer.push(start, end, prob, &mut self.events);
+        if !self.send_events() {
+            return false;
+        }
+        if self.processed_s >= self.next_stats_s {
+            while self.next_stats_s <= self.processed_s {
+                self.next_stats_s += self.stats_interval_s;
+            }
+            return self.stats();
+        }
+        true
+    }
+
+    fn flush(&mut self, reason: EndReason) -> bool {
+        self.endpointer.finish(reason, &mut self.events);
+        self.send_events()
+    }
+
+    fn send_events(&mut self) -> bool {
+        for event in self.events.drain(..) {
+            let segment = match event {
+                SpeechEvent::Start { id, start_s, .. } => pb::Segment {
+                    segment_id: id,
+                    kind: pb::segment::Kind::SpeechStart as i32,
+                    start_s,
+                    end_s: 0.0,
+                    end_reason: String::new(),
+                },
+                SpeechEvent::End {
+                    id,
+                    start_s,
+                    end_s,
+                    reason,
+                    ..
+                } => pb::Segment {
+                    segment_id: id,
+                    kind: pb::segment::Kind::SpeechEnd as i32,
+                    start_s,
+                    end_s,
+                    end_reason: reason.as_str().to_string(),
+                },
+            };
+            if !self.out.send(pb::server_message::Msg::Segment(segment)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn stats(&self) -> bool {
+        let decode = &self.meters.decode;
+        let received = decode.received_us.load(Ordering::Acquire) as f64 / 1e6;
+        let received = received.max(self.processed_s);
+        let busy_s = self.busy.as_secs_f64() + decode.busy_us.load(Ordering::Acquire) as f64 / 1e6;
+        let rtf = if self.processed_s > 0.0 {
+            busy_s / self.processed_s
+        } else {
+            0.0
+        };
+        self.out.send(pb::server_message::Msg::Stats(pb::Stats {
+            media_seconds_received: received,
+            media_seconds_processed: self.processed_s,
+            real_time_factor: rtf,
+            seconds_buffered: (received - self.processed_s).max(0.0),
+            bytes_received: self.meters.bytes_received.load(Ordering::Acquire),
+            video_frames: decode.video_frames.load(Ordering::Acquire),
+        }))
+    }
+}

@@ -1,0 +1,333 @@
+//! One live session: the async reader that validates client messages and
+//! feeds the byte pipe, the decoder thread, and the analysis thread.
+//!
+//! ```text
+//! gRPC reader (async) ──pipe──▶ decoder thread ──channel──▶ analysis thread ──▶ response stream
+//! ```
+//! Every hop is bounded: a slow consumer slows the producer, nothing is
+//! dropped. Any part seeing the client gone tears the others down.
+
+pub mod analysis;
+pub mod valid;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use avlm_encoders::Endpointer;
+use avlm_proto as pb;
+use tokio::sync::mpsc::Sender;
+use tonic::{Status, Streaming};
+
+use crate::error::media_status;
+use crate::media::pipe::{byte_pipe, PipeWriter};
+use crate::media::sniff::{Mp4Layout, Mp4Sniffer};
+use crate::media::{self, DecodeMeter, InputSpec, MediaError, MediaSink};
+use crate::state::{ServerState, SessionLease};
+use analysis::{Analysis, Meters, Outbox};
+
+/// Decoded media items in flight between decoder and analysis.
+const MEDIA_QUEUE: usize = 32;
+
+type Reply = Result<pb::ServerMessage, Status>;
+
+/// Runs a session to its end. `lease` holds the session's slot.
+pub async fn run(
+    state: Arc<ServerState>,
+    mut inbound: Streaming<pb::ClientMessage>,
+    tx: Sender<Reply>,
+    lease: SessionLease,
+) {
+    let lease = Arc::new(lease);
+    let first = tokio::select! {
+        m = inbound.message() => m,
+        _ = tx.closed() => return,
+    };
+    let config = match first {
+        Ok(Some(pb::ClientMessage {
+            msg: Some(pb::client_message::Msg::Config(c)),
+        })) => c,
+        Ok(Some(pb::ClientMessage {
+            msg: Some(pb::client_message::Msg::Media(_)),
+        })) => {
+            return fail(&tx, Status::invalid_argument("a MediaChunk came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
+        }
+        Ok(Some(pb::ClientMessage {
+            msg: Some(pb::client_message::Msg::Control(_)),
+        })) => {
+            return fail(&tx, Status::invalid_argument("a Control came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
+        }
+        Ok(Some(pb::ClientMessage { msg: None })) => {
+            return fail(
+                &tx,
+                Status::invalid_argument(
+                    "empty ClientMessage: the first message of a stream must be a StreamConfig",
+                ),
+            )
+            .await;
+        }
+        Ok(None) => {
+            return fail(
+                &tx,
+                Status::invalid_argument("the stream ended before its StreamConfig"),
+            )
+            .await
+        }
+        Err(status) => return fail(&tx, inbound_status(status, &state)).await,
+    };
+    let valid = match valid::validate(config, &state.config.defaults, crate::state::MODEL_NAME) {
+        Ok(v) => v,
+        Err(status) => return fail(&tx, status).await,
+    };
+    tracing::info!(task = ?valid.task, input = ?valid.decode.input, "session started");
+
+    let vad = {
+        let vad = state.vad.clone();
+        match tokio::task::spawn_blocking(move || vad.stream()).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                return fail(
+                    &tx,
+                    Status::internal(format!("cannot start voice activity detection: {e}")),
+                )
+                .await
+            }
+            Err(e) => {
+                return fail(
+                    &tx,
+                    Status::internal(format!("cannot start voice activity detection: {e}")),
+                )
+                .await
+            }
+        }
+    };
+
+    let ready = pb::Ready {
+        session_id: lease.id.clone(),
+        config: Some(valid.effective.clone()),
+        model: Some(state.model_info()),
+    };
+    if tx
+        .send(Ok(pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Ready(ready)),
+        }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let (writer, reader) = byte_pipe(state.config.pipe_bytes);
+    let (media_tx, media_rx) = sync_channel(MEDIA_QUEUE);
+    let (done_tx, done_rx) = sync_channel::<Result<(), MediaError>>(1);
+    let decode_meter = Arc::new(DecodeMeter::default());
+    let bytes_received = Arc::new(AtomicU64::new(0));
+
+    let spec = valid.decode.clone();
+    let sink = MediaSink {
+        tx: media_tx,
+        meter: decode_meter.clone(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("avlm-decode-{}", &lease.id[..8]))
+        .spawn(move || {
+            let result = media::decode(&spec, reader, sink);
+            let _ = done_tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return fail(
+            &tx,
+            Status::resource_exhausted(format!("cannot start a decoder thread: {e}")),
+        )
+        .await;
+    }
+
+    let analysis = Analysis::new(
+        vad,
+        Endpointer::new(valid.endpoint.clone()),
+        Outbox { tx: tx.clone() },
+        Meters {
+            decode: decode_meter,
+            bytes_received: bytes_received.clone(),
+        },
+        valid.stats_interval_s,
+    );
+    let analysis_lease = lease.clone();
+    let abort = writer.abort_handle();
+    let analysis_abort = abort.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("avlm-analyse-{}", &lease.id[..8]))
+        .spawn(move || {
+            let outcome = analysis.run(media_rx, done_rx);
+            if matches!(outcome, analysis::Outcome::Gone) {
+                analysis_abort.abort();
+            }
+            drop(analysis_lease);
+        });
+    if let Err(e) = spawned {
+        abort.abort();
+        return fail(
+            &tx,
+            Status::resource_exhausted(format!("cannot start an analysis thread: {e}")),
+        )
+        .await;
+    }
+
+    let is_container = matches!(valid.decode.input, InputSpec::Container { .. });
+    let mut reader = Reader {
+        writer: Some(writer),
+        expected_seq: 0,
+        sniffer: is_container.then(Mp4Sniffer::default),
+        bytes_received,
+        ended: false,
+    };
+    if let Err(status) = reader.pump(&mut inbound, &tx, &state).await {
+        abort.abort();
+        tracing::info!(code = ?status.code(), message = status.message(), "session failed");
+        fail(&tx, status).await;
+    }
+    drop(lease);
+}
+
+/// Ends the stream with `status` (if the client still listens).
+async fn fail(tx: &Sender<Reply>, status: Status) {
+    let _ = tx.send(Err(status)).await;
+}
+
+/// Client-side failures seen while reading the request stream.
+fn inbound_status(status: Status, state: &ServerState) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        return Status::resource_exhausted(format!(
+            "a message exceeds the server's limit of {} bytes (serve --max-message-bytes): send media in smaller chunks ({})",
+            state.config.max_message_bytes,
+            status.message()
+        ));
+    }
+    status
+}
+
+struct Reader {
+    writer: Option<PipeWriter>,
+    expected_seq: u64,
+    sniffer: Option<Mp4Sniffer>,
+    bytes_received: Arc<AtomicU64>,
+    ended: bool,
+}
+
+impl Reader {
+    /// Reads client messages until the client is done or something is wrong.
+    async fn pump(
+        &mut self,
+        inbound: &mut Streaming<pb::ClientMessage>,
+        tx: &Sender<Reply>,
+        state: &ServerState,
+    ) -> Result<(), Status> {
+        loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                // The response side closed: the client is gone or the session failed.
+                _ = tx.closed() => return Ok(()),
+            };
+            let msg = match msg {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    // Half-close counts as end of stream.
+                    self.close();
+                    return Ok(());
+                }
+                Err(status) => {
+                    let status = inbound_status(status, state);
+                    return if status.code() == tonic::Code::ResourceExhausted {
+                        Err(status)
+                    } else {
+                        tracing::info!(message = status.message(), "client went away");
+                        if let Some(w) = self.writer.take() {
+                            w.abort_handle().abort();
+                        }
+                        Ok(())
+                    };
+                }
+            };
+            match msg.msg {
+                Some(pb::client_message::Msg::Config(_)) => {
+                    return Err(Status::invalid_argument(
+                        "a second StreamConfig: a stream takes exactly one, as its first message",
+                    ));
+                }
+                Some(pb::client_message::Msg::Media(chunk)) => self.media(chunk).await?,
+                Some(pb::client_message::Msg::Control(control)) => {
+                    match pb::control::Action::try_from(control.action) {
+                        Ok(pb::control::Action::Flush) => {
+                            if self.ended {
+                                return Err(Status::invalid_argument(
+                                    "Control FLUSH after END_OF_STREAM",
+                                ));
+                            }
+                            if let Some(w) = &self.writer {
+                                w.mark_flush();
+                            }
+                        }
+                        Ok(pb::control::Action::EndOfStream) => self.close(),
+                        _ => {
+                            return Err(Status::invalid_argument(format!(
+                                "Control.action {} is not a known action",
+                                control.action
+                            )))
+                        }
+                    }
+                }
+                None => return Err(Status::invalid_argument("empty ClientMessage")),
+            }
+        }
+    }
+
+    async fn media(&mut self, chunk: pb::MediaChunk) -> Result<(), Status> {
+        if self.ended {
+            return Err(Status::invalid_argument(format!(
+                "MediaChunk seq {} after END_OF_STREAM",
+                chunk.seq
+            )));
+        }
+        if chunk.seq != self.expected_seq {
+            return Err(if chunk.seq > self.expected_seq {
+                Status::data_loss(format!(
+                    "MediaChunk seq {} arrived where {} was expected: chunks {}..{} are missing",
+                    chunk.seq, self.expected_seq, self.expected_seq, chunk.seq
+                ))
+            } else {
+                Status::invalid_argument(format!(
+                    "MediaChunk seq {} repeats or goes back (expected {}): seq starts at 0 and grows by one per chunk",
+                    chunk.seq, self.expected_seq
+                ))
+            });
+        }
+        self.expected_seq += 1;
+        if let Some(sniffer) = &mut self.sniffer {
+            if sniffer.push(&chunk.data) == Mp4Layout::IndexAtEnd {
+                return Err(media_status(&MediaError::IndexAtEnd));
+            }
+            if sniffer.verdict() == Mp4Layout::Streamable {
+                self.sniffer = None;
+            }
+        }
+        self.bytes_received
+            .fetch_add(chunk.data.len() as u64, Ordering::AcqRel);
+        if let Some(w) = &mut self.writer {
+            // The decoder stopped (it failed or finished): its error reaches
+            // the client from the analysis thread; stop reading.
+            if w.write_all(&chunk.data).await.is_err() {
+                self.writer = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.ended = true;
+        if let Some(w) = &self.writer {
+            w.close();
+        }
+    }
+}

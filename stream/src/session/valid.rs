@@ -1,0 +1,320 @@
+//! Validation of a client's `StreamConfig` into the session's settings: the
+//! engine never sees unchecked input, and every rejection names the field.
+
+use avlm_encoders::EndpointConfig;
+use avlm_proto as pb;
+use tonic::Status;
+
+use crate::config::SessionDefaults;
+use crate::media::{DecodeSpec, InputSpec, RawSampleFormat, VideoSpec};
+
+/// The task a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Segments,
+    Transcribe,
+    Caption,
+}
+
+/// A checked session configuration.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub task: Task,
+    pub decode: DecodeSpec,
+    pub endpoint: EndpointConfig,
+    pub stats_interval_s: f64,
+    /// What `Ready` echoes back: the request with every default filled in.
+    pub effective: pb::StreamConfig,
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("StreamConfig.{field}: {why}"))
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<T, Status> {
+    if value < lo || value > hi {
+        return Err(bad(
+            field,
+            format!("{value}{unit} is outside {lo}..={hi}{unit}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Checks `config` against the server's defaults and limits.
+pub fn validate(
+    config: pb::StreamConfig,
+    defaults: &SessionDefaults,
+    model_name: &str,
+) -> Result<ValidConfig, Status> {
+    let task = match pb::Task::try_from(config.task) {
+        Ok(pb::Task::Unspecified | pb::Task::Segments) => Task::Segments,
+        Ok(pb::Task::Transcribe) => Task::Transcribe,
+        Ok(pb::Task::Caption) => Task::Caption,
+        Err(_) => return Err(bad("task", format!("unknown task {}", config.task))),
+    };
+    let modalities = pb::Modalities::try_from(config.modalities)
+        .map_err(|_| bad("modalities", format!("unknown value {}", config.modalities)))?;
+    let (audio, video) = match modalities {
+        pb::Modalities::Unspecified | pb::Modalities::Audio => (true, false),
+        pb::Modalities::Video => (false, true),
+        pb::Modalities::AudioVideo => (true, true),
+    };
+    let o = config.options.clone().unwrap_or_default();
+    if !o.model.is_empty() && o.model != model_name {
+        return Err(Status::not_found(format!(
+            "StreamConfig.options.model: no model named {:?} on this server (available: {model_name:?})",
+            o.model
+        )));
+    }
+    match task {
+        Task::Segments if !audio => {
+            return Err(bad(
+                "modalities",
+                "task SEGMENTS finds speech in the audio, so the modalities must include audio",
+            ));
+        }
+        Task::Transcribe => {
+            return Err(Status::unimplemented(
+                "task TRANSCRIBE needs a transcription model, and this server has none loaded yet; it serves task SEGMENTS",
+            ));
+        }
+        Task::Caption => {
+            return Err(Status::unimplemented(
+                "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task SEGMENTS",
+            ));
+        }
+        Task::Segments => {}
+    }
+
+    let input = match config.input.clone() {
+        None | Some(pb::stream_config::Input::Container(_)) => {
+            let hint = match &config.input {
+                Some(pb::stream_config::Input::Container(c)) if !c.format_hint.is_empty() => {
+                    let h = c.format_hint.trim();
+                    if h.len() > 64
+                        || !h
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ',')
+                    {
+                        return Err(bad(
+                            "container.format_hint",
+                            format!("{h:?} is not an FFmpeg demuxer name"),
+                        ));
+                    }
+                    Some(h.to_string())
+                }
+                _ => None,
+            };
+            InputSpec::Container { format_hint: hint }
+        }
+        Some(pb::stream_config::Input::RawPcm(raw)) => {
+            let format = match pb::SampleFormat::try_from(raw.sample_format) {
+                Ok(pb::SampleFormat::S16le) => RawSampleFormat::S16le,
+                Ok(pb::SampleFormat::F32le) => RawSampleFormat::F32le,
+                _ => {
+                    return Err(bad(
+                        "raw_pcm.sample_format",
+                        "must be SAMPLE_FORMAT_S16LE or SAMPLE_FORMAT_F32LE",
+                    ))
+                }
+            };
+            if video {
+                return Err(bad(
+                    "modalities",
+                    "raw PCM input carries audio only; send a container to include video",
+                ));
+            }
+            InputSpec::RawPcm {
+                format,
+                sample_rate: in_range(
+                    "raw_pcm.sample_rate",
+                    raw.sample_rate,
+                    8_000,
+                    192_000,
+                    " Hz",
+                )?,
+                channels: in_range("raw_pcm.channels", raw.channels, 1, 2, "")? as u16,
+            }
+        }
+    };
+
+    let threshold = o.vad_threshold.unwrap_or(defaults.vad_threshold);
+    if !(threshold > 0.0 && threshold < 1.0) {
+        return Err(bad(
+            "options.vad_threshold",
+            format!("{threshold} must lie strictly between 0 and 1"),
+        ));
+    }
+    let min_silence_ms = in_range(
+        "options.min_silence_ms",
+        o.min_silence_ms.unwrap_or(defaults.min_silence_ms),
+        32,
+        10_000,
+        " ms",
+    )?;
+    let min_speech_ms = in_range(
+        "options.min_speech_ms",
+        o.min_speech_ms.unwrap_or(defaults.min_speech_ms),
+        0,
+        10_000,
+        " ms",
+    )?;
+    let pre_roll_ms = in_range(
+        "options.pre_roll_ms",
+        o.pre_roll_ms.unwrap_or(defaults.pre_roll_ms),
+        0,
+        2_000,
+        " ms",
+    )?;
+    let max_segment_ms = in_range(
+        "options.max_segment_ms",
+        o.max_segment_ms.unwrap_or(defaults.max_segment_ms),
+        1_000,
+        600_000,
+        " ms",
+    )?;
+    let stats_interval_ms = in_range(
+        "options.stats_interval_ms",
+        o.stats_interval_ms.unwrap_or(defaults.stats_interval_ms),
+        0,
+        3_600_000,
+        " ms",
+    )?;
+    let video_fps = o.video_fps.unwrap_or(defaults.video_fps);
+    if !(video_fps > 0.0 && video_fps <= 60.0) {
+        return Err(bad(
+            "options.video_fps",
+            format!("{video_fps} is outside (0, 60]"),
+        ));
+    }
+    let video_width = in_range(
+        "options.video_width",
+        o.video_width.unwrap_or(defaults.video_width),
+        16,
+        4096,
+        " px",
+    )?;
+    let video_height = in_range(
+        "options.video_height",
+        o.video_height.unwrap_or(defaults.video_height),
+        16,
+        4096,
+        " px",
+    )?;
+
+    let endpoint = EndpointConfig {
+        threshold,
+        min_speech_s: f64::from(min_speech_ms) / 1e3,
+        min_silence_s: f64::from(min_silence_ms) / 1e3,
+        pre_roll_s: f64::from(pre_roll_ms) / 1e3,
+        post_roll_s: (f64::from(pre_roll_ms) / 1e3).min(0.05),
+        max_segment_s: f64::from(max_segment_ms) / 1e3,
+    };
+    let decode = DecodeSpec {
+        input,
+        audio,
+        video: video.then_some(VideoSpec {
+            fps: f64::from(video_fps),
+            width: video_width,
+            height: video_height,
+        }),
+    };
+    let effective = pb::StreamConfig {
+        task: pb::Task::Segments as i32,
+        modalities: match (audio, video) {
+            (true, true) => pb::Modalities::AudioVideo,
+            (false, true) => pb::Modalities::Video,
+            _ => pb::Modalities::Audio,
+        } as i32,
+        input: Some(config.input.unwrap_or(pb::stream_config::Input::Container(
+            pb::ContainerInput::default(),
+        ))),
+        options: Some(pb::StreamOptions {
+            vad_threshold: Some(threshold),
+            min_silence_ms: Some(min_silence_ms),
+            min_speech_ms: Some(min_speech_ms),
+            pre_roll_ms: Some(pre_roll_ms),
+            max_segment_ms: Some(max_segment_ms),
+            partial_results: Some(o.partial_results.unwrap_or(false)),
+            model: model_name.to_string(),
+            video_fps: Some(video_fps),
+            video_width: Some(video_width),
+            video_height: Some(video_height),
+            stats_interval_ms: Some(stats_interval_ms),
+        }),
+    };
+    Ok(ValidConfig {
+        task,
+        decode,
+        endpoint,
+        stats_interval_s: f64::from(stats_interval_ms) / 1e3,
+        effective,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(config: pb::StreamConfig) -> Result<ValidConfig, Status> {
+        validate(config, &SessionDefaults::default(), "default")
+    }
+
+    #[test]
+    fn empty_config_means_segments_of_container_audio() {
+        let v = check(pb::StreamConfig::default()).unwrap();
+        assert_eq!(v.task, Task::Segments);
+        assert!(v.decode.audio && v.decode.video.is_none());
+        assert_eq!(v.decode.input, InputSpec::Container { format_hint: None });
+        assert_eq!(v.effective.options.unwrap().min_silence_ms, Some(500));
+    }
+
+    #[test]
+    fn out_of_range_options_name_the_field() {
+        let mut c = pb::StreamConfig::default();
+        c.options = Some(pb::StreamOptions {
+            vad_threshold: Some(1.5),
+            ..Default::default()
+        });
+        let e = check(c).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("vad_threshold"), "{}", e.message());
+    }
+
+    #[test]
+    fn raw_pcm_needs_a_sample_format_and_sane_rate() {
+        let mut c = pb::StreamConfig::default();
+        c.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+            sample_format: 0,
+            sample_rate: 16_000,
+            channels: 1,
+        }));
+        assert!(check(c.clone())
+            .unwrap_err()
+            .message()
+            .contains("sample_format"));
+        c.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+            sample_format: pb::SampleFormat::S16le as i32,
+            sample_rate: 1_000,
+            channels: 1,
+        }));
+        assert!(check(c).unwrap_err().message().contains("sample_rate"));
+    }
+
+    #[test]
+    fn unknown_model_is_not_found() {
+        let mut c = pb::StreamConfig::default();
+        c.options = Some(pb::StreamOptions {
+            model: "llama-70b".into(),
+            ..Default::default()
+        });
+        assert_eq!(check(c).unwrap_err().code(), tonic::Code::NotFound);
+    }
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Makes the test media for avlm's streaming tests, deterministically.
+
+Speech: three espeak-ng utterances separated by silences of known length,
+16 kHz mono. The speech bounds of each utterance are measured on the samples
+(first and last sample above -40 dBFS) and written to `speech.json`, so tests
+compare detected segments against where the speech really is.
+
+Containers (all from the same audio, with a 25 fps test-pattern video):
+  speech.webm        VP8 + Opus            (WebM / Matroska)
+  speech.frag.mp4    H.264 + AAC, fragmented MP4
+  speech.fast.mp4    H.264 + AAC, faststart MP4 (index first)
+  speech.plain.mp4   H.264 + AAC, plain MP4 (index at the end: must be refused)
+  speech.ts          H.264 + AAC, MPEG-TS
+  speech.ogg         Opus audio only (no video stream)
+  speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
+  librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
+
+Usage: make_test_media.py OUT_DIR
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import wave
+
+import numpy as np
+
+RATE = 16000
+UTTERANCES = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Streaming servers should report speech while the person is still talking.",
+    "Seven bright lanterns were hung along the narrow harbour wall.",
+]
+# Silence before each utterance, and after the last one, in seconds.
+GAPS = [0.8, 1.2, 1.5]
+TAIL = 1.0
+LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav"
+
+
+def run(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def ffmpeg(*args):
+    run("ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args)
+
+
+def read_wav(path):
+    with wave.open(path) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+
+
+def speak(text, tmp, index):
+    raw = os.path.join(tmp, f"u{index}.wav")
+    run("espeak-ng", "-v", "en-us", "-s", "150", "-w", raw, text)
+    out = os.path.join(tmp, f"u{index}_16k.wav")
+    ffmpeg("-i", raw, "-ar", str(RATE), "-ac", "1", "-c:a", "pcm_s16le", out)
+    samples, rate = read_wav(out)
+    assert rate == RATE
+    # Trim espeak's own leading/trailing silence so the gaps are exact.
+    loud = np.nonzero(np.abs(samples.astype(np.int32)) > 327)[0]  # -40 dBFS
+    return samples[loud[0] : loud[-1] + 1]
+
+
+def main():
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        parts, speech, t = [], [], 0
+        for i, text in enumerate(UTTERANCES):
+            gap = np.zeros(int(GAPS[i] * RATE), dtype=np.int16)
+            parts.append(gap)
+            t += len(gap)
+            utt = speak(text, tmp, i)
+            speech.append({"start_s": t / RATE, "end_s": (t + len(utt)) / RATE, "text": text})
+            parts.append(utt)
+            t += len(utt)
+        parts.append(np.zeros(int(TAIL * RATE), dtype=np.int16))
+        audio = np.concatenate(parts)
+        duration = len(audio) / RATE
+
+        wav = os.path.join(out, "speech.wav")
+        with wave.open(wav, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(audio.astype("<i2").tobytes())
+        with open(os.path.join(out, "speech.s16le"), "wb") as f:
+            f.write(audio.astype("<i2").tobytes())
+
+        video = ["-f", "lavfi", "-i", f"testsrc=size=128x96:rate=25:duration={duration}"]
+        h264 = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", "-bf", "0", "-crf", "40", "-maxrate", "48k", "-bufsize", "96k"]
+        aac = ["-c:a", "aac", "-b:a", "64k", "-ar", "48000"]
+        both = ["-i", wav, *video, "-map", "0:a", "-map", "1:v", "-shortest", "-fflags", "+bitexact"]
+        ffmpeg(*both, "-c:v", "libvpx", "-b:v", "40k", "-deadline", "realtime", "-cpu-used", "8",
+               "-c:a", "libopus", "-b:a", "48k", os.path.join(out, "speech.webm"))
+        ffmpeg(*both, *h264, *aac, "-movflags", "frag_keyframe+empty_moov+default_base_moof",
+               os.path.join(out, "speech.frag.mp4"))
+        ffmpeg(*both, *h264, *aac, "-movflags", "+faststart", os.path.join(out, "speech.fast.mp4"))
+        ffmpeg(*both, *h264, *aac, os.path.join(out, "speech.plain.mp4"))
+        ffmpeg(*both, *h264, *aac, "-f", "mpegts", os.path.join(out, "speech.ts"))
+        ffmpeg("-i", wav, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, "speech.ogg"))
+        if os.path.exists(LIBRIVOX):
+            ffmpeg("-i", LIBRIVOX, "-c:a", "libopus", "-b:a", "32k", os.path.join(out, "librivox.webm"))
+
+        with open(os.path.join(out, "speech.json"), "w") as f:
+            json.dump({"duration_s": duration, "sample_rate": RATE, "speech": speech}, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
