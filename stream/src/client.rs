@@ -86,7 +86,7 @@ pub struct SendOptions {
 pub enum ClientError {
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("server ended the stream with {}: {}", .0.code(), .0.message())]
+    #[error("server ended the stream with {:?}: {}", .0.code(), .0.message())]
     Status(Status),
     #[error("cannot read the input: {0}")]
     Source(String),

@@ -31,7 +31,9 @@ pub fn init_ffmpeg() -> Result<(), MediaError> {
                 "FFmpeg failed to initialise: {e}"
             )));
         }
-        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+        // Failures reach clients as statuses; FFmpeg's own log would only
+        // interleave unattributed lines with the server's.
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
     });
     result
 }
@@ -94,6 +96,8 @@ pub fn decode(
     let mut input = match opened {
         Ok(input) => input,
         Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
+        // The client ended the stream without sending any media: nothing to do.
+        Err(_) if abort.is_closed() && abort.bytes_read() == 0 => return Ok(()),
         Err(e) => {
             let what = match format_hint {
                 Some(h) => format!(" as {h:?}"),

@@ -23,6 +23,8 @@ struct Shared {
     closed: AtomicBool,
     /// Set when the session is torn down: readers stop at once.
     aborted: AtomicBool,
+    /// Set when the reading side is gone: writes stop at once.
+    reader_gone: AtomicBool,
     /// Total bytes written and read, for flush markers and stats.
     written: AtomicU64,
     read: AtomicU64,
@@ -48,6 +50,7 @@ pub fn byte_pipe(capacity: usize) -> (PipeWriter, PipeReader) {
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
         aborted: AtomicBool::new(false),
+        reader_gone: AtomicBool::new(false),
         written: AtomicU64::new(0),
         read: AtomicU64::new(0),
         markers: Mutex::new(VecDeque::new()),
@@ -87,7 +90,9 @@ impl PipeWriter {
         while !data.is_empty() {
             // Register for a wake-up before checking state so none is missed.
             let room = self.shared.room.notified();
-            if self.shared.aborted.load(Ordering::Acquire) {
+            if self.shared.aborted.load(Ordering::Acquire)
+                || self.shared.reader_gone.load(Ordering::Acquire)
+            {
                 return Err(PipeClosed::Aborted);
             }
             let n = self.prod.push_slice(data);
@@ -153,6 +158,16 @@ impl PipeAbort {
 
     pub fn is_aborted(&self) -> bool {
         self.0.aborted.load(Ordering::Acquire)
+    }
+
+    /// Bytes the reader has taken out of the pipe.
+    pub fn bytes_read(&self) -> u64 {
+        self.0.read.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer closed the pipe cleanly (end of stream).
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
     }
 }
 
@@ -266,7 +281,7 @@ impl PipeReader {
 impl Drop for PipeReader {
     fn drop(&mut self) {
         // Nobody will drain the pipe any more: release a waiting writer.
-        self.shared.aborted.store(true, Ordering::Release);
+        self.shared.reader_gone.store(true, Ordering::Release);
         self.shared.room.notify_waiters();
     }
 }

@@ -116,8 +116,12 @@ impl Analysis {
                     Outcome::Gone
                 }
             }
-            Ok(Err(MediaError::Aborted)) | Err(_) => Outcome::Gone,
+            Ok(Err(MediaError::Aborted)) | Err(_) => {
+                tracing::debug!("decoder stopped: session aborted");
+                Outcome::Gone
+            }
             Ok(Err(e)) => {
+                tracing::info!(error = %e, "media failed");
                 self.out.fail(crate::error::media_status(&e));
                 Outcome::Gone
             }

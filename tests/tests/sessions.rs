@@ -1,0 +1,164 @@
+//! Session lifecycle: concurrency, limits, disconnects, and the standard
+//! health and info services.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use avlm_proto as pb;
+use common::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_clients_all_get_correct_segments() {
+    let server = start_server(server_config()).await;
+    let files = ["speech.webm", "speech.frag.mp4", "speech.ts", "speech.ogg"];
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = server.url();
+        let file = files[i % files.len()];
+        let bytes = read_media(file);
+        tasks.push(tokio::spawn(async move {
+            let run = stream_bytes(&url, container_config(), bytes, 1024 + i * 977).await;
+            (file, run)
+        }));
+    }
+    for t in tasks {
+        let (file, run) = t.await.unwrap();
+        let run = run.unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_matches_speech(&run.segments(), 0.125, file);
+    }
+    wait_for_sessions(&server, 0).await;
+    server.shutdown().await.unwrap();
+}
+
+async fn wait_for_sessions(server: &avlm_stream::server::RunningServer, n: usize) -> Duration {
+    let start = Instant::now();
+    while server.state.active_sessions() != n {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{} sessions still active after 1 s (expected {n})",
+            server.state.active_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_is_freed_within_a_second() {
+    let server = start_server(server_config()).await;
+    let webm = read_media("speech.webm");
+    for cut_at_ready in [true, false] {
+        let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(config_msg(container_config())).await.unwrap();
+        let response = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        let mut inbound = response.into_inner();
+        let first = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(first.msg, Some(pb::server_message::Msg::Ready(_))));
+        if !cut_at_ready {
+            // Half the media, some of it processed, then the client vanishes.
+            for (i, c) in webm[..webm.len() / 2].chunks(4096).enumerate() {
+                tx.send(media_msg(c, i as u64)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(server.state.active_sessions(), 1);
+        drop(inbound);
+        drop(tx);
+        drop(client);
+        let took = wait_for_sessions(&server, 0).await;
+        eprintln!("session freed {took:?} after the disconnect");
+    }
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_sessions_is_resource_exhausted_and_a_slot_frees_on_end() {
+    let mut config = server_config();
+    config.max_sessions = 1;
+    let server = start_server(config).await;
+
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(config_msg(container_config())).await.unwrap();
+    let mut held = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    held.message().await.unwrap().unwrap();
+
+    let (_, status) = raw_call(&server.url(), whole_stream(container_config(), b"", 1)).await;
+    let status = status.expect_err("a second session must be refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limit of 1"),
+        "{}",
+        status.message()
+    );
+
+    tx.send(control_msg(pb::control::Action::EndOfStream))
+        .await
+        .unwrap();
+    drop(tx);
+    while held.message().await.unwrap().is_some() {}
+    wait_for_sessions(&server, 0).await;
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_health_and_reflection_are_served() {
+    let server = start_server(server_config()).await;
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let info = client
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.max_sessions, 16);
+    assert_eq!(info.tasks, vec![pb::Task::Segments as i32]);
+    assert!(info.models[0].vad.contains("silero"));
+
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "avlm.v1.Avlm".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_holds_bytes_instead_of_dropping_them() {
+    // A tiny pipe forces the reader to wait on the decoder for every few
+    // bytes: all bytes must still arrive and give the same segments.
+    let mut config = server_config();
+    config.pipe_bytes = 512;
+    let server = start_server(config).await;
+    let bytes = read_media("speech.webm");
+    let run = stream_bytes(&server.url(), container_config(), bytes.clone(), 64 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(run.last_stats().unwrap().bytes_received, bytes.len() as u64);
+    assert_matches_speech(&run.segments(), 0.1, "512-byte pipe");
+    server.shutdown().await.unwrap();
+}
