@@ -14,6 +14,7 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.ts          H.264 + AAC, MPEG-TS
   speech.ogg         Opus audio only (no video stream)
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
+  short.webm         the first 3 s of speech.webm's audio
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
 
 Usage: make_test_media.py OUT_DIR
@@ -104,6 +105,9 @@ def main():
         ffmpeg(*both, *h264, *aac, os.path.join(out, "speech.plain.mp4"))
         ffmpeg(*both, *h264, *aac, "-f", "mpegts", os.path.join(out, "speech.ts"))
         ffmpeg("-i", wav, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, "speech.ogg"))
+        # The first utterance alone, for real-time pacing tests.
+        ffmpeg("-i", os.path.join(out, "speech.webm"), "-t", "3", "-map", "0:a", "-c:a", "copy",
+               os.path.join(out, "short.webm"))
         if os.path.exists(LIBRIVOX):
             ffmpeg("-i", LIBRIVOX, "-c:a", "libopus", "-b:a", "32k", os.path.join(out, "librivox.webm"))
 

@@ -278,11 +278,13 @@ mod tests {
 
     #[test]
     fn out_of_range_options_name_the_field() {
-        let mut c = pb::StreamConfig::default();
-        c.options = Some(pb::StreamOptions {
-            vad_threshold: Some(1.5),
+        let c = pb::StreamConfig {
+            options: Some(pb::StreamOptions {
+                vad_threshold: Some(1.5),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let e = check(c).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("vad_threshold"), "{}", e.message());
@@ -290,12 +292,14 @@ mod tests {
 
     #[test]
     fn raw_pcm_needs_a_sample_format_and_sane_rate() {
-        let mut c = pb::StreamConfig::default();
-        c.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
-            sample_format: 0,
-            sample_rate: 16_000,
-            channels: 1,
-        }));
+        let mut c = pb::StreamConfig {
+            input: Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+                sample_format: 0,
+                sample_rate: 16_000,
+                channels: 1,
+            })),
+            ..Default::default()
+        };
         assert!(check(c.clone())
             .unwrap_err()
             .message()
@@ -310,11 +314,13 @@ mod tests {
 
     #[test]
     fn unknown_model_is_not_found() {
-        let mut c = pb::StreamConfig::default();
-        c.options = Some(pb::StreamOptions {
-            model: "llama-70b".into(),
+        let c = pb::StreamConfig {
+            options: Some(pb::StreamOptions {
+                model: "llama-70b".into(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert_eq!(check(c).unwrap_err().code(), tonic::Code::NotFound);
     }
 }

@@ -112,7 +112,7 @@ impl Run {
 
     pub fn last_stats(&self) -> Option<pb::Stats> {
         self.messages.iter().rev().find_map(|m| match &m.msg {
-            Some(pb::server_message::Msg::Stats(s)) => Some(s.clone()),
+            Some(pb::server_message::Msg::Stats(s)) => Some(*s),
             _ => None,
         })
     }

@@ -1,0 +1,147 @@
+//! The `avlm` binary end to end: in-process and separate server, JSON
+//! output, re-muxing inputs that can't stream as they are, FFmpeg inputs,
+//! real-time pacing, and exit codes on failure.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn media(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/media/generated").join(name);
+    assert!(p.is_file(), "{} missing: run `bash tools/test.sh` first", p.display());
+    p
+}
+
+fn avlm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env("AVLM_LOG", "error");
+    c
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+fn segments(events: &[serde_json::Value]) -> Vec<(f64, f64)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "speech_end")
+        .map(|e| (e["start_s"].as_f64().unwrap(), e["end_s"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn stream_json_with_an_in_process_server() {
+    let out = avlm().args(["stream", "--json"]).arg(media("speech.webm")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = json_lines(&out.stdout);
+    assert_eq!(events[0]["type"], "ready");
+    assert_eq!(segments(&events).len(), 3, "{events:?}");
+    assert_eq!(events.last().unwrap()["type"], "stats");
+}
+
+#[test]
+fn plain_mp4_is_remuxed_by_the_client_and_refused_as_is_by_the_server() {
+    let out = avlm().args(["stream", "--json"]).arg(media("speech.plain.mp4")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(segments(&json_lines(&out.stdout)).len(), 3);
+
+    let out = avlm().args(["stream", "--json", "--as-is"]).arg(media("speech.plain.mp4")).output().unwrap();
+    assert!(!out.status.success());
+    let events = json_lines(&out.stdout);
+    let err = events.last().unwrap();
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "FailedPrecondition");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("faststart"));
+    // 10 + gRPC code 9 (FAILED_PRECONDITION)
+    assert_eq!(out.status.code(), Some(19));
+}
+
+#[test]
+fn any_ffmpeg_input_streams_through_a_remux() {
+    // A lavfi source: a sine burst between silences, synthesised by FFmpeg.
+    let graph = "aevalsrc=if(between(t\\,1\\,2.5)\\,sin(2*PI*220*t)*0.5*(1+sin(2*PI*3*t))\\,0):s=16000:d=4";
+    let out = avlm()
+        .args(["stream", "--json", "--format", "lavfi", graph])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = json_lines(&out.stdout);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "stats");
+    assert!((last["media_seconds_processed"].as_f64().unwrap() - 4.0).abs() < 0.1, "{last}");
+}
+
+#[test]
+fn stdin_and_raw_pcm() {
+    let pcm = std::fs::read(media("speech.s16le")).unwrap();
+    let mut child = avlm()
+        .args(["stream", "--json", "--pcm", "s16le", "--pcm-rate", "16000", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for c in pcm.chunks(3000) {
+            stdin.write_all(c).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert_eq!(segments(&json_lines(&out.stdout)).len(), 3);
+}
+
+#[test]
+fn realtime_sends_at_the_media_pace_against_a_separate_server() {
+    let mut server = avlm()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server prints its address on stderr once it listens.
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    stderr.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+
+    let started = Instant::now();
+    let out = avlm()
+        .args(["stream", "--json", "--realtime", "--chunk-bytes", "1024", "--server", &url])
+        .arg(media("short.webm"))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = json_lines(&out.stdout);
+    assert_eq!(segments(&events).len(), 1, "{events:?}");
+    // 3 s of media sent at its own pace cannot finish much sooner.
+    assert!(took >= Duration::from_millis(2500), "finished in {took:?}");
+
+    let out = avlm().args(["info", "--server", &url]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TASK_SEGMENTS"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn unreachable_server_exits_with_a_clear_error() {
+    let out = avlm()
+        .args(["stream", "--server", "http://127.0.0.1:9"])
+        .arg(media("short.webm"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
