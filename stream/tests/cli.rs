@@ -7,14 +7,21 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn media(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/media/generated").join(name);
-    assert!(p.is_file(), "{} missing: run `bash tools/test.sh` first", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/media/generated")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: run `bash tools/test.sh` first",
+        p.display()
+    );
     p
 }
 
 fn avlm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR")).env("AVLM_LOG", "error");
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AVLM_LOG", "error");
     c
 }
 
@@ -35,8 +42,16 @@ fn segments(events: &[serde_json::Value]) -> Vec<(f64, f64)> {
 
 #[test]
 fn stream_json_with_an_in_process_server() {
-    let out = avlm().args(["stream", "--json"]).arg(media("speech.webm")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = avlm()
+        .args(["stream", "--json"])
+        .arg(media("speech.webm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = json_lines(&out.stdout);
     assert_eq!(events[0]["type"], "ready");
     assert_eq!(segments(&events).len(), 3, "{events:?}");
@@ -45,11 +60,23 @@ fn stream_json_with_an_in_process_server() {
 
 #[test]
 fn plain_mp4_is_remuxed_by_the_client_and_refused_as_is_by_the_server() {
-    let out = avlm().args(["stream", "--json"]).arg(media("speech.plain.mp4")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = avlm()
+        .args(["stream", "--json"])
+        .arg(media("speech.plain.mp4"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(segments(&json_lines(&out.stdout)).len(), 3);
 
-    let out = avlm().args(["stream", "--json", "--as-is"]).arg(media("speech.plain.mp4")).output().unwrap();
+    let out = avlm()
+        .args(["stream", "--json", "--as-is"])
+        .arg(media("speech.plain.mp4"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let events = json_lines(&out.stdout);
     let err = events.last().unwrap();
@@ -63,23 +90,39 @@ fn plain_mp4_is_remuxed_by_the_client_and_refused_as_is_by_the_server() {
 #[test]
 fn any_ffmpeg_input_streams_through_a_remux() {
     // A lavfi source: a sine burst between silences, synthesised by FFmpeg.
-    let graph = "aevalsrc=if(between(t\\,1\\,2.5)\\,sin(2*PI*220*t)*0.5*(1+sin(2*PI*3*t))\\,0):s=16000:d=4";
+    let graph =
+        "aevalsrc=if(between(t\\,1\\,2.5)\\,sin(2*PI*220*t)*0.5*(1+sin(2*PI*3*t))\\,0):s=16000:d=4";
     let out = avlm()
         .args(["stream", "--json", "--format", "lavfi", graph])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = json_lines(&out.stdout);
     let last = events.last().unwrap();
     assert_eq!(last["type"], "stats");
-    assert!((last["media_seconds_processed"].as_f64().unwrap() - 4.0).abs() < 0.1, "{last}");
+    assert!(
+        (last["media_seconds_processed"].as_f64().unwrap() - 4.0).abs() < 0.1,
+        "{last}"
+    );
 }
 
 #[test]
 fn stdin_and_raw_pcm() {
     let pcm = std::fs::read(media("speech.s16le")).unwrap();
     let mut child = avlm()
-        .args(["stream", "--json", "--pcm", "s16le", "--pcm-rate", "16000", "-"])
+        .args([
+            "stream",
+            "--json",
+            "--pcm",
+            "s16le",
+            "--pcm-rate",
+            "16000",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -117,12 +160,24 @@ fn realtime_sends_at_the_media_pace_against_a_separate_server() {
 
     let started = Instant::now();
     let out = avlm()
-        .args(["stream", "--json", "--realtime", "--chunk-bytes", "1024", "--server", &url])
+        .args([
+            "stream",
+            "--json",
+            "--realtime",
+            "--chunk-bytes",
+            "1024",
+            "--server",
+            &url,
+        ])
         .arg(media("short.webm"))
         .output()
         .unwrap();
     let took = started.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = json_lines(&out.stdout);
     assert_eq!(segments(&events).len(), 1, "{events:?}");
     // 3 s of media sent at its own pace cannot finish much sooner.

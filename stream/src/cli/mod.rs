@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch for the `avlm` binary.
 
+mod bench;
 mod info;
 mod paths;
 mod print;
@@ -39,6 +40,8 @@ enum Command {
     Stream(stream::StreamArgs),
     /// Print a server's version, models and limits.
     Info(info::InfoArgs),
+    /// Measure throughput of the live path on this machine.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await.map(|_| 0),
             Command::Stream(args) => stream::run(args).await,
             Command::Info(args) => info::run(args).await.map(|_| 0),
+            Command::Bench(args) => bench::run(args).await.map(|_| 0),
         }
     });
     match result {

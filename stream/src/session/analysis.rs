@@ -90,8 +90,21 @@ impl Analysis {
 
     /// Consumes decoded media until the decoder finishes, then reports the
     /// decoder's outcome.
-    pub fn run(
+    /// `lease` is released before the response stream can end, so a client
+    /// that saw the end can start a new session at once.
+    pub fn run<L>(
         mut self,
+        media: Receiver<MediaItem>,
+        decoded: Receiver<Result<(), MediaError>>,
+        lease: L,
+    ) -> Outcome {
+        let outcome = self.analyse(media, decoded);
+        drop(lease);
+        outcome
+    }
+
+    fn analyse(
+        &mut self,
         media: Receiver<MediaItem>,
         decoded: Receiver<Result<(), MediaError>>,
     ) -> Outcome {

@@ -158,11 +158,10 @@ pub async fn run(
     let spawned = std::thread::Builder::new()
         .name(format!("avlm-analyse-{}", &lease.id[..8]))
         .spawn(move || {
-            let outcome = analysis.run(media_rx, done_rx);
+            let outcome = analysis.run(media_rx, done_rx, analysis_lease);
             if matches!(outcome, analysis::Outcome::Gone) {
                 analysis_abort.abort();
             }
-            drop(analysis_lease);
         });
     if let Err(e) = spawned {
         abort.abort();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of avlm on a fresh Debian 12 machine: installs what is
+# missing (tools/setup.sh), makes the test media, then `cargo test`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash tools/setup.sh
+
+MEDIA=tests/media/generated
+if [[ ! -f $MEDIA/speech.json || tools/make_test_media.py -nt $MEDIA/speech.json ]]; then
+  echo "[test] making test media in $MEDIA" >&2
+  .avlm/venv/bin/python tools/make_test_media.py "$MEDIA"
+fi
+
+cargo test --workspace --locked "$@"
