@@ -13,6 +13,8 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.plain.mp4   H.264 + AAC, plain MP4 (index at the end: must be refused)
   speech.ts          H.264 + AAC, MPEG-TS
   speech.ogg         Opus audio only (no video stream)
+  speech.mp3         MP3 audio only
+  speech.flac        FLAC audio only
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
   short.webm         the first 3 s of speech.webm's audio
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
@@ -105,6 +107,8 @@ def main():
         ffmpeg(*both, *h264, *aac, os.path.join(out, "speech.plain.mp4"))
         ffmpeg(*both, *h264, *aac, "-f", "mpegts", os.path.join(out, "speech.ts"))
         ffmpeg("-i", wav, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, "speech.ogg"))
+        ffmpeg("-i", wav, "-c:a", "libmp3lame", "-b:a", "64k", os.path.join(out, "speech.mp3"))
+        ffmpeg("-i", wav, "-c:a", "flac", os.path.join(out, "speech.flac"))
         # The first utterance alone, for real-time pacing tests.
         ffmpeg("-i", os.path.join(out, "speech.webm"), "-t", "3", "-map", "0:a", "-c:a", "copy",
                os.path.join(out, "short.webm"))

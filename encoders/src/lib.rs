@@ -5,10 +5,12 @@
 pub mod endpoint;
 pub mod error;
 pub mod media;
+pub mod mel;
 pub mod runtime;
 pub mod vad;
 
 pub use endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
 pub use error::EncoderError;
 pub use media::{Frame, Pcm};
+pub use mel::{LogMel, MelSpectrogram};
 pub use vad::{SileroVad, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE};
