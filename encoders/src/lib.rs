@@ -1,6 +1,7 @@
 //! Front ends and ONNX encoders of avlm, free of any transport or LLM code:
 //! plain media value types, the ONNX Runtime set-up, Silero voice activity
-//! and the endpointer that turns speech probabilities into segments.
+//! and the endpointer that turns speech probabilities into segments, Whisper's
+//! log-mel front end and the Whisper encoder in ONNX.
 
 pub mod endpoint;
 pub mod error;
@@ -8,9 +9,11 @@ pub mod media;
 pub mod mel;
 pub mod runtime;
 pub mod vad;
+pub mod whisper;
 
 pub use endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
 pub use error::EncoderError;
 pub use media::{Frame, Pcm};
 pub use mel::{LogMel, MelSpectrogram};
 pub use vad::{SileroVad, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE};
+pub use whisper::{Features, WhisperEncoder};
