@@ -79,4 +79,11 @@ if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
   convert_whisper "$BASE_DIR" "$STATE/models/whisper-base-encoder.onnx"
 fi
 
+# The default model bundle: manifest + projector weights beside the models.
+BUNDLE="$STATE/bundles/default"
+if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $BUNDLE/avlm.toml ]]; then
+  log "writing the default model bundle in $BUNDLE"
+  "$PY" "$ROOT/tools/bundle/make_default_bundle.py" "$BUNDLE" >/dev/null
+fi
+
 log "ready: runtime files in $STATE (ONNX Runtime $ORT_VERSION, Silero VAD, Whisper tiny.en encoder, SmolLM2-135M)"

@@ -134,7 +134,7 @@ impl WhisperEncoder {
                 ),
             });
         }
-        if mel.frames == 0 || mel.frames % 2 != 0 || mel.frames > MAX_FRAMES {
+        if mel.frames == 0 || !mel.frames.is_multiple_of(2) || mel.frames > MAX_FRAMES {
             return Err(EncoderError::Contract {
                 model: self.path.display().to_string(),
                 reason: format!(

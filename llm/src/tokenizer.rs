@@ -130,7 +130,9 @@ impl Tokenizer {
             .filter(|(_, &t)| t == 3 || t == 4)
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| LlmError::Tokenizer(format!("cannot add special tokens: {e}")))?;
         let id = |key: &str| g.meta_u32(key).ok();
         Ok(Tokenizer {
             inner,

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// Bytes a session may hold between the connection and its decoder.
     pub pipe_bytes: usize,
     pub defaults: SessionDefaults,
+    /// Model bundle for TRANSCRIBE; none: the server only segments.
+    pub bundle: Option<PathBuf>,
+    /// Threads the model thread's encoder uses.
+    pub engine_threads: usize,
 }
 
 impl ServerConfig {
@@ -60,6 +64,8 @@ impl ServerConfig {
             max_message_bytes: 4 << 20,
             pipe_bytes: 1 << 20,
             defaults: SessionDefaults::default(),
+            bundle: Some(state.join("bundles/default")).filter(|b| b.join("avlm.toml").is_file()),
+            engine_threads: 2,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! avlm's streaming server: media ingest with FFmpeg, live sessions, the gRPC
 //! service, the client, and the `avlm` command's subcommands.
 
+pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod media;
 pub mod server;

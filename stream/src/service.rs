@@ -58,7 +58,7 @@ impl pb::avlm_server::Avlm for AvlmService {
             max_sessions: self.state.config.max_sessions as u32,
             active_sessions: self.state.active_sessions() as u32,
             max_message_bytes: self.state.config.max_message_bytes as u64,
-            tasks: vec![pb::Task::Segments as i32],
+            tasks: self.state.tasks().into_iter().map(|t| t as i32).collect(),
         }))
     }
 }

@@ -9,6 +9,7 @@ use avlm_proto as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerConfig;
+use crate::engine::Engine;
 
 /// Name of the model set this server runs.
 pub const MODEL_NAME: &str = "default";
@@ -16,6 +17,8 @@ pub const MODEL_NAME: &str = "default";
 pub struct ServerState {
     pub config: ServerConfig,
     pub vad: SileroVad,
+    /// The model thread, when a bundle is loaded.
+    pub engine: Option<Engine>,
     sessions: Arc<Semaphore>,
     active: Arc<AtomicUsize>,
 }
@@ -40,7 +43,15 @@ impl ServerState {
     pub fn load(config: ServerConfig) -> anyhow::Result<Self> {
         avlm_encoders::runtime::init(&config.ort_lib)?;
         let vad = SileroVad::load(&config.vad_model)?;
+        let engine = match &config.bundle {
+            Some(dir) => Some(
+                Engine::start(dir, config.engine_threads)
+                    .map_err(|e| anyhow::anyhow!("model bundle {}: {e}", dir.display()))?,
+            ),
+            None => None,
+        };
         Ok(ServerState {
+            engine,
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             active: Arc::new(AtomicUsize::new(0)),
             config,
@@ -65,19 +76,43 @@ impl ServerState {
     }
 
     pub fn model_info(&self) -> pb::ModelInfo {
-        pb::ModelInfo {
-            name: MODEL_NAME.into(),
-            vad: format!(
-                "silero-vad v5 ({})",
-                self.vad
-                    .path()
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ),
-            audio_encoder: String::new(),
-            vision_encoder: String::new(),
-            llm: String::new(),
+        let vad = format!(
+            "silero-vad v5 ({})",
+            self.vad
+                .path()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        match &self.engine {
+            Some(engine) => pb::ModelInfo {
+                vad,
+                ..engine.model_info().clone()
+            },
+            None => pb::ModelInfo {
+                name: MODEL_NAME.into(),
+                vad,
+                audio_encoder: String::new(),
+                vision_encoder: String::new(),
+                llm: String::new(),
+            },
         }
+    }
+
+    /// The model name clients may ask for.
+    pub fn model_name(&self) -> String {
+        self.engine
+            .as_ref()
+            .map(|e| e.model_info().name.clone())
+            .unwrap_or_else(|| MODEL_NAME.to_string())
+    }
+
+    /// Tasks this server runs.
+    pub fn tasks(&self) -> Vec<pb::Task> {
+        let mut tasks = vec![pb::Task::Segments];
+        if self.engine.is_some() {
+            tasks.push(pb::Task::Transcribe);
+        }
+        tasks
     }
 }

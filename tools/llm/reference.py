@@ -245,14 +245,26 @@ def forward_batch(m: Model, seqs, rope_mode: str = ROPE_NORM,
     (weights are read once, which is what makes batched greedy decode cheap in
     float64); attention stays per sequence.  Returns float64 logits per sequence,
     (T_i, V), or (1, V) for just the last position if not all_logits."""
-    ids = [np.asarray(i, dtype=np.int64) for i, _ in seqs]
+    return forward_embeds_batch(
+        m, [(m.tok_embd[np.asarray(i, dtype=np.int64)], c) for i, c in seqs],
+        rope_mode, all_logits)
+
+
+def forward_embeds_batch(m: Model, seqs, rope_mode: str = ROPE_NORM,
+                         all_logits: bool = True) -> list[np.ndarray]:
+    """Like forward_batch, but each sequence's new rows are given as input
+    EMBEDDINGS (T_i, D) instead of token ids, i.e. what would otherwise be
+    token_embd rows (e.g. text-token rows with projected audio rows spliced in).
+    seqs: list of (embeds, KVCache).  Embeddings are used in float64.  For token
+    ids, forward_batch(ids) == forward_embeds_batch(tok_embd[ids]) exactly."""
+    xs = [np.asarray(e, dtype=np.float64).reshape(-1, m.d_model) for e, _ in seqs]
     caches = [c for _, c in seqs]
-    lens = [len(i) for i in ids]
+    lens = [x.shape[0] for x in xs]
     splits = np.cumsum(lens)[:-1]
     pos = [np.arange(c.n_past, c.n_past + n) for c, n in zip(caches, lens)]
     H, Hkv, Dh = m.n_head, m.n_head_kv, m.head_dim
 
-    x = m.tok_embd[np.concatenate(ids)]                                 # (sum T, D)
+    x = np.concatenate(xs)                                              # (sum T, D)
     for il, L in enumerate(m.layers):
         h = rms_norm(x, L.attn_norm, m.rms_eps)
         q, k, v = h @ L.wq.T, h @ L.wk.T, h @ L.wv.T
@@ -321,6 +333,43 @@ def greedy(m: Model, prompt_ids, n: int, rope_mode: str = ROPE_NORM,
     """n argmax tokens after one prompt (no stop on eos)."""
     ids, margins, _ = greedy_batch(m, [prompt_ids], n, rope_mode)[0]
     return (ids, margins) if return_margins else ids
+
+
+def forward_embeds(m: Model, embeds, rope_mode: str = ROPE_NORM) -> np.ndarray:
+    """Logits (T, V) float64 for every position of a fresh sequence given as
+    input embeddings (T, D)."""
+    return forward_embeds_batch(m, [(embeds, KVCache(m.n_layer))], rope_mode)[0]
+
+
+def greedy_embeds(m: Model, embeds, n: int, stop_ids=(), rope_mode: str = ROPE_NORM):
+    """Greedy decode after a prompt given as input embeddings (T, D): prefill
+    the embeddings, then feed each chosen token back by id (token_embd row).
+    Generates at most n tokens; stops BEFORE emitting any id in stop_ids.
+    Returns a dict:
+      ids          generated ids (stop id not included)
+      margins      top1 - top2 logit gap at every step taken, including the
+                   final step whose argmax was a stop id (so len(margins) ==
+                   len(ids) + 1 when stopped, == len(ids) == n otherwise)
+      stopped_on   the stop id that ended decoding, or None (ran n steps)
+      prompt_last_logits  float64 (V,) logits at the last prompt position
+    """
+    stop = set(int(s) for s in stop_ids)
+    cache = KVCache(m.n_layer)
+    lg = forward_embeds_batch(m, [(embeds, cache)], rope_mode, all_logits=False)[0][-1]
+    first = lg
+    ids, margins, stopped = [], [], None
+    for step in range(n):
+        # np.argmax takes the lowest id on an exact tie; the Rust side should too.
+        t = int(np.argmax(lg))
+        top2 = np.partition(lg, -2)[-2:]
+        margins.append(float(top2[1] - top2[0]))
+        if t in stop:
+            stopped = t
+            break
+        ids.append(t)
+        if step + 1 < n:
+            lg = forward_step(m, [t], cache, rope_mode, all_logits=False)[-1]
+    return {"ids": ids, "margins": margins, "stopped_on": stopped, "prompt_last_logits": first}
 
 
 # --------------------------------------------------------------------------

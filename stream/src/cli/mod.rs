@@ -6,6 +6,7 @@ mod paths;
 mod print;
 mod serve;
 mod stream;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure throughput of the live path on this machine.
     Bench(bench::BenchArgs),
+    /// Load a model bundle, check its parts fit, and print a summary.
+    Validate(validate::ValidateArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
             Command::Stream(args) => stream::run(args).await,
             Command::Info(args) => info::run(args).await.map(|_| 0),
             Command::Bench(args) => bench::run(args).await.map(|_| 0),
+            Command::Validate(args) => validate::run(args).await.map(|_| 0),
         }
     });
     match result {

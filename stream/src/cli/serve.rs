@@ -31,6 +31,15 @@ pub struct RuntimeArgs {
     /// Silero VAD ONNX model [default: .avlm/models/silero_vad.onnx].
     #[arg(long, env = "AVLM_VAD_MODEL")]
     pub vad_model: Option<PathBuf>,
+    /// Model bundle folder (avlm.toml) for TRANSCRIBE [default: .avlm/bundles/default when present].
+    #[arg(long, env = "AVLM_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+    /// Serve voice-activity segmentation only, without loading a model bundle.
+    #[arg(long, conflicts_with = "bundle")]
+    pub no_bundle: bool,
+    /// Threads for the model thread's audio encoder.
+    #[arg(long, env = "AVLM_ENGINE_THREADS", default_value_t = 2)]
+    pub engine_threads: usize,
 }
 
 impl RuntimeArgs {
@@ -42,6 +51,15 @@ impl RuntimeArgs {
             max_message_bytes,
             pipe_bytes: 1 << 20,
             defaults: SessionDefaults::default(),
+            bundle: if self.no_bundle {
+                None
+            } else {
+                self.bundle.clone().or_else(|| {
+                    let default = paths::resolve(None, "bundles/default");
+                    default.join("avlm.toml").is_file().then_some(default)
+                })
+            },
+            engine_threads: self.engine_threads,
         }
     }
 }

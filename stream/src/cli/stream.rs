@@ -147,7 +147,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     let (url, local) = match &args.server {
         Some(url) => (url.clone(), None),
         None => {
-            let config = args.runtime.server_config(4, 4 << 20);
+            let mut config = args.runtime.server_config(4, 4 << 20);
+            // Only transcription needs the model bundle.
+            if !matches!(args.task, TaskArg::Transcribe) {
+                config.bundle = None;
+            }
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
             (server.url(), Some(server))
         }

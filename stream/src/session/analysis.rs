@@ -14,6 +14,7 @@ use tokio::sync::mpsc::Sender;
 use tonic::Status;
 
 use crate::media::{DecodeMeter, MediaError, MediaItem};
+use crate::session::transcribe::Transcriber;
 
 /// Where server messages go; `false` from `send` means the client is gone.
 pub struct Outbox {
@@ -51,6 +52,8 @@ pub struct Analysis {
     next_stats_s: f64,
     busy: Duration,
     events: Vec<SpeechEvent>,
+    /// TRANSCRIBE sessions: turns closed segments into Finals.
+    transcriber: Option<Transcriber>,
 }
 
 /// How the analysis ended.
@@ -68,6 +71,7 @@ impl Analysis {
         out: Outbox,
         meters: Meters,
         stats_interval_s: f64,
+        transcriber: Option<Transcriber>,
     ) -> Self {
         Analysis {
             vad,
@@ -85,6 +89,7 @@ impl Analysis {
             },
             busy: Duration::ZERO,
             events: Vec::new(),
+            transcriber,
         }
     }
 
@@ -142,6 +147,9 @@ impl Analysis {
     }
 
     fn audio(&mut self, samples: &[f32], start_s: f64) -> bool {
+        if let Some(t) = &mut self.transcriber {
+            t.audio(samples, start_s);
+        }
         if self.pending_start_s.is_none() {
             self.pending_start_s = Some(start_s);
         }
@@ -208,6 +216,18 @@ impl Analysis {
     }
 
     fn send_events(&mut self) -> bool {
+        if let Some(t) = &mut self.transcriber {
+            for event in &self.events {
+                if !t.event(event) {
+                    self.out
+                        .fail(Status::unavailable("the model thread has stopped"));
+                    return false;
+                }
+            }
+            if !self.endpointer.in_speech() {
+                t.trim_idle();
+            }
+        }
         for event in self.events.drain(..) {
             let segment = match event {
                 SpeechEvent::Start { id, start_s, .. } => pb::Segment {

@@ -8,6 +8,7 @@
 //! dropped. Any part seeing the client gone tears the others down.
 
 pub mod analysis;
+pub mod transcribe;
 pub mod valid;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,11 @@ pub async fn run(
         }
         Err(status) => return fail(&tx, inbound_status(status, &state)).await,
     };
-    let valid = match valid::validate(config, &state.config.defaults, crate::state::MODEL_NAME) {
+    let caps = valid::Capabilities {
+        model_name: state.model_name(),
+        transcribe: state.engine.is_some(),
+    };
+    let valid = match valid::validate(config, &state.config.defaults, &caps) {
         Ok(v) => v,
         Err(status) => return fail(&tx, status).await,
     };
@@ -151,6 +156,12 @@ pub async fn run(
             bytes_received: bytes_received.clone(),
         },
         valid.stats_interval_s,
+        match (valid.task, &state.engine) {
+            (valid::Task::Transcribe, Some(engine)) => {
+                Some(transcribe::Transcriber::new(engine.clone(), tx.clone()))
+            }
+            _ => None,
+        },
     );
     let analysis_lease = lease.clone();
     let abort = writer.abort_handle();

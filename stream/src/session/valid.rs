@@ -47,12 +47,23 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+/// What the server can run, for validation.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    pub model_name: String,
+    pub transcribe: bool,
+}
+
+/// Longest segment a TRANSCRIBE session may ask for (Whisper's 30 s window).
+pub const MAX_TRANSCRIBE_SEGMENT_MS: u32 = 30_000;
+
 /// Checks `config` against the server's defaults and limits.
 pub fn validate(
     config: pb::StreamConfig,
     defaults: &SessionDefaults,
-    model_name: &str,
+    caps: &Capabilities,
 ) -> Result<ValidConfig, Status> {
+    let model_name = caps.model_name.as_str();
     let task = match pb::Task::try_from(config.task) {
         Ok(pb::Task::Unspecified | pb::Task::Segments) => Task::Segments,
         Ok(pb::Task::Transcribe) => Task::Transcribe,
@@ -80,9 +91,15 @@ pub fn validate(
                 "task SEGMENTS finds speech in the audio, so the modalities must include audio",
             ));
         }
-        Task::Transcribe => {
+        Task::Transcribe if !caps.transcribe => {
             return Err(Status::unimplemented(
-                "task TRANSCRIBE needs a transcription model, and this server has none loaded yet; it serves task SEGMENTS",
+                "task TRANSCRIBE needs a model bundle, and this server runs without one (serve --bundle DIR); it serves task SEGMENTS",
+            ));
+        }
+        Task::Transcribe if !audio => {
+            return Err(bad(
+                "modalities",
+                "this server transcribes audio: the modalities must include audio",
             ));
         }
         Task::Caption => {
@@ -90,7 +107,7 @@ pub fn validate(
                 "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task SEGMENTS",
             ));
         }
-        Task::Segments => {}
+        Task::Segments | Task::Transcribe => {}
     }
 
     let input = match config.input.clone() {
@@ -180,6 +197,12 @@ pub fn validate(
         600_000,
         " ms",
     )?;
+    if task == Task::Transcribe && max_segment_ms > MAX_TRANSCRIBE_SEGMENT_MS {
+        return Err(bad(
+            "options.max_segment_ms",
+            format!("{max_segment_ms} ms is longer than the {MAX_TRANSCRIBE_SEGMENT_MS} ms the audio encoder takes at once"),
+        ));
+    }
     let stats_interval_ms = in_range(
         "options.stats_interval_ms",
         o.stats_interval_ms.unwrap_or(defaults.stats_interval_ms),
@@ -227,7 +250,11 @@ pub fn validate(
         }),
     };
     let effective = pb::StreamConfig {
-        task: pb::Task::Segments as i32,
+        task: match task {
+            Task::Segments => pb::Task::Segments,
+            Task::Transcribe => pb::Task::Transcribe,
+            Task::Caption => pb::Task::Caption,
+        } as i32,
         modalities: match (audio, video) {
             (true, true) => pb::Modalities::AudioVideo,
             (false, true) => pb::Modalities::Video,
@@ -264,7 +291,14 @@ mod tests {
     use super::*;
 
     fn check(config: pb::StreamConfig) -> Result<ValidConfig, Status> {
-        validate(config, &SessionDefaults::default(), "default")
+        validate(
+            config,
+            &SessionDefaults::default(),
+            &Capabilities {
+                model_name: "default".into(),
+                transcribe: false,
+            },
+        )
     }
 
     #[test]

@@ -51,8 +51,22 @@ pub fn manifest() -> Manifest {
         .expect("parse manifest")
 }
 
+/// A segmentation-only server (no model bundle: fast to start, small).
 pub fn server_config() -> ServerConfig {
-    ServerConfig::with_runtime_in(&repo_root())
+    ServerConfig {
+        bundle: None,
+        ..ServerConfig::with_runtime_in(&repo_root())
+    }
+}
+
+/// A server with the default model bundle loaded (TRANSCRIBE).
+pub fn transcribe_server_config() -> ServerConfig {
+    let config = ServerConfig::with_runtime_in(&repo_root());
+    assert!(
+        config.bundle.is_some(),
+        "no default bundle in .avlm/bundles/default: run tools/setup.sh"
+    );
+    config
 }
 
 pub async fn start_server(config: ServerConfig) -> RunningServer {

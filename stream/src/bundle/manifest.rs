@@ -1,0 +1,230 @@
+//! The `avlm.toml` manifest of a model bundle. Paths are relative to the
+//! bundle folder.
+//!
+//! ```toml
+//! name = "default"
+//! [audio]
+//! encoder = "../../models/whisper-tiny.en-encoder.onnx"
+//! n_mels = 80
+//! hidden = 384
+//! window = "utterance"          # or "30s"
+//! [projector]
+//! weights = "projector.safetensors"
+//! [projector.audio]
+//! prefix = "audio"
+//! compression = { kind = "stack", k = 4 }
+//! activation = "relu"           # or "gelu"
+//! layer_norm = false
+//! hidden = 576
+//! [llm]
+//! weights = "../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! format = "gguf"               # or "safetensors" (a Hugging Face folder)
+//! weight_mode = "f32"           # gguf only: "f32" or "quantized"
+//! tokenizer = "gguf"            # or a tokenizer.json path
+//! max_context = 2048
+//! [prompts]
+//! transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
+//! [decoding]
+//! beam_width = 1
+//! length_penalty = 1.0
+//! max_new_tokens = 64
+//! stop = ["<|im_end|>", "<|endoftext|>"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use avlm_projector::{Activation, Compression};
+use serde::Deserialize;
+
+/// File name of the manifest inside a bundle folder.
+pub const MANIFEST: &str = "avlm.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub audio: Option<AudioSection>,
+    pub projector: ProjectorSection,
+    pub llm: LlmSection,
+    pub prompts: Prompts,
+    #[serde(default)]
+    pub decoding: Decoding,
+}
+
+/// How much audio the encoder sees at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum EncoderWindow {
+    /// The utterance at its own length (cost grows with the speech, not 30 s).
+    #[default]
+    #[serde(rename = "utterance")]
+    Utterance,
+    /// Zero-padded to Whisper's 30 s window, output cut to the speech (as
+    /// Llama-AVSR's checkpoints were trained).
+    #[serde(rename = "30s")]
+    Padded30s,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSection {
+    pub encoder: PathBuf,
+    pub n_mels: usize,
+    /// Encoder output width.
+    pub hidden: usize,
+    #[serde(default)]
+    pub window: EncoderWindow,
+    /// Scale each utterance's waveform to zero mean, unit variance first.
+    #[serde(default)]
+    pub normalize_waveform: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorSection {
+    pub weights: PathBuf,
+    pub audio: Option<ProjectorModality>,
+    pub video: Option<ProjectorModality>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectorModality {
+    /// Tensor name prefix in the weights file (`{prefix}.fc1.weight`, ...).
+    pub prefix: String,
+    pub compression: Compression,
+    pub activation: Activation,
+    #[serde(default)]
+    pub layer_norm: bool,
+    /// Width of the MLP's hidden layer.
+    pub hidden: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmFormat {
+    Gguf,
+    Safetensors,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmWeightMode {
+    #[default]
+    F32,
+    Quantized,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSection {
+    /// A GGUF file, or a Hugging Face folder (config.json + *.safetensors).
+    pub weights: PathBuf,
+    pub format: LlmFormat,
+    #[serde(default)]
+    pub weight_mode: LlmWeightMode,
+    /// "gguf" (the vocabulary inside the GGUF) or a tokenizer.json path.
+    pub tokenizer: String,
+    #[serde(default = "default_context")]
+    pub max_context: usize,
+}
+
+fn default_context() -> usize {
+    2048
+}
+
+/// Prompt templates; `{audio}` / `{video}` mark where projected features go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    pub transcribe_audio: Option<String>,
+    pub transcribe_video: Option<String>,
+    pub transcribe_audio_video: Option<String>,
+    pub caption: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decoding {
+    #[serde(default = "one")]
+    pub beam_width: usize,
+    #[serde(default = "one_f")]
+    pub length_penalty: f32,
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Token strings that end a hypothesis.
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+impl Default for Decoding {
+    fn default() -> Self {
+        Decoding {
+            beam_width: 1,
+            length_penalty: 1.0,
+            max_new_tokens: default_new_tokens(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn one_f() -> f32 {
+    1.0
+}
+
+fn default_new_tokens() -> usize {
+    64
+}
+
+impl Manifest {
+    /// Reads `dir/avlm.toml`.
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(MANIFEST);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("manifest.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| {
+                l.trim_start_matches("//!")
+                    .strip_prefix(' ')
+                    .unwrap_or("")
+                    .to_string()
+                    + "\n"
+            })
+            .collect();
+        let m: Manifest = toml::from_str(&example).unwrap();
+        assert_eq!(m.name, "default");
+        assert_eq!(m.audio.unwrap().window, EncoderWindow::Utterance);
+        let p = m.projector.audio.unwrap();
+        assert!(matches!(p.compression, Compression::Stack { k: 4 }));
+        assert_eq!(m.llm.weight_mode, LlmWeightMode::F32);
+        assert!(m.prompts.transcribe_audio.unwrap().contains("{audio}"));
+        assert_eq!(m.decoding.stop.len(), 2);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let bad = "name = \"x\"\nflavour = 1\n[projector]\nweights = \"p\"\n[llm]\nweights = \"w\"\nformat = \"gguf\"\ntokenizer = \"gguf\"\n[prompts]\n";
+        let e = toml::from_str::<Manifest>(bad).unwrap_err().to_string();
+        assert!(e.contains("flavour"), "{e}");
+    }
+}

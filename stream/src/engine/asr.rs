@@ -1,0 +1,243 @@
+//! The transcription chain for one utterance: log-mel, Whisper encoder,
+//! projector, and the LLM decoding from the prompt with the projected audio
+//! spliced in where the template says `{audio}`.
+
+use std::time::{Duration, Instant};
+
+use avlm_encoders::mel::{LogMel, HOP};
+use avlm_encoders::whisper::MAX_FRAMES;
+use avlm_encoders::MelSpectrogram;
+use avlm_llm::{beam_search, greedy, BeamConfig, Llama, StopCriteria};
+use candle_core::Tensor;
+
+use crate::bundle::manifest::EncoderWindow;
+use crate::bundle::{BundleError, LoadedBundle};
+
+/// Longest utterance the encoder takes (Whisper's 30 s window).
+pub const MAX_SAMPLES: usize = MAX_FRAMES * HOP;
+
+/// Wall time per stage of one transcription.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub mel: Duration,
+    pub encoder: Duration,
+    pub projector: Duration,
+    pub prefill: Duration,
+    pub decode: Duration,
+}
+
+/// The result for one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    /// Projected audio positions in the prompt.
+    pub audio_tokens: usize,
+    pub prompt_tokens: usize,
+    pub times: StageTimes,
+}
+
+pub struct AsrPipeline {
+    bundle: LoadedBundle,
+    mel: LogMel,
+    prefix_ids: Vec<u32>,
+    suffix_ids: Vec<u32>,
+    window: EncoderWindow,
+    normalize: bool,
+}
+
+impl AsrPipeline {
+    pub fn new(bundle: LoadedBundle) -> Result<Self, BundleError> {
+        let audio = bundle
+            .manifest
+            .audio
+            .clone()
+            .ok_or_else(|| BundleError::Manifest("no [audio] section".into()))?;
+        let template = bundle
+            .manifest
+            .prompts
+            .transcribe_audio
+            .clone()
+            .ok_or_else(|| BundleError::Manifest("prompts.transcribe_audio missing".into()))?;
+        let (prefix, suffix) = template.split_once("{audio}").ok_or_else(|| {
+            BundleError::Manifest("prompts.transcribe_audio has no {audio}".into())
+        })?;
+        let prefix_ids = bundle.tokenizer.encode(prefix)?;
+        let suffix_ids = bundle.tokenizer.encode(suffix)?;
+        Ok(AsrPipeline {
+            mel: LogMel::whisper(audio.n_mels),
+            window: audio.window,
+            normalize: audio.normalize_waveform,
+            bundle,
+            prefix_ids,
+            suffix_ids,
+        })
+    }
+
+    pub fn bundle(&self) -> &LoadedBundle {
+        &self.bundle
+    }
+
+    /// Token ids of the prompt around the audio.
+    pub fn prompt_ids(&self) -> (&[u32], &[u32]) {
+        (&self.prefix_ids, &self.suffix_ids)
+    }
+
+    /// The log-mel input the encoder gets for `samples` (even frame count).
+    pub fn spectrogram(&self, samples: &[f32]) -> MelSpectrogram {
+        let samples = &samples[..samples.len().min(MAX_SAMPLES)];
+        let normalized;
+        let samples = if self.normalize {
+            normalized = normalize(samples);
+            &normalized[..]
+        } else {
+            samples
+        };
+        match self.window {
+            EncoderWindow::Utterance => {
+                let mut mel = self.mel.compute(samples);
+                if mel.frames % 2 == 1 {
+                    drop_last_frame(&mut mel);
+                }
+                mel
+            }
+            EncoderWindow::Padded30s => {
+                let mut padded = samples.to_vec();
+                padded.resize(MAX_SAMPLES, 0.0);
+                self.mel.compute(&padded)
+            }
+        }
+    }
+
+    /// Projected audio embeddings `[tokens, hidden]` for `samples`, or `None`
+    /// when the audio is too short to give a single token.
+    pub fn audio_embeddings(
+        &mut self,
+        samples: &[f32],
+        times: &mut StageTimes,
+    ) -> Result<Option<Tensor>, BundleError> {
+        let t = Instant::now();
+        let mel = self.spectrogram(samples);
+        times.mel = t.elapsed();
+        if mel.frames < 2 {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let mut features = self.bundle.encoder.encode(&mel)?;
+        if self.window == EncoderWindow::Padded30s {
+            // Keep the frames that cover speech, as Llama-AVSR cuts its 30 s windows.
+            let keep = samples
+                .len()
+                .min(MAX_SAMPLES)
+                .div_ceil(2 * HOP)
+                .clamp(1, features.frames);
+            features.data.truncate(keep * features.dim);
+            features.frames = keep;
+        }
+        times.encoder = t.elapsed();
+        if self.bundle.projector.output_len(features.frames) == 0 {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let x = Tensor::from_vec(
+            features.data,
+            (features.frames, features.dim),
+            self.bundle.llm.device(),
+        )
+        .map_err(avlm_llm::LlmError::from)?;
+        let projected = self.bundle.projector.forward(&x)?;
+        times.projector = t.elapsed();
+        Ok(Some(projected))
+    }
+
+    /// Transcribes one utterance of 16 kHz mono audio (at most 30 s is used).
+    pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, BundleError> {
+        let mut times = StageTimes::default();
+        let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
+            return Ok(Transcript {
+                text: String::new(),
+                tokens: Vec::new(),
+                audio_tokens: 0,
+                prompt_tokens: 0,
+                times,
+            });
+        };
+        let llm = &self.bundle.llm;
+        let audio_tokens = audio.dim(0).map_err(avlm_llm::LlmError::from)?;
+        let parts = [
+            llm.embed_tokens(&self.prefix_ids)?,
+            audio,
+            llm.embed_tokens(&self.suffix_ids)?,
+        ];
+        let parts: Vec<&Tensor> = parts
+            .iter()
+            .filter(|t| t.dim(0).map(|n| n > 0).unwrap_or(false))
+            .collect();
+        let embeds = Tensor::cat(&parts, 0).map_err(avlm_llm::LlmError::from)?;
+        let prompt_tokens = embeds.dim(0).map_err(avlm_llm::LlmError::from)?;
+        let decoding = &self.bundle.manifest.decoding;
+        let stop = StopCriteria {
+            max_new_tokens: decoding.max_new_tokens,
+            stop_tokens: self.bundle.stop_ids.clone(),
+        };
+        let mut cache = llm.new_cache(prompt_tokens + decoding.max_new_tokens + 1)?;
+        let t = Instant::now();
+        let logits = Llama::last_logits(&llm.forward_embeds(&embeds, &mut cache, false)?)?;
+        times.prefill = t.elapsed();
+        let t = Instant::now();
+        let generation = if decoding.beam_width <= 1 {
+            greedy(llm, &mut cache, logits, &stop)?
+        } else {
+            beam_search(
+                llm,
+                &cache,
+                logits,
+                &BeamConfig {
+                    width: decoding.beam_width,
+                    length_penalty: decoding.length_penalty,
+                    stop,
+                },
+            )?
+        };
+        times.decode = t.elapsed();
+        let text = self
+            .bundle
+            .tokenizer
+            .decode(&generation.tokens, true)?
+            .trim()
+            .to_string();
+        Ok(Transcript {
+            text,
+            tokens: generation.tokens,
+            audio_tokens,
+            prompt_tokens,
+            times,
+        })
+    }
+}
+
+fn drop_last_frame(mel: &mut MelSpectrogram) {
+    let frames = mel.frames - 1;
+    let mut data = Vec::with_capacity(mel.n_mels * frames);
+    for m in 0..mel.n_mels {
+        data.extend_from_slice(&mel.data[m * mel.frames..m * mel.frames + frames]);
+    }
+    mel.data = data;
+    mel.frames = frames;
+}
+
+/// Zero mean, unit variance over the utterance (Llama-AVSR's layer norm of the waveform).
+fn normalize(samples: &[f32]) -> Vec<f32> {
+    let n = samples.len().max(1) as f64;
+    let mean = samples.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = samples
+        .iter()
+        .map(|&x| (f64::from(x) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let scale = 1.0 / (var + 1e-5).sqrt();
+    samples
+        .iter()
+        .map(|&x| ((f64::from(x) - mean) * scale) as f32)
+        .collect()
+}

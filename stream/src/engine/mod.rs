@@ -1,0 +1,113 @@
+//! The engine: one model thread that owns the loaded bundle and serves every
+//! session's transcription jobs from a bounded queue. Sessions submit a
+//! finished utterance and get the result through a callback; a full queue
+//! blocks the submitting session (backpressure), never drops work.
+
+pub mod asr;
+
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use avlm_proto as pb;
+
+pub use asr::{AsrPipeline, StageTimes, Transcript};
+
+use crate::bundle::{BundleError, LoadedBundle};
+
+/// Jobs waiting for the model thread.
+const QUEUE: usize = 32;
+
+type Reply = Box<dyn FnOnce(Result<Transcript, String>) + Send>;
+
+struct Job {
+    samples: Vec<f32>,
+    /// Skips the work when the session already went away.
+    cancelled: Box<dyn Fn() -> bool + Send>,
+    reply: Reply,
+}
+
+/// A handle to the model thread; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Job>,
+    info: Arc<pb::ModelInfo>,
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the model thread has stopped")]
+    Stopped,
+}
+
+impl Engine {
+    /// Loads the bundle in `dir` and starts the model thread.
+    pub fn start(dir: &Path, threads: usize) -> Result<Self, BundleError> {
+        let bundle = LoadedBundle::load(dir, threads)?;
+        let info = pb::ModelInfo {
+            name: bundle.manifest.name.clone(),
+            vad: String::new(),
+            audio_encoder: bundle
+                .encoder
+                .path()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            vision_encoder: String::new(),
+            llm: bundle.llm.describe().to_string(),
+        };
+        let mut pipeline = AsrPipeline::new(bundle)?;
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("avlm-engine".into())
+            .spawn(move || {
+                for job in rx {
+                    if (job.cancelled)() {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let result = pipeline.transcribe(&job.samples).map_err(|e| e.to_string());
+                    if let Ok(t) = &result {
+                        tracing::debug!(
+                            audio_s = job.samples.len() as f64 / 16_000.0,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            audio_tokens = t.audio_tokens,
+                            new_tokens = t.tokens.len(),
+                            "transcribed"
+                        );
+                    }
+                    (job.reply)(result);
+                }
+            })
+            .map_err(|e| BundleError::Manifest(format!("cannot start the model thread: {e}")))?;
+        Ok(Engine {
+            tx,
+            info: Arc::new(info),
+        })
+    }
+
+    pub fn model_info(&self) -> &pb::ModelInfo {
+        &self.info
+    }
+
+    /// Queues one utterance (16 kHz mono); blocks while the queue is full.
+    pub fn submit(
+        &self,
+        samples: Vec<f32>,
+        cancelled: impl Fn() -> bool + Send + 'static,
+        reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
+    ) -> Result<(), SubmitError> {
+        let job = Job {
+            samples,
+            cancelled: Box::new(cancelled),
+            reply: Box::new(reply),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => self.tx.send(job).map_err(|_| SubmitError::Stopped),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+}

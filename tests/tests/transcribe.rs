@@ -1,0 +1,99 @@
+//! TRANSCRIBE over the real server with the default bundle: a Final per
+//! speech segment, with the segment's times, deterministic, and refused
+//! cleanly where it cannot run.
+
+mod common;
+
+use avlm_proto as pb;
+use common::*;
+use tonic::Code;
+
+fn transcribe_config() -> pb::StreamConfig {
+    pb::StreamConfig {
+        task: pb::Task::Transcribe as i32,
+        ..container_config()
+    }
+}
+
+fn finals(run: &Run) -> Vec<pb::Final> {
+    run.messages
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(pb::server_message::Msg::Final(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_speech_segment_gets_a_final_with_its_times() {
+    let server = start_server(transcribe_server_config()).await;
+    let run = stream_bytes(
+        &server.url(),
+        transcribe_config(),
+        read_media("speech.webm"),
+        16 * 1024,
+    )
+    .await
+    .expect("transcribe stream");
+    let segments = run.segments();
+    assert_eq!(segments.len(), 3);
+    let finals = finals(&run);
+    assert_eq!(
+        finals.len(),
+        segments.len(),
+        "one Final per segment: {finals:?}"
+    );
+    for (seg, fin) in segments.iter().zip(&finals) {
+        assert_eq!(fin.segment_id, seg.id);
+        assert_eq!((fin.start_s, fin.end_s), (seg.start_s, seg.end_s));
+        assert!(
+            !fin.text.is_empty(),
+            "segment {} decoded to nothing",
+            seg.id
+        );
+        assert!(fin.decode_latency_s > 0.0);
+    }
+    // Deterministic: the same media gives the same text.
+    let again = stream_bytes(
+        &server.url(),
+        transcribe_config(),
+        read_media("speech.webm"),
+        4096,
+    )
+    .await
+    .unwrap();
+    let texts = |f: &[pb::Final]| f.iter().map(|f| f.text.clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&finals), texts(&self::finals(&again)));
+
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let info = client
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.tasks.contains(&(pb::Task::Transcribe as i32)));
+    assert!(info.models[0].llm.contains("GGUF"), "{:?}", info.models[0]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_without_a_bundle_or_past_30s_segments_is_refused() {
+    let server = start_server(server_config()).await;
+    let (_, status) = raw_call(&server.url(), vec![config_msg(transcribe_config())]).await;
+    assert_eq!(status.unwrap_err().code(), Code::Unimplemented);
+    server.shutdown().await.unwrap();
+
+    let server = start_server(transcribe_server_config()).await;
+    let mut config = transcribe_config();
+    config.options.as_mut().unwrap().max_segment_ms = Some(60_000);
+    let (_, status) = raw_call(&server.url(), vec![config_msg(config)]).await;
+    let status = status.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("max_segment_ms"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}

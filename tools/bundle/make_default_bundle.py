@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Write avlm's default model bundle folder.
+
+    make_default_bundle.py BUNDLE_DIR      (normally .avlm/bundles/default)
+
+Writes:
+  BUNDLE_DIR/avlm.toml              the bundle manifest (paths relative to BUNDLE_DIR;
+                                    models are expected at BUNDLE_DIR/../../models/)
+  BUNDLE_DIR/projector.safetensors  the audio projector, audio.fc1 / audio.fc2
+
+The projector is NOT trained yet: it is a deterministic, seeded stand-in with
+PyTorch's default nn.Linear initialisation (kaiming_uniform_(a=sqrt(5)) for the
+weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, both of which come
+to U(-1/sqrt(fan_in), 1/sqrt(fan_in))), drawn from
+numpy.random.default_rng(20261126) as rng.random(shape, dtype=float64) * 2b - b,
+in the order fc1.weight, fc1.bias, fc2.weight, fc2.bias, stored float32.
+Same seed -> byte-identical file.  Tensors (PyTorch Linear layout [out, in]):
+  audio.fc1.weight [576, 1536]  audio.fc1.bias [576]
+  audio.fc2.weight [576, 576]   audio.fc2.bias [576]
+
+The safetensors file is written with plain numpy (no torch, no `safetensors`
+package): u64 LE header length, JSON header padded with spaces to a multiple of
+8 bytes, then the raw little-endian tensor data in header order.
+
+Importable: make_default_bundle(bundle_dir) -> (manifest_path, projector_path).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+SEED = 20261126
+STACK_K = 4
+ENC_HIDDEN = 384          # Whisper tiny.en encoder width
+LLM_HIDDEN = 576          # SmolLM2-135M d_model
+PREFIX = "audio"
+
+# Order matters: it is the order of the RNG draws and of the data in the file.
+TENSORS = [
+    (f"{PREFIX}.fc1.weight", (LLM_HIDDEN, STACK_K * ENC_HIDDEN), STACK_K * ENC_HIDDEN),
+    (f"{PREFIX}.fc1.bias", (LLM_HIDDEN,), STACK_K * ENC_HIDDEN),
+    (f"{PREFIX}.fc2.weight", (LLM_HIDDEN, LLM_HIDDEN), LLM_HIDDEN),
+    (f"{PREFIX}.fc2.bias", (LLM_HIDDEN,), LLM_HIDDEN),
+]
+
+METADATA = {"avlm": "untrained seeded init", "seed": str(SEED)}
+
+# Written verbatim.  The \n inside the prompt are TOML basic-string escapes.
+MANIFEST = r'''# avlm model bundle: default (Whisper tiny.en encoder + SmolLM2-135M-Instruct)
+name = "default"
+description = "Whisper tiny.en encoder (ONNX, from CTranslate2 weights) + stack-4 projector + SmolLM2-135M-Instruct (GGUF). Projector: untrained seeded init."
+
+[audio]
+encoder = "../../models/whisper-tiny.en-encoder.onnx"
+n_mels = 80
+hidden = 384
+window = "utterance"        # encode the utterance at its own length ("30s": pad to 3000 frames, keep ceil(samples/320) frames)
+
+[projector]
+weights = "projector.safetensors"
+
+[projector.audio]
+prefix = "audio"
+compression = { kind = "stack", k = 4 }
+activation = "relu"
+layer_norm = false
+hidden = 576
+
+[llm]
+weights = "../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+format = "gguf"
+weight_mode = "f32"
+tokenizer = "gguf"
+max_context = 2048
+
+[prompts]
+transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
+
+[decoding]
+beam_width = 1
+length_penalty = 1.0
+max_new_tokens = 64
+stop = ["<|im_end|>", "<|endoftext|>"]
+'''
+
+
+def projector_weights(seed: int = SEED) -> dict[str, np.ndarray]:
+    """name -> float32 array, PyTorch nn.Linear default init from a seeded numpy stream."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape, fan_in in TENSORS:
+        bound = 1.0 / np.sqrt(fan_in)
+        u = rng.random(shape, dtype=np.float64)              # [0, 1)
+        out[name] = (u * (2.0 * bound) - bound).astype(np.float32)
+    return out
+
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    header: dict = {"__metadata__": dict(metadata)}
+    blobs, off = [], 0
+    for name, arr in tensors.items():
+        if arr.dtype != np.float32:
+            raise ValueError(f"{name}: only F32 written here, got {arr.dtype}")
+        b = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Minimal reader (F32 only), for checks and for the golden generator."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] != "F32":
+            raise ValueError(f"{name}: dtype {info['dtype']} not handled")
+        s, e = info["data_offsets"]
+        out[name] = np.frombuffer(data[base + s:base + e], dtype="<f4").reshape(info["shape"])
+    return out, meta
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def make_default_bundle(bundle_dir: str) -> tuple[str, str]:
+    os.makedirs(bundle_dir, exist_ok=True)
+    manifest = os.path.join(bundle_dir, "avlm.toml")
+    projector = os.path.join(bundle_dir, "projector.safetensors")
+    _write(projector, safetensors_bytes(projector_weights(), METADATA))
+    _write(manifest, MANIFEST.encode("utf-8"))
+    return manifest, projector
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(__doc__.strip().split("\n\n")[0], file=sys.stderr)
+        print("usage: make_default_bundle.py BUNDLE_DIR", file=sys.stderr)
+        return 2
+    manifest, projector = make_default_bundle(argv[0])
+    # Self-check: the manifest parses and the projector reads back bit-exactly.
+    try:
+        import tomllib
+        with open(manifest, "rb") as f:
+            tomllib.load(f)
+    except ImportError:  # Python < 3.11: skip the parse check
+        pass
+    back, meta = read_safetensors(projector)
+    ref = projector_weights()
+    assert meta == METADATA and list(back) == list(ref)
+    assert all(np.array_equal(back[k], ref[k]) for k in ref)
+    print(f"wrote {manifest}")
+    print(f"wrote {projector} ({os.path.getsize(projector)} bytes; "
+          + ", ".join(f"{k} {list(v.shape)}" for k, v in back.items()) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
