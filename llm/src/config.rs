@@ -90,8 +90,10 @@ pub struct HfConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfRopeScaling {
-    #[serde(alias = "type")]
     pub rope_type: Option<String>,
+    /// Older configs spell `rope_type` as `type`; re-saved ones carry both.
+    #[serde(rename = "type")]
+    pub legacy_type: Option<String>,
     pub factor: Option<f32>,
     pub low_freq_factor: Option<f32>,
     pub high_freq_factor: Option<f32>,
@@ -108,7 +110,10 @@ fn default_max_pos() -> usize {
 
 impl HfConfig {
     pub fn into_config(self) -> std::result::Result<LlamaConfig, String> {
-        let rope_scaling = match self.rope_scaling {
+        let rope_scaling = match self.rope_scaling.map(|mut s| {
+            s.rope_type = s.rope_type.take().or(s.legacy_type.take());
+            s
+        }) {
             None => None,
             Some(s) if s.rope_type.as_deref() == Some("llama3") => Some(RopeScaling {
                 factor: s.factor.ok_or("rope_scaling.factor missing")?,

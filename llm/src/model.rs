@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::cache::KvCache;
@@ -19,18 +19,39 @@ pub enum WeightMode {
     Quantized,
     /// Dequantized to f32 at load: exact math, more memory.
     F32,
+    /// Re-quantized to Q8_0 at load: candle has SIMD kernels for it, and
+    /// 8-bit weights move a quarter of f32's bytes per decoded token.
+    Q8,
+    /// Both: f32 for prompts (compute-bound, exact) and Q8_0 for one-token
+    /// decode steps (memory-bound). Twice the memory of either.
+    Mixed,
+}
+
+/// A matmul weight, optionally with a second copy for one-token steps.
+struct Linear {
+    main: QMatMul,
+    step: Option<QMatMul>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, one_token: bool) -> candle_core::Result<Tensor> {
+        match (&self.step, one_token) {
+            (Some(step), true) => step.forward(x),
+            _ => self.main.forward(x),
+        }
+    }
 }
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// A loaded LLaMA; immutable and shareable across sessions.
@@ -40,7 +61,7 @@ pub struct Llama {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
     device: Device,
     description: String,
@@ -51,13 +72,28 @@ impl Llama {
     pub fn from_gguf(path: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
         let mut g = Gguf::open(path)?;
         let config = g.llama_config()?;
-        let dq = mode == WeightMode::F32;
+        let dq = matches!(mode, WeightMode::F32 | WeightMode::Mixed);
+        let q8 = mode == WeightMode::Q8;
+        let mixed = mode == WeightMode::Mixed;
+        let linear = |q: QTensor| -> Result<Linear> {
+            let step = if mixed {
+                Some(weights::requantize_q8(&q)?)
+            } else {
+                None
+            };
+            let main = if q8 {
+                weights::requantize_q8(&q)?
+            } else {
+                weights::matmul(q, dq)?
+            };
+            Ok(Linear { main, step })
+        };
         let embed_q = g.qtensor("token_embd.weight", device)?;
         let embed = embed_q.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let mut mm = |name: &str| -> Result<QMatMul> {
-                weights::matmul(g.qtensor(&format!("blk.{i}.{name}.weight"), device)?, dq)
+            let mut mm = |name: &str| -> Result<Linear> {
+                linear(g.qtensor(&format!("blk.{i}.{name}.weight"), device)?)
             };
             let wq = mm("attn_q")?;
             let wk = mm("attn_k")?;
@@ -86,13 +122,9 @@ impl Llama {
             .qtensor("output_norm.weight", device)?
             .dequantize(device)?;
         let lm_head = if config.tie_word_embeddings {
-            if dq {
-                QMatMul::Tensor(embed.clone())
-            } else {
-                QMatMul::from_qtensor(embed_q)?
-            }
+            linear(embed_q)?
         } else {
-            weights::matmul(g.qtensor("output.weight", device)?, dq)?
+            linear(g.qtensor("output.weight", device)?)?
         };
         let name = g.meta_str("general.name").unwrap_or("llama").to_string();
         let description = format!(
@@ -116,8 +148,11 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
-            let mut mm = |name: &str| -> Result<QMatMul> {
-                Ok(QMatMul::Tensor(w.take(&format!("{p}.{name}.weight"))?))
+            let mut mm = |name: &str| -> Result<Linear> {
+                Ok(Linear {
+                    main: QMatMul::Tensor(w.take(&format!("{p}.{name}.weight"))?),
+                    step: None,
+                })
             };
             layers.push(Layer {
                 wq: mm("self_attn.q_proj")?,
@@ -132,9 +167,14 @@ impl Llama {
             });
         }
         let norm = w.take("model.norm.weight")?;
-        let lm_head = match w.get("lm_head.weight") {
-            Some(_) if !config.tie_word_embeddings => QMatMul::Tensor(w.take("lm_head.weight")?),
-            _ => QMatMul::Tensor(embed.clone()),
+        // An untied model must ship its output head: never fall back to the embeddings.
+        let lm_head = Linear {
+            main: if config.tie_word_embeddings {
+                QMatMul::Tensor(embed.clone())
+            } else {
+                QMatMul::Tensor(w.take("lm_head.weight")?)
+            },
+            step: None,
         };
         let description = format!(
             "{} (safetensors, {} layers, d={}, {} heads / {} kv, vocab {})",
@@ -153,7 +193,7 @@ impl Llama {
         embed: Tensor,
         layers: Vec<Layer>,
         norm: Tensor,
-        lm_head: QMatMul,
+        lm_head: Linear,
         device: &Device,
         description: String,
     ) -> Result<Self> {
@@ -242,16 +282,17 @@ impl Llama {
         let pos = cache.len();
         let (cos, sin) = self.rope_tables(pos, seq)?;
         let mask = (seq > 1).then(|| self.causal_mask(pos, seq)).transpose()?;
+        let one = seq == 1;
         let mut x = embeds.to_dtype(DType::F32)?.unsqueeze(0)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h =
                 candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_norm_eps as f32)?;
-            let a = self.attention(i, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            let a = self.attention(i, layer, &h, &cos, &sin, mask.as_ref(), cache, one)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_norm_eps as f32)?;
-            let gate = layer.w_gate.forward(&h)?.silu()?;
-            let up = layer.w_up.forward(&h)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+            let gate = layer.w_gate.forward(&h, one)?.silu()?;
+            let up = layer.w_up.forward(&h, one)?;
+            x = (x + layer.w_down.forward(&(gate * up)?, one)?)?;
         }
         cache.advance(seq);
         let x = if all_logits {
@@ -260,7 +301,7 @@ impl Llama {
             x.narrow(1, seq - 1, 1)?
         };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+        Ok(self.lm_head.forward(&x, one)?.squeeze(0)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -273,6 +314,7 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
+        one: bool,
     ) -> Result<Tensor> {
         let c = &self.config;
         let seq = h.dim(1)?;
@@ -281,9 +323,9 @@ impl Llama {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = heads(layer.wq.forward(h)?, c.num_heads)?;
-        let k = heads(layer.wk.forward(h)?, c.num_kv_heads)?;
-        let v = heads(layer.wv.forward(h)?, c.num_kv_heads)?;
+        let q = heads(layer.wq.forward(h, one)?, c.num_heads)?;
+        let k = heads(layer.wk.forward(h, one)?, c.num_kv_heads)?;
+        let v = heads(layer.wv.forward(h, one)?, c.num_kv_heads)?;
         let (q, k) = match c.rope_style {
             RopeStyle::Interleaved => (
                 candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
@@ -313,7 +355,7 @@ impl Llama {
             .reshape((1, c.num_heads, seq, c.head_dim))?
             .transpose(1, 2)?
             .reshape((1, seq, c.num_heads * c.head_dim))?;
-        Ok(layer.wo.forward(&out)?)
+        Ok(layer.wo.forward(&out, one)?)
     }
 
     /// cos/sin `[seq, head_dim / 2]` for positions `pos..pos + seq`.

@@ -144,6 +144,21 @@ pub fn matmul(q: QTensor, dequantize: bool) -> Result<QMatMul> {
     }
 }
 
+/// Re-quantizes a weight to Q8_0 (a no-op when it already is).
+pub fn requantize_q8(q: &QTensor) -> Result<QMatMul> {
+    if q.dtype() == candle_core::quantized::GgmlDType::Q8_0 {
+        return Ok(QMatMul::from_qtensor(QTensor::quantize(
+            &q.dequantize(&q.device())?,
+            q.dtype(),
+        )?)?);
+    }
+    let dense = q.dequantize(&q.device())?;
+    Ok(QMatMul::from_qtensor(QTensor::quantize(
+        &dense,
+        candle_core::quantized::GgmlDType::Q8_0,
+    )?)?)
+}
+
 /// Safetensors tensors of a Hugging Face checkpoint folder, as f32.
 pub struct HfWeights {
     pub dir: PathBuf,
@@ -196,9 +211,5 @@ impl HfWeights {
         self.tensors.remove(name).ok_or_else(|| {
             LlmError::BadWeights(format!("tensor {name} missing from {}", self.dir.display()))
         })
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name)
     }
 }

@@ -40,9 +40,13 @@ fn read_f32(name: &str) -> Vec<f32> {
 fn model(mode: WeightMode) -> &'static Llama {
     static F32: OnceLock<Llama> = OnceLock::new();
     static Q: OnceLock<Llama> = OnceLock::new();
+    static Q8: OnceLock<Llama> = OnceLock::new();
+    static MIXED: OnceLock<Llama> = OnceLock::new();
     let cell = match mode {
         WeightMode::F32 => &F32,
         WeightMode::Quantized => &Q,
+        WeightMode::Q8 => &Q8,
+        WeightMode::Mixed => &MIXED,
     };
     cell.get_or_init(|| Llama::from_gguf(&gguf(), mode, &Device::Cpu).unwrap())
 }
@@ -71,6 +75,10 @@ const F32_LOGIT_TOL: f32 = 2e-3;
 /// to Q8_1 per 32-value block, as llama.cpp's CPU path does; that rounding
 /// compounds over 30 layers (measured: 0.43 to 1.35 on these prompts).
 const Q_LOGIT_TOL: f32 = 1.6;
+/// Re-quantized to Q8_0: candle's kernel quantizes the activations to 8 bits
+/// per 32-value block too, and that (not the weights) dominates: the error
+/// is no smaller than Q4_1's (measured: up to 1.88).
+const Q8_LOGIT_TOL: f32 = 2.2;
 
 #[test]
 fn tokenizer_from_gguf_matches_the_reference() {
@@ -103,7 +111,7 @@ fn incremental_detokenizer_never_splits_a_character() {
     assert_eq!(out, text);
 }
 
-fn check_prompts(mode: WeightMode, tol: f32) {
+fn check_prompts(mode: WeightMode, tol: f32, step_tol: f32) {
     let m = model(mode);
     for p in golden()["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
@@ -140,11 +148,13 @@ fn check_prompts(mode: WeightMode, tol: f32) {
             WeightMode::F32 => assert_eq!(got, expected, "{name}: greedy continuation differs"),
             // Quantized runs may part ways only where the reference's top two
             // logits are closer than the measured logit error.
-            WeightMode::Quantized => {
+            _ => {
+                // Steps after the prompt may run on other weights (mixed mode).
+                let allowed = 2.0 * err.max(step_tol);
                 if same < 32 {
                     assert!(
-                        margins[same] < f64::from(2.0 * err),
-                        "{name}: greedy parted at step {same} with margin {} > 2 x error {err}",
+                        margins[same] < f64::from(allowed),
+                        "{name}: greedy parted at step {same} with margin {} > {allowed}",
                         margins[same]
                     );
                 }
@@ -155,12 +165,23 @@ fn check_prompts(mode: WeightMode, tol: f32) {
 
 #[test]
 fn f32_weights_match_reference_logits_and_greedy_text() {
-    check_prompts(WeightMode::F32, F32_LOGIT_TOL);
+    check_prompts(WeightMode::F32, F32_LOGIT_TOL, 0.0);
 }
 
 #[test]
 fn quantized_weights_match_reference_within_quantisation_error() {
-    check_prompts(WeightMode::Quantized, Q_LOGIT_TOL);
+    check_prompts(WeightMode::Quantized, Q_LOGIT_TOL, 0.0);
+}
+
+#[test]
+fn q8_weights_match_reference_within_quantisation_error() {
+    check_prompts(WeightMode::Q8, Q8_LOGIT_TOL, 0.0);
+}
+
+#[test]
+fn mixed_weights_prefill_exactly_and_decode_within_q8_error() {
+    // Prompt logits come from the f32 path; later steps from Q8_0.
+    check_prompts(WeightMode::Mixed, F32_LOGIT_TOL, Q8_LOGIT_TOL);
 }
 
 #[test]

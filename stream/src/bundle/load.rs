@@ -88,6 +88,8 @@ impl LoadedBundle {
             LlmFormat::Gguf => {
                 let mode = match manifest.llm.weight_mode {
                     LlmWeightMode::F32 => WeightMode::F32,
+                    LlmWeightMode::Q8 => WeightMode::Q8,
+                    LlmWeightMode::Mixed => WeightMode::Mixed,
                     LlmWeightMode::Quantized => WeightMode::Quantized,
                 };
                 let path = at(&manifest.llm.weights);

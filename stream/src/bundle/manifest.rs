@@ -19,7 +19,7 @@
 //! [llm]
 //! weights = "../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! format = "gguf"               # or "safetensors" (a Hugging Face folder)
-//! weight_mode = "f32"           # gguf only: "f32" or "quantized"
+//! weight_mode = "f32"           # gguf only: "f32", "q8" (re-quantized Q8_0), "mixed" (f32 prompts, Q8_0 steps) or "quantized" (as stored)
 //! tokenizer = "gguf"            # or a tokenizer.json path
 //! max_context = 2048
 //! [prompts]
@@ -113,6 +113,8 @@ pub enum LlmFormat {
 pub enum LlmWeightMode {
     #[default]
     F32,
+    Q8,
+    Mixed,
     Quantized,
 }
 

@@ -7,10 +7,45 @@ use std::time::Instant;
 use avlm_proto as pb;
 use avlm_stream::client::{self, SendOptions, Source};
 
+use super::bench_models as models;
+use super::paths;
 use super::serve::RuntimeArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Segments,
+    Encoder,
+    Llm,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Sections to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "segments,encoder,llm"
+    )]
+    pub parts: Vec<Part>,
+    /// Thread counts for the LLM and encoder measurements.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Prompt length of the LLM measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// New tokens decoded in the LLM measurement.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Python with llama-cpp-python for the side-by-side [default: .avlm/venv/bin/python].
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Internal: measure the LLM in this process with this weight mode and print JSON.
+    #[arg(long, hide = true)]
+    pub llm_worker: Option<String>,
+    /// Internal: the GGUF for --llm-worker.
+    #[arg(long, hide = true)]
+    pub gguf: Option<PathBuf>,
     /// Media to stream (any container the server reads).
     #[arg(long, default_value = "samples/demo.webm")]
     pub input: PathBuf,
@@ -25,6 +60,58 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(mode) = &args.llm_worker {
+        let gguf = args
+            .gguf
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--llm-worker needs --gguf"))?;
+        let mode = match mode.as_str() {
+            "f32" => avlm_llm::WeightMode::F32,
+            "q8" => avlm_llm::WeightMode::Q8,
+            "mixed" => avlm_llm::WeightMode::Mixed,
+            _ => avlm_llm::WeightMode::Quantized,
+        };
+        let speed = models::measure_llm(&gguf, mode, args.prompt_tokens, args.new_tokens)?;
+        println!("{}", serde_json::to_string(&speed)?);
+        return Ok(());
+    }
+    if args.parts.contains(&Part::Segments) {
+        segments(&args).await?;
+    }
+    let config = args.runtime.server_config(1, 1);
+    let bundle = config
+        .bundle
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no model bundle (run tools/setup.sh or pass --bundle)"))?;
+    let (gguf, encoder) = models::bundle_paths(&bundle)?;
+    if args.parts.contains(&Part::Encoder) {
+        avlm_encoders::runtime::init(&config.ort_lib)?;
+        for &t in &args.threads {
+            models::encoder_table(&encoder, t)?;
+        }
+    }
+    if args.parts.contains(&Part::Llm) {
+        let python = args
+            .python
+            .clone()
+            .unwrap_or_else(|| paths::resolve(None, "venv/bin/python"));
+        let python = python.is_file().then_some(python);
+        models::llm_table(
+            &gguf,
+            python,
+            &args.threads,
+            args.prompt_tokens,
+            args.new_tokens,
+        )?;
+        println!(
+            "KV cache: {} bytes per token (f32 keys and values, all layers)",
+            models::kv_bytes(&gguf)?
+        );
+    }
+    Ok(())
+}
+
+async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(&args.input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
     let max = args.sessions.iter().copied().max().unwrap_or(1);

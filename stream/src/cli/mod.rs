@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch for the `avlm` binary.
 
 mod bench;
+mod bench_models;
 mod info;
 mod paths;
 mod print;
