@@ -86,4 +86,10 @@ if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $B
   "$PY" "$ROOT/tools/bundle/make_default_bundle.py" "$BUNDLE" >/dev/null
 fi
 
+# Default babble noise for `avlm eval lrs3 --snr`.
+if [[ ! -f $STATE/noise/babble.wav || $ROOT/tools/make_babble.py -nt $STATE/noise/babble.wav ]]; then
+  log "making the default babble noise"
+  "$PY" "$ROOT/tools/make_babble.py" "$STATE/noise/babble.wav"
+fi
+
 log "ready: runtime files in $STATE (ONNX Runtime $ORT_VERSION, Silero VAD, Whisper tiny.en encoder, SmolLM2-135M)"

@@ -13,4 +13,9 @@ if [[ ! -f $MEDIA/speech.json || tools/make_test_media.py -nt $MEDIA/speech.json
   .avlm/venv/bin/python tools/make_test_media.py "$MEDIA"
 fi
 
+if [[ ! -f $MEDIA/lrs3/synthetic_ci/speaker1/00002.txt || tools/make_lrs3_sets.py -nt $MEDIA/lrs3/synthetic_ci/speaker1/00002.txt ]]; then
+  echo "[test] making LRS3-layout test sets in $MEDIA/lrs3" >&2
+  .avlm/venv/bin/python tools/make_lrs3_sets.py "$MEDIA/lrs3"
+fi
+
 cargo test --workspace --locked "$@"

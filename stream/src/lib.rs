@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod media;
 pub mod server;
 pub mod service;

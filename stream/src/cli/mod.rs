@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_models;
+mod eval;
 mod info;
 mod paths;
 mod print;
@@ -46,6 +47,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Load a model bundle, check its parts fit, and print a summary.
     Validate(validate::ValidateArgs),
+    /// Word error rate on a test set (LRS3 layout), clean and in noise.
+    Eval(eval::EvalArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Info(args) => info::run(args).await.map(|_| 0),
             Command::Bench(args) => bench::run(args).await.map(|_| 0),
             Command::Validate(args) => validate::run(args).await.map(|_| 0),
+            Command::Eval(args) => eval::run(args).await.map(|_| 0),
         }
     });
     match result {

@@ -5,6 +5,7 @@
 //! side only writes into the [`pipe`].
 
 pub mod container;
+pub mod file;
 pub mod pipe;
 pub mod raw;
 pub mod resample;

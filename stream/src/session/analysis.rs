@@ -54,6 +54,8 @@ pub struct Analysis {
     events: Vec<SpeechEvent>,
     /// TRANSCRIBE sessions: turns closed segments into Finals.
     transcriber: Option<Transcriber>,
+    /// The whole stream is one utterance: no VAD, transcribed at the end.
+    whole: bool,
 }
 
 /// How the analysis ended.
@@ -90,7 +92,14 @@ impl Analysis {
             busy: Duration::ZERO,
             events: Vec::new(),
             transcriber,
+            whole: false,
         }
+    }
+
+    /// Treats the whole stream as one utterance (TRANSCRIBE without VAD).
+    pub fn whole_utterance(mut self, whole: bool) -> Self {
+        self.whole = whole;
+        self
     }
 
     /// Consumes decoded media until the decoder finishes, then reports the
@@ -126,6 +135,17 @@ impl Analysis {
             }
         }
         match decoded.recv() {
+            Ok(Ok(())) if self.whole => {
+                let submitted = match &mut self.transcriber {
+                    Some(t) => t.whole(),
+                    None => true,
+                };
+                if submitted && self.stats() {
+                    Outcome::Done
+                } else {
+                    Outcome::Gone
+                }
+            }
             Ok(Ok(())) => {
                 let ok = self.drain_tail() && self.flush(EndReason::EndOfStream) && self.stats();
                 if ok {
@@ -149,6 +169,16 @@ impl Analysis {
     fn audio(&mut self, samples: &[f32], start_s: f64) -> bool {
         if let Some(t) = &mut self.transcriber {
             t.audio(samples, start_s);
+            if self.whole {
+                self.processed_s = start_s + samples.len() as f64 / f64::from(VAD_SAMPLE_RATE);
+                if t.buffered_samples() > crate::engine::asr::MAX_SAMPLES {
+                    self.out.fail(Status::failed_precondition(
+                        "a whole_utterance stream holds at most 30 s of audio (the audio encoder's window); stream longer audio with voice activity segmentation instead",
+                    ));
+                    return false;
+                }
+                return true;
+            }
         }
         if self.pending_start_s.is_none() {
             self.pending_start_s = Some(start_s);

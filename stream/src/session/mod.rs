@@ -162,7 +162,8 @@ pub async fn run(
             }
             _ => None,
         },
-    );
+    )
+    .whole_utterance(valid.whole_utterance);
     let analysis_lease = lease.clone();
     let abort = writer.abort_handle();
     let analysis_abort = abort.clone();

@@ -41,6 +41,25 @@ impl Transcriber {
         self.buffer.extend_from_slice(samples);
     }
 
+    /// Samples held now.
+    pub fn buffered_samples(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Submits everything buffered as one utterance (segment 0).
+    pub fn whole(&mut self) -> bool {
+        let start = self.buffer_start_s;
+        let end = start + self.buffer.len() as f64 / f64::from(AUDIO_RATE);
+        self.event(&SpeechEvent::End {
+            id: 0,
+            start_s: start,
+            end_s: end,
+            audio_start_s: start,
+            audio_end_s: end,
+            reason: avlm_encoders::EndReason::EndOfStream,
+        })
+    }
+
     /// Drops history no future segment can reach (call while no segment is open).
     pub fn trim_idle(&mut self) {
         let keep = (IDLE_HISTORY_S * f64::from(AUDIO_RATE)) as usize;

@@ -20,6 +20,8 @@ pub enum Task {
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
     pub task: Task,
+    /// TRANSCRIBE the whole stream as one utterance, without VAD.
+    pub whole_utterance: bool,
     pub decode: DecodeSpec,
     pub endpoint: EndpointConfig,
     pub stats_interval_s: f64,
@@ -275,10 +277,19 @@ pub fn validate(
             video_width: Some(video_width),
             video_height: Some(video_height),
             stats_interval_ms: Some(stats_interval_ms),
+            whole_utterance: o.whole_utterance,
         }),
     };
+    let whole_utterance = o.whole_utterance.unwrap_or(false);
+    if whole_utterance && task != Task::Transcribe {
+        return Err(bad(
+            "options.whole_utterance",
+            "only applies to task TRANSCRIBE",
+        ));
+    }
     Ok(ValidConfig {
         task,
+        whole_utterance,
         decode,
         endpoint,
         stats_interval_s: f64::from(stats_interval_ms) / 1e3,

@@ -1,0 +1,390 @@
+//! The LRS3 evaluation protocol (as Llama-AVSR, auto_avsr and AV-HuBERT run
+//! it): clips `DIR/<speaker>/<clip>.mp4` with `<clip>.txt` whose first line
+//! is `Text:  THE WORDS`; every clip decoded whole; corpus WER and CER.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use avlm_proto as pb;
+use serde::Serialize;
+
+use super::noise::NoiseMixer;
+use super::wer::{normalize, Errors};
+use crate::client::{self, SendOptions, Source};
+use crate::engine::AsrPipeline;
+use crate::media::file::decode_audio_file;
+
+/// Media file extensions taken as clips (LRS3 ships .mp4).
+const MEDIA_EXTENSIONS: [&str; 8] = ["mp4", "mkv", "webm", "wav", "flac", "ogg", "mp3", "m4a"];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clip {
+    /// `speaker/clip`.
+    pub id: String,
+    pub media: PathBuf,
+    pub reference: String,
+}
+
+/// The reference words of an LRS3 `.txt`: the first line after `Text:`.
+pub fn read_reference(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let first = text.lines().next().unwrap_or("");
+    let words = first.strip_prefix("Text:").ok_or_else(|| {
+        format!(
+            "{}: the first line does not start with \"Text:\"",
+            path.display()
+        )
+    })?;
+    Ok(words
+        .replace(['{', '}'], "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// All clips under `dir` that have a transcript, sorted by id.
+pub fn discover(dir: &Path) -> Result<Vec<Clip>, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<Clip>) -> Result<(), String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+                continue;
+            }
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if !MEDIA_EXTENSIONS.contains(&ext.as_str()) {
+                continue;
+            }
+            let txt = path.with_extension("txt");
+            if !txt.is_file() {
+                continue;
+            }
+            let id = path
+                .with_extension("")
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(Clip {
+                id,
+                reference: read_reference(&txt)?,
+                media: path,
+            });
+        }
+        Ok(())
+    }
+    let mut clips = Vec::new();
+    walk(dir, dir, &mut clips)?;
+    clips.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(clips)
+}
+
+/// A listening condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Condition {
+    Clean,
+    Snr(f64),
+}
+
+impl Condition {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "clean" => Ok(Condition::Clean),
+            v => v
+                .parse::<f64>()
+                .map(Condition::Snr)
+                .map_err(|_| format!("{v:?} is neither an SNR in dB nor \"clean\"")),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Condition::Clean => "clean".into(),
+            Condition::Snr(db) => format!("{db}"),
+        }
+    }
+}
+
+/// Where hypotheses come from.
+pub enum Backend {
+    /// The model chain in this process (taken out while a clip decodes).
+    InProcess(Option<Box<AsrPipeline>>),
+    /// A running server, over gRPC.
+    Server(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipResult {
+    pub id: String,
+    pub condition: String,
+    pub reference: String,
+    pub hypothesis: String,
+    pub word_edits: usize,
+    pub words: usize,
+    pub char_edits: usize,
+    pub chars: usize,
+    pub audio_s: f64,
+    pub decode_s: f64,
+}
+
+impl Backend {
+    /// The hypothesis for one utterance of 16 kHz mono audio.
+    pub async fn transcribe(&mut self, samples: Vec<f32>) -> Result<String, String> {
+        match self {
+            Backend::InProcess(slot) => {
+                let mut pipeline = slot.take().ok_or("the in-process model is gone")?;
+                let (pipeline, result) = tokio::task::spawn_blocking(move || {
+                    let r = pipeline
+                        .transcribe(&samples)
+                        .map(|t| t.text)
+                        .map_err(|e| e.to_string());
+                    (pipeline, r)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                *slot = Some(pipeline);
+                result
+            }
+            Backend::Server(url) => {
+                let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+                let config = pb::StreamConfig {
+                    task: pb::Task::Transcribe as i32,
+                    modalities: pb::Modalities::Audio as i32,
+                    input: Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+                        sample_format: pb::SampleFormat::F32le as i32,
+                        sample_rate: 16_000,
+                        channels: 1,
+                    })),
+                    options: Some(pb::StreamOptions {
+                        whole_utterance: Some(true),
+                        stats_interval_ms: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                let mut texts = Vec::new();
+                client::stream(
+                    url,
+                    config,
+                    Source::Memory(bytes),
+                    SendOptions {
+                        chunk_bytes: 64 * 1024,
+                        realtime: false,
+                    },
+                    |m| {
+                        if let Some(pb::server_message::Msg::Final(f)) = &m.msg {
+                            texts.push(f.text.clone());
+                        }
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(texts.join(" "))
+            }
+        }
+    }
+}
+
+/// Runs every clip under every condition; `progress` is told after each.
+pub async fn run(
+    clips: &[Clip],
+    conditions: &[Condition],
+    backend: &mut Backend,
+    mixer: Option<&NoiseMixer>,
+    mut progress: impl FnMut(&ClipResult),
+) -> Result<Vec<ClipResult>, String> {
+    let mut results = Vec::with_capacity(clips.len() * conditions.len());
+    for condition in conditions {
+        for clip in clips {
+            let media = clip.media.clone();
+            let clean = tokio::task::spawn_blocking(move || decode_audio_file(&media))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{}: {e}", clip.id))?;
+            let audio = match (condition, mixer) {
+                (Condition::Clean, _) => clean,
+                (Condition::Snr(db), Some(m)) => m.mix(&clean, *db, &clip.id),
+                (Condition::Snr(_), None) => {
+                    return Err("an SNR condition needs a noise recording".into())
+                }
+            };
+            let audio_s = audio.len() as f64 / 16_000.0;
+            let started = Instant::now();
+            let hypothesis = backend
+                .transcribe(audio)
+                .await
+                .map_err(|e| format!("{}: {e}", clip.id))?;
+            let decode_s = started.elapsed().as_secs_f64();
+            let e = Errors::of(&clip.reference, &hypothesis);
+            let r = ClipResult {
+                id: clip.id.clone(),
+                condition: condition.label(),
+                reference: normalize(&clip.reference),
+                hypothesis: normalize(&hypothesis),
+                word_edits: e.word_edits,
+                words: e.words,
+                char_edits: e.char_edits,
+                chars: e.chars,
+                audio_s,
+                decode_s,
+            };
+            progress(&r);
+            results.push(r);
+        }
+    }
+    Ok(results)
+}
+
+/// Corpus figures of one condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConditionSummary {
+    pub condition: String,
+    pub clips: usize,
+    pub wer: f64,
+    pub cer: f64,
+    pub word_edits: usize,
+    pub words: usize,
+    pub audio_s: f64,
+    pub decode_s: f64,
+    pub real_time_factor: f64,
+}
+
+pub fn summarize(results: &[ClipResult], conditions: &[Condition]) -> Vec<ConditionSummary> {
+    conditions
+        .iter()
+        .map(|c| {
+            let label = c.label();
+            let rows: Vec<&ClipResult> = results.iter().filter(|r| r.condition == label).collect();
+            let mut e = Errors::default();
+            let (mut audio, mut decode) = (0.0, 0.0);
+            for r in &rows {
+                e.add(Errors {
+                    word_edits: r.word_edits,
+                    words: r.words,
+                    char_edits: r.char_edits,
+                    chars: r.chars,
+                });
+                audio += r.audio_s;
+                decode += r.decode_s;
+            }
+            ConditionSummary {
+                condition: label,
+                clips: rows.len(),
+                wer: e.wer(),
+                cer: e.cer(),
+                word_edits: e.word_edits,
+                words: e.words,
+                audio_s: audio,
+                decode_s: decode,
+                real_time_factor: if audio > 0.0 { decode / audio } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes clips.csv, clips.jsonl, summary.json and wer_vs_snr.png into `out`.
+pub fn write_outputs(
+    out: &Path,
+    results: &[ClipResult],
+    summary: &[ConditionSummary],
+    meta: serde_json::Value,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(out.join("clips.csv"))?);
+    writeln!(
+        csv,
+        "id,condition,reference,hypothesis,word_edits,words,char_edits,chars,audio_s,decode_s"
+    )?;
+    for r in results {
+        writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{:.3},{:.3}",
+            csv_field(&r.id),
+            csv_field(&r.condition),
+            csv_field(&r.reference),
+            csv_field(&r.hypothesis),
+            r.word_edits,
+            r.words,
+            r.char_edits,
+            r.chars,
+            r.audio_s,
+            r.decode_s
+        )?;
+    }
+    csv.flush()?;
+    let mut jsonl = std::io::BufWriter::new(std::fs::File::create(out.join("clips.jsonl"))?);
+    for r in results {
+        writeln!(
+            jsonl,
+            "{}",
+            serde_json::to_string(r).map_err(std::io::Error::other)?
+        )?;
+    }
+    jsonl.flush()?;
+    let headline = summary
+        .iter()
+        .find(|s| s.condition == "clean")
+        .or_else(|| summary.first());
+    let audio: f64 = summary.iter().map(|s| s.audio_s).sum();
+    let decode: f64 = summary.iter().map(|s| s.decode_s).sum();
+    let doc = serde_json::json!({
+        "clips": headline.map(|s| s.clips).unwrap_or(0),
+        "wer": headline.map(|s| s.wer),
+        "cer": headline.map(|s| s.cer),
+        "wer_condition": headline.map(|s| s.condition.clone()),
+        "real_time_factor": if audio > 0.0 { decode / audio } else { 0.0 },
+        "conditions": summary,
+        "run": meta,
+    });
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)? + "\n",
+    )?;
+    let points: Vec<(String, f64)> = summary
+        .iter()
+        .map(|s| (s.condition.clone(), s.wer))
+        .collect();
+    super::plot::wer_vs_snr(&points, &out.join("wer_vs_snr.png"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_is_the_text_line_without_braces() {
+        let dir = std::env::temp_dir().join(format!("avlm-lrs3-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("spk")).unwrap();
+        std::fs::write(
+            dir.join("spk/00001.txt"),
+            "Text:  HELLO {LAUGH} WORLD\nConf:  3\n\nWORD START END ASDSCORE\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("spk/00001.mp4"), b"").unwrap();
+        std::fs::write(dir.join("spk/00002.mp4"), b"").unwrap(); // no transcript: not a clip
+        let clips = discover(&dir).unwrap();
+        assert_eq!(clips.len(), 1);
+        assert_eq!(clips[0].id, "spk/00001");
+        assert_eq!(clips[0].reference, "HELLO LAUGH WORLD");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn conditions_parse() {
+        assert_eq!(Condition::parse("clean").unwrap(), Condition::Clean);
+        assert_eq!(Condition::parse("-5").unwrap(), Condition::Snr(-5.0));
+        assert!(Condition::parse("loud").is_err());
+    }
+}

@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""Train avlm's audio projector (and optional LoRA r8 on q_proj/v_proj) on cached
+Whisper tiny.en encoder features, with SmolLM2-135M-Instruct frozen: the Llama-AVSR
+recipe in miniature.
+
+    # train (background-friendly: everything goes to --work/train.log and loss.jsonl)
+    nice -n 10 .avlm/venv/bin/python tools/train/train_projector.py --steps 900
+    # continue an interrupted run from .avlm/train/ckpt/latest.pt
+    nice -n 10 .avlm/venv/bin/python tools/train/train_projector.py --resume
+    # evaluate only (held-out synthetic + real pocketsphinx clips), from a projector file
+    .avlm/venv/bin/python tools/train/train_projector.py --eval-only [--projector P] [--lora L]
+
+Data: the manifest written by tools/data/make_synth_data.py (split "train" for
+training; "heldout_voice" / "heldout_joe" for validation loss and WER).
+
+Inference conventions reproduced exactly (the Rust server does the same):
+  features [T, 384] -> stack k=4 (G = T // 4, X = feats[:4G].reshape(G, 1536))
+  -> fc1 Linear(1536, 576) -> ReLU -> fc2 Linear(576, 576)
+  prompt: embed("<|im_start|>user\\n") + audio + embed("\\nTranscribe speech to text.<|im_end|>\\n<|im_start|>assistant\\n")
+  (prefix and suffix tokenized separately with the GGUF's own tokenizer, special tokens as single
+  ids, no BOS); target = transcript tokens + <|im_end|> (id 2); loss on target tokens only.
+  LLM: the GGUF Q4_1 weights dequantized to float32 (transformers' GGUF loader, checked
+  against tools/llm/reference.py at start-up with --check-llm).
+
+Outputs (under --work, default .avlm/train):
+  ckpt/latest.pt, ckpt/step_NNNNNN.pt     full training state (resumable)
+  ckpt/best.pt                            lowest held-out synthetic loss so far
+  ckpt/projector-step_NNNNNN.safetensors  bundle-format projector at each checkpoint
+  projector.safetensors                   bundle-format projector of the best checkpoint
+  lora.safetensors                        LoRA adapters of the best checkpoint (if --lora-rank > 0):
+        lora.layers.{i}.q_proj.A [r, 576], lora.layers.{i}.q_proj.B [576, r] (rows in the
+        GGUF/llama.cpp order: HF's q rows permuted back the way convert_hf_to_gguf permutes
+        them), lora.layers.{i}.v_proj.A [r, 576], ...v_proj.B [192, r]; metadata "scale" =
+        alpha / r; the server merges W += scale * B @ A.
+  train.log, loss.jsonl, eval/*.json      logs, per-step losses, evaluation results
+WER: corpus-level word edit distance / reference words, after lower-casing and stripping
+punctuation (tools/data/text_corpus.normalize).  The real clips are only ever evaluated,
+never used to choose anything.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tools", "data"))
+sys.path.insert(0, os.path.join(REPO, "tools", "bundle"))
+sys.path.insert(0, os.path.join(REPO, "tools", "llm"))
+import avlm_features as F  # noqa: E402
+import text_corpus  # noqa: E402
+from make_default_bundle import read_safetensors, safetensors_bytes  # noqa: E402
+
+MODELS = os.path.join(REPO, ".avlm", "models")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT_PREFIX = "<|im_start|>user\n"
+PROMPT_SUFFIX = "\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
+IM_END, END_OF_TEXT = 2, 0
+D_MODEL = 576
+PS_DATA = "/usr/share/pocketsphinx/test/data"
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as TF  # noqa: E402
+
+
+class Log:
+    def __init__(self, path):
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, *a):
+        msg = time.strftime("%H:%M:%S ") + " ".join(str(x) for x in a)
+        print(msg, flush=True)
+        self.f.write(msg + "\n")
+
+
+# --------------------------------------------------------------------------- model
+
+class Projector(nn.Module):
+    def __init__(self, d_in=F.STACK_K * F.ENC_HIDDEN, d_out=D_MODEL):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_out)
+        self.fc2 = nn.Linear(d_out, d_out)
+
+    def forward(self, x):
+        return self.fc2(TF.relu(self.fc1(x)))
+
+    def tensors(self) -> dict:
+        return {f"audio.{n}": p.detach().cpu().float().numpy().copy() for n, p in
+                [("fc1.weight", self.fc1.weight), ("fc1.bias", self.fc1.bias),
+                 ("fc2.weight", self.fc2.weight), ("fc2.bias", self.fc2.bias)]}
+
+    def load_tensors(self, t: dict):
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.from_numpy(np.array(t["audio.fc1.weight"])))
+            self.fc1.bias.copy_(torch.from_numpy(np.array(t["audio.fc1.bias"])))
+            self.fc2.weight.copy_(torch.from_numpy(np.array(t["audio.fc2.weight"])))
+            self.fc2.bias.copy_(torch.from_numpy(np.array(t["audio.fc2.bias"])))
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scale * (x @ A^T) @ B^T, base frozen."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.r, self.scale = r, alpha / r
+        self.A = nn.Parameter(torch.empty(r, base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x):
+        return self.base(x) + self.scale * TF.linear(TF.linear(x, self.A), self.B)
+
+
+def load_llm(log):
+    from transformers import AutoModelForCausalLM
+
+    t = time.time()
+    m = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF_NAME, dtype=torch.float32)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    log(f"LLM loaded from {GGUF_NAME} (dequantized f32) in {time.time() - t:.1f} s")
+    return m
+
+
+def check_llm(m, tok, log):
+    """Logits of the transformers model vs the independent numpy reference on one prompt."""
+    import reference as R
+
+    ids = tok_ids(tok, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    with torch.no_grad():
+        lt = m(torch.tensor([ids])).logits[0].double().numpy()
+    lr = R.forward(R.load(os.path.join(MODELS, GGUF_NAME)), ids)
+    diff = float(np.abs(lt - lr).max())
+    same = bool((lt.argmax(-1) == lr.argmax(-1)).all())
+    log(f"LLM check vs tools/llm/reference.py: max |logit diff| {diff:.2e} (logit scale {np.abs(lr).max():.1f}), "
+        f"argmax equal {same}")
+    if diff > 1e-2 or not same:
+        raise SystemExit("transformers' GGUF model disagrees with the reference: dequantization/rope mismatch")
+
+
+def gguf_q_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF q_proj row order -> GGUF/llama.cpp row order (convert_hf_to_gguf's permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def add_lora(m, r, alpha):
+    layers = m.model.layers
+    for L in layers:
+        L.self_attn.q_proj = LoRALinear(L.self_attn.q_proj, r, alpha)
+        L.self_attn.v_proj = LoRALinear(L.self_attn.v_proj, r, alpha)
+    return [p for L in layers for mod in (L.self_attn.q_proj, L.self_attn.v_proj) for p in (mod.A, mod.B)]
+
+
+def lora_tensors(m) -> dict:
+    n_head = m.config.num_attention_heads
+    out = {}
+    for i, L in enumerate(m.model.layers):
+        for name in ("q_proj", "v_proj"):
+            mod = getattr(L.self_attn, name)
+            if not isinstance(mod, LoRALinear):
+                return {}
+            A = mod.A.detach().numpy().astype(np.float32).copy()
+            B = mod.B.detach().numpy().astype(np.float32).copy()
+            if name == "q_proj":
+                B = np.ascontiguousarray(gguf_q_permute(B, n_head))
+            out[f"lora.layers.{i}.{name}.A"] = A
+            out[f"lora.layers.{i}.{name}.B"] = B
+    return out
+
+
+def load_lora_tensors(m, t: dict):
+    n_head = m.config.num_attention_heads
+    for i, L in enumerate(m.model.layers):
+        for name in ("q_proj", "v_proj"):
+            mod = getattr(L.self_attn, name)
+            A = np.array(t[f"lora.layers.{i}.{name}.A"])
+            B = np.array(t[f"lora.layers.{i}.{name}.B"])
+            if name == "q_proj":  # inverse of gguf_q_permute
+                h = n_head
+                B = B.reshape(h, B.shape[0] // h // 2, 2, *B.shape[1:]).swapaxes(1, 2).reshape(B.shape)
+            with torch.no_grad():
+                mod.A.copy_(torch.from_numpy(A))
+                mod.B.copy_(torch.from_numpy(np.ascontiguousarray(B)))
+
+
+# --------------------------------------------------------------------------- tokens / data
+
+def load_tokenizer():
+    import reference as R
+
+    return R.load_tokenizer(os.path.join(MODELS, GGUF_NAME))
+
+
+def tok_ids(tok, text: str) -> list[int]:
+    import reference as R
+
+    return R.encode(tok, text)
+
+
+def tok_decode(tok, ids) -> str:
+    import reference as R
+
+    return R.decode(tok, ids)
+
+
+def read_manifest(data_dir):
+    path = os.path.join(data_dir, "manifest.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} missing: run tools/data/make_synth_data.py (and --merge)")
+    return [json.loads(line) for line in open(path)]
+
+
+class Utt:
+    __slots__ = ("id", "feats", "target", "text", "g")
+
+    def __init__(self, rec, data_dir, tok):
+        self.id = rec["id"]
+        self.feats = np.load(os.path.join(data_dir, rec["feats"]))  # float16 [T, 384]
+        self.text = rec["text"]
+        self.target = tok_ids(tok, rec["text"]) + [IM_END]
+        self.g = self.feats.shape[0] // F.STACK_K
+
+
+def spec_augment(feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Time masks (2 x up to 8% of frames) and channel masks (2 x up to 24 of 384) on encoder features."""
+    x = feats.astype(np.float32).copy()
+    T = x.shape[0]
+    for _ in range(2):
+        w = int(rng.integers(0, max(1, int(0.08 * T)) + 1))
+        s = int(rng.integers(0, max(1, T - w) + 1))
+        x[s:s + w] = 0.0
+    for _ in range(2):
+        w = int(rng.integers(0, 25))
+        s = int(rng.integers(0, 384 - w + 1))
+        x[:, s:s + w] = 0.0
+    return x
+
+
+def epoch_batches(utts, batch, seed, epoch):
+    """Length-bucketed batches, deterministic in (seed, epoch)."""
+    rng = np.random.default_rng([seed, 100, epoch])
+    order = rng.permutation(len(utts))
+    chunk = batch * 50
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: (utts[i].g, len(utts[i].target)))
+        batches += [part[j:j + batch] for j in range(0, len(part), batch)]
+    batches = [b for b in batches if len(b) == batch] or batches
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class Prompt:
+    def __init__(self, m, tok):
+        self.pre_ids = tok_ids(tok, PROMPT_PREFIX)
+        self.suf_ids = tok_ids(tok, PROMPT_SUFFIX)
+        emb = m.get_input_embeddings()
+        with torch.no_grad():
+            self.pre = emb(torch.tensor(self.pre_ids)).clone()
+            self.suf = emb(torch.tensor(self.suf_ids)).clone()
+        self.emb = emb
+
+
+def batch_loss(m, proj, prompt, utts, feats_list):
+    """Mean token NLL over the target tokens of a batch (right-padded, no mask needed: causal)."""
+    audio = [proj(torch.from_numpy(F.stack4(f).astype(np.float32))) for f in feats_list]
+    seqs, tgt_pos, tgt_ids = [], [], []
+    P, S = len(prompt.pre_ids), len(prompt.suf_ids)
+    for b, (u, a) in enumerate(zip(utts, audio)):
+        tgt = torch.tensor(u.target)
+        x = torch.cat([prompt.pre, a, prompt.suf, prompt.emb(tgt[:-1])], 0)
+        start = P + a.shape[0] + S - 1      # position whose logits predict target[0]
+        seqs.append(x)
+        tgt_pos.append(torch.stack([torch.full((len(tgt),), b), torch.arange(start, start + len(tgt))], 1))
+        tgt_ids.append(tgt)
+    L = max(s.shape[0] for s in seqs)
+    xb = torch.zeros(len(seqs), L, D_MODEL)
+    for b, s in enumerate(seqs):
+        xb[b, : s.shape[0]] = s
+    h = m.model(inputs_embeds=xb, use_cache=False).last_hidden_state
+    pos = torch.cat(tgt_pos)
+    logits = m.lm_head(h[pos[:, 0], pos[:, 1]])
+    tgt = torch.cat(tgt_ids)
+    return TF.cross_entropy(logits, tgt, reduction="sum"), len(tgt)
+
+
+@torch.no_grad()
+def greedy(m, proj, prompt, feats, max_new=64):
+    a = proj(torch.from_numpy(F.stack4(feats).astype(np.float32)))
+    x = torch.cat([prompt.pre, a, prompt.suf], 0)[None]
+    out = m(inputs_embeds=x, use_cache=True)
+    past, ids = out.past_key_values, []
+    lg = out.logits[0, -1]
+    for _ in range(max_new):
+        t = int(torch.argmax(lg))
+        if t in (IM_END, END_OF_TEXT):
+            break
+        ids.append(t)
+        out = m(input_ids=torch.tensor([[t]]), past_key_values=past, use_cache=True)
+        past, lg = out.past_key_values, out.logits[0, -1]
+    return ids
+
+
+def edit_distance(r, h):
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)]
+
+
+def wer(pairs):
+    errs = sum(edit_distance(r.split(), h.split()) for r, h in pairs)
+    n = sum(len(r.split()) for r, _ in pairs)
+    return 100.0 * errs / max(1, n), errs, n
+
+
+def real_clips():
+    """(name, wav, reference) for pocketsphinx-testdata's LibriVox and cards clips."""
+    out = []
+    for sub, tfile in (("librivox", "transcription"), ("cards", "cards.transcription")):
+        path = os.path.join(PS_DATA, sub, tfile)
+        if not os.path.exists(path):
+            continue
+        for line in open(path):
+            mm = re.match(r"\s*<s>(.*)</s>\s*\((\S+)\)", line)
+            if not mm:
+                continue
+            ref, name = mm.group(1), mm.group(2)
+            wav = os.path.join(PS_DATA, sub, name + ".wav")
+            if os.path.exists(wav):
+                out.append((f"{sub}/{name}", wav, text_corpus.normalize(ref)))
+    return out
+
+
+def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
+    m.eval()
+    res = {"tag": tag}
+    t0 = time.time()
+    rows = []
+    for u in heldout[:limit]:
+        hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, u.feats.astype(np.float32))))
+        rows.append({"id": u.id, "ref": u.text, "hyp": hyp})
+    for split in ("heldout_voice", "heldout_joe", "heldout"):
+        sel = [r for r in rows if split == "heldout" or r["id"].startswith(split + "-")]
+        if sel:
+            w, e, n = wer([(r["ref"], r["hyp"]) for r in sel])
+            res[f"wer_{split}"] = round(w, 2)
+            res[f"n_{split}"] = len(sel)
+            res[f"words_{split}"] = n
+    res["synthetic_decode_s"] = round(time.time() - t0, 1)
+    enc = enc or F.Encoder(threads=1)
+    real = []
+    for name, wav, ref in real_clips():
+        feats = enc.features(F.read_wav(wav))
+        hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, feats)))
+        real.append({"id": name, "ref": ref, "hyp": hyp})
+    if real:
+        for grp in ("librivox", "cards", "all"):
+            sel = [r for r in real if grp == "all" or r["id"].startswith(grp + "/")]
+            w, e, n = wer([(r["ref"], r["hyp"]) for r in sel])
+            res[f"wer_real_{grp}"] = round(w, 2)
+            res[f"n_real_{grp}"] = len(sel)
+            res[f"words_real_{grp}"] = n
+    res["rows"] = rows
+    res["real_rows"] = real
+    log(f"eval[{tag}] " + " ".join(f"{k}={v}" for k, v in res.items() if not k.endswith("rows")))
+    for r in rows[:5] + real:
+        log(f"   {r['id']}: ref='{r['ref']}' hyp='{r['hyp']}'")
+    return res
+
+
+@torch.no_grad()
+def val_loss(m, proj, prompt, heldout, batch=8):
+    tot, n = 0.0, 0
+    for i in range(0, len(heldout), batch):
+        us = heldout[i:i + batch]
+        loss, k = batch_loss(m, proj, prompt, us, [u.feats.astype(np.float32) for u in us])
+        tot += float(loss)
+        n += k
+    return tot / max(1, n)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def write_atomic(path, data: bytes):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def save_outputs(prefix_dir, name_suffix, proj, m, meta):
+    """Bundle-format projector (and LoRA) safetensors."""
+    p = os.path.join(prefix_dir, f"projector{name_suffix}.safetensors")
+    write_atomic(p, safetensors_bytes(proj.tensors(), meta))
+    lt = lora_tensors(m)
+    if lt:
+        lmeta = dict(meta)
+        mod = m.model.layers[0].self_attn.q_proj
+        lmeta.update({"scale": repr(float(mod.scale)), "rank": str(mod.r), "alpha": repr(float(mod.scale * mod.r)),
+                      "targets": "q_proj,v_proj", "layout": "gguf rows (q_proj B permuted like convert_hf_to_gguf)",
+                      "merge": "W += scale * B @ A"})
+        write_atomic(os.path.join(prefix_dir, f"lora{name_suffix}.safetensors"), safetensors_bytes(lt, lmeta))
+    return p
+
+
+def save_ckpt(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default=F.TRAIN_DIR)
+    ap.add_argument("--data", default=None, help="data dir (default WORK/data)")
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lora-lr", type=float, default=None, help="default: --lr")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--min-lr-frac", type=float, default=0.05)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--lora-rank", type=int, default=8, help="0 = projector only")
+    ap.add_argument("--lora-alpha", type=float, default=16.0)
+    ap.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment per utterance")
+    ap.add_argument("--seed", type=int, default=20261126)
+    ap.add_argument("--ckpt-every", type=int, default=100)
+    ap.add_argument("--keep-ckpts", type=int, default=3)
+    ap.add_argument("--eval-every", type=int, default=0, help="WER eval every N steps on --eval-limit held-out (0: end only)")
+    ap.add_argument("--eval-limit", type=int, default=None)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop (after a checkpoint) past this wall time")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--check-llm", action="store_true", help="compare LLM logits with tools/llm/reference.py first")
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--projector", default=None, help="--eval-only: projector safetensors (default WORK/projector.safetensors)")
+    ap.add_argument("--lora", default=None, help="--eval-only: lora safetensors (default WORK/lora.safetensors if present)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = args.work
+    data_dir = args.data or os.path.join(work, "data")
+    ck_dir = os.path.join(work, "ckpt")
+    os.makedirs(ck_dir, exist_ok=True)
+    os.makedirs(os.path.join(work, "eval"), exist_ok=True)
+    log = Log(os.path.join(work, "train.log"))
+    log(f"start: {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} thread(s))")
+
+    tok = load_tokenizer()
+    m = load_llm(log)
+    if args.check_llm:
+        check_llm(m, tok, log)
+    prompt = Prompt(m, tok)
+    log(f"prompt ids: prefix {prompt.pre_ids} suffix {prompt.suf_ids}")
+
+    recs = read_manifest(data_dir)
+    t = time.time()
+    train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
+    heldout = [Utt(r, data_dir, tok) for r in recs if r["split"].startswith("heldout")]
+    log(f"data: {len(train)} train utts ({sum(u.feats.shape[0] for u in train) / 50 / 3600:.2f} h), "
+        f"{len(heldout)} held-out; loaded in {time.time() - t:.1f} s")
+
+    proj = Projector()
+    lora_params = []
+    use_lora = args.lora_rank > 0
+    if args.eval_only:
+        ppath = args.projector or os.path.join(work, "projector.safetensors")
+        t_, meta = read_safetensors(ppath)
+        proj.load_tensors(t_)
+        lpath = args.lora or os.path.join(os.path.dirname(ppath), "lora.safetensors")
+        if args.lora or (use_lora and os.path.exists(lpath)):
+            lt, lmeta = read_safetensors(lpath)
+            r = lt["lora.layers.0.q_proj.A"].shape[0]
+            add_lora(m, r, float(lmeta["scale"]) * r)
+            load_lora_tensors(m, lt)
+            log(f"loaded LoRA {lpath} (r={r}, scale={lmeta['scale']})")
+        log(f"eval-only with {ppath} ({meta})")
+        res = evaluate(m, proj, prompt, tok, heldout, log, "eval-only", args.eval_limit)
+        res["val_loss"] = round(val_loss(m, proj, prompt, heldout), 4)
+        log(f"val_loss={res['val_loss']}")
+        with open(os.path.join(work, "eval", "eval-only.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        return
+    if use_lora:
+        lora_params = add_lora(m, args.lora_rank, args.lora_alpha)
+    groups = [{"params": list(proj.parameters()), "lr": args.lr}]
+    if lora_params:
+        groups.append({"params": lora_params, "lr": args.lora_lr or args.lr})
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    base_lrs = [g["lr"] for g in groups]
+    n_train_params = sum(p.numel() for g in groups for p in g["params"])
+    log(f"trainable parameters: {n_train_params} (projector {sum(p.numel() for p in proj.parameters())}, "
+        f"LoRA {sum(p.numel() for p in lora_params)})")
+
+    def lr_factor(step):
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+        return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
+
+    step, best, history = 0, float("inf"), []
+    latest = os.path.join(ck_dir, "latest.pt")
+    if args.resume:
+        if not os.path.exists(latest):
+            raise SystemExit(f"--resume: {latest} not found")
+        st = torch.load(latest, weights_only=False)
+        proj.load_state_dict(st["projector"])
+        if st.get("lora") is not None:
+            if not use_lora:
+                raise SystemExit("checkpoint has LoRA: resume with the same --lora-rank")
+            for p, v in zip(lora_params, st["lora"]):
+                p.data.copy_(v)
+        opt.load_state_dict(st["opt"])
+        step, best, history = st["step"], st["best"], st.get("history", [])
+        torch.set_rng_state(st["torch_rng"])
+        if st["args"].get("steps") != args.steps:
+            log(f"note: --steps {args.steps} differs from the checkpoint's {st['args'].get('steps')} (schedule follows --steps)")
+        log(f"resumed from {latest} at step {step} (best held-out loss {best:.4f})")
+
+    def state():
+        return {"step": step, "best": best, "history": history, "args": vars(args),
+                "projector": proj.state_dict(), "lora": [p.detach().clone() for p in lora_params] if lora_params else None,
+                "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
+            "data": os.path.relpath(data_dir, REPO)}
+    loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
+    per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
+    t_start = time.time()
+    t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+    enc = None
+    while step < args.steps:
+        epoch, idx = divmod(step, per_epoch)
+        bidx = epoch_batches(train, args.batch, args.seed, epoch)[idx]
+        us = [train[i] for i in bidx]
+        rng = np.random.default_rng([args.seed, 200, step])
+        feats = [spec_augment(u.feats, rng) if rng.random() < args.specaug else u.feats.astype(np.float32) for u in us]
+        fac = lr_factor(step)
+        for g, b in zip(opt.param_groups, base_lrs):
+            g["lr"] = b * fac
+        m.train()
+        loss, n = batch_loss(m, proj, prompt, us, feats)
+        opt.zero_grad(set_to_none=True)
+        (loss / n).backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        step += 1
+        utt_win += len(us)
+        loss_sum += float(loss)
+        tok_sum += n
+        rec = {"step": step, "loss": round(float(loss) / n, 4), "lr": round(opt.param_groups[0]["lr"], 7),
+               "gnorm": round(float(gn), 3), "elapsed_s": round(time.time() - t_start, 1), "epoch": epoch}
+        loss_log.write(json.dumps(rec) + "\n")
+        if step % 10 == 0:
+            dt = time.time() - t_win
+            log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} lr {rec['lr']:.2e} "
+                f"gnorm {rec['gnorm']:.2f} {10 / dt:.3f} steps/s {utt_win / dt:.2f} utt/s")
+            t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+        out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
+        if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
+            m.eval()
+            vl = val_loss(m, proj, prompt, heldout)
+            history.append({"step": step, "val_loss": round(vl, 4), "elapsed_s": round(time.time() - t_start, 1)})
+            is_best = vl < best
+            best = min(best, vl)
+            log(f"checkpoint step {step}: held-out synthetic loss {vl:.4f}{' (best)' if is_best else ''}")
+            st = state()
+            save_ckpt(os.path.join(ck_dir, f"step_{step:06d}.pt"), st)
+            save_ckpt(latest, st)
+            save_outputs(ck_dir, f"-step_{step:06d}", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"))
+            if is_best:
+                save_ckpt(os.path.join(ck_dir, "best.pt"), st)
+                save_outputs(work, "", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"))
+            old = sorted(glob.glob(os.path.join(ck_dir, "step_*.pt")))[:-args.keep_ckpts]
+            for p in old:
+                os.remove(p)
+            if args.eval_every and step % args.eval_every == 0 and step != args.steps:
+                enc = enc or F.Encoder(threads=1)
+                evaluate(m, proj, prompt, tok, heldout, log, f"step{step}", args.eval_limit, enc)
+            t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+            if out_of_time:
+                log(f"--max-minutes {args.max_minutes} reached at step {step}: stopping (resume with --resume)")
+                break
+    train_s = time.time() - t_start
+    log(f"training stopped at step {step}, {train_s / 60:.1f} min this session")
+
+    # final evaluation with the best checkpoint (chosen on held-out synthetic loss only)
+    bst = torch.load(os.path.join(ck_dir, "best.pt"), weights_only=False)
+    proj.load_state_dict(bst["projector"])
+    if bst.get("lora") is not None:
+        for p, v in zip(lora_params, bst["lora"]):
+            p.data.copy_(v)
+    res = evaluate(m, proj, prompt, tok, heldout, log, f"best@{bst['step']}", args.eval_limit, enc)
+    res.update({"best_step": bst["step"], "best_val_loss": bst["best"], "history": history})
+    with open(os.path.join(work, "eval", f"final-step{step}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
