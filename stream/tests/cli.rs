@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn media(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/media/generated")
@@ -199,4 +201,50 @@ fn unreachable_server_exits_with_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn transcribe_writes_subtitles_matching_the_finals() {
+    let bundle = common::quick_bundle("cli-subtitles-bundle");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let (srt, vtt) = (dir.join("demo.srt"), dir.join("demo.vtt"));
+    let out = avlm()
+        .args(["stream", "--json", "--task", "transcribe", "--bundle"])
+        .arg(&bundle)
+        .arg("--srt")
+        .arg(&srt)
+        .arg("--vtt")
+        .arg(&vtt)
+        .arg(media("speech.webm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let finals: Vec<serde_json::Value> = json_lines(&out.stdout)
+        .into_iter()
+        .filter(|e| e["type"] == "final")
+        .collect();
+    assert_eq!(finals.len(), 3);
+    let srt = std::fs::read_to_string(&srt).unwrap();
+    let vtt = std::fs::read_to_string(&vtt).unwrap();
+    assert!(vtt.starts_with("WEBVTT\n\n"));
+    let blocks: Vec<&str> = srt.split("\n\n").filter(|b| !b.is_empty()).collect();
+    assert_eq!(
+        blocks.len(),
+        finals
+            .iter()
+            .filter(|f| !f["text"].as_str().unwrap().trim().is_empty())
+            .count()
+    );
+    let first = &finals[0];
+    let ms = (first["start_s"].as_f64().unwrap() * 1000.0).round() as u64;
+    let stamp = format!("00:00:{:02},{:03} --> ", ms / 1000, ms % 1000);
+    assert!(
+        blocks[0].lines().nth(1).unwrap().starts_with(&stamp),
+        "{} vs {stamp}",
+        blocks[0]
+    );
 }

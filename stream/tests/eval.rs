@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
+use common::quick_bundle;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -24,28 +27,6 @@ fn avlm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
     c.current_dir(root()).env("AVLM_LOG", "error");
     c
-}
-
-/// The default bundle with short decoding, so debug-build tests stay quick.
-fn quick_bundle(name: &str) -> PathBuf {
-    let src = root().join(".avlm/bundles/default");
-    let manifest = std::fs::read_to_string(src.join("avlm.toml"))
-        .expect("default bundle (run tools/setup.sh)");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let manifest = manifest
-        .replace(
-            "\"../../models/",
-            &format!("\"{}/", root().join(".avlm/models").display()),
-        )
-        .replace(
-            "\"projector.safetensors\"",
-            &format!("\"{}\"", src.join("projector.safetensors").display()),
-        )
-        .replace("max_new_tokens = 64", "max_new_tokens = 6");
-    assert!(manifest.contains("max_new_tokens = 6"));
-    std::fs::write(dir.join("avlm.toml"), manifest).unwrap();
-    dir
 }
 
 fn eval(bundle: &Path, out: &Path, extra: &[&str]) -> (String, serde_json::Value) {

@@ -89,6 +89,12 @@ pub struct StreamArgs {
     /// Model name (the server's default when absent).
     #[arg(long)]
     pub model: Option<String>,
+    /// Write the transcript's finals as SubRip subtitles to this file.
+    #[arg(long)]
+    pub srt: Option<std::path::PathBuf>,
+    /// Write the transcript's finals as WebVTT subtitles to this file.
+    #[arg(long)]
+    pub vtt: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -162,7 +168,15 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     };
     let json = args.json;
     let stdout = std::io::stdout();
+    let mut cues = Vec::new();
     let result = client::stream(&url, args.config(), source, send, |msg| {
+        if let Some(pb::server_message::Msg::Final(f)) = &msg.msg {
+            cues.push(avlm_stream::subtitles::Cue {
+                start_s: f.start_s,
+                end_s: f.end_s,
+                text: f.text.clone(),
+            });
+        }
         let mut out = stdout.lock();
         let _ = if json {
             writeln!(out, "{}", print::to_json(msg)).and_then(|_| out.flush())
@@ -173,6 +187,15 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     .await;
     if let Some(server) = local {
         server.shutdown().await?;
+    }
+    // Subtitles hold what arrived, even when the stream failed part way.
+    if let Some(path) = &args.srt {
+        std::fs::write(path, avlm_stream::subtitles::srt(&cues))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.vtt {
+        std::fs::write(path, avlm_stream::subtitles::webvtt(&cues))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     match result {
         Ok(()) => Ok(0),

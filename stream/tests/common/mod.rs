@@ -1,0 +1,30 @@
+//! Helpers shared by the binary's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The default bundle with short decoding, so debug-build tests stay quick.
+pub fn quick_bundle(name: &str) -> PathBuf {
+    let src = root().join(".avlm/bundles/default");
+    let manifest = std::fs::read_to_string(src.join("avlm.toml"))
+        .expect("default bundle (run tools/setup.sh)");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = manifest
+        .replace(
+            "\"../../models/",
+            &format!("\"{}/", root().join(".avlm/models").display()),
+        )
+        .replace(
+            "\"projector.safetensors\"",
+            &format!("\"{}\"", src.join("projector.safetensors").display()),
+        )
+        .replace("max_new_tokens = 64", "max_new_tokens = 6");
+    assert!(manifest.contains("max_new_tokens = 6"));
+    std::fs::write(dir.join("avlm.toml"), manifest).unwrap();
+    dir
+}
