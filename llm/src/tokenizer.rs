@@ -199,15 +199,19 @@ pub struct IncrementalDecoder<'t> {
 }
 
 impl IncrementalDecoder<'_> {
+    /// Text of the emitted window, and of the window plus the pending tokens.
+    fn windows(&self) -> Result<(String, String)> {
+        let t = self.tokenizer;
+        Ok((
+            t.decode(&self.ids[self.prefix..self.read], self.skip_special)?,
+            t.decode(&self.ids[self.prefix..], self.skip_special)?,
+        ))
+    }
+
     /// Adds a token; returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let before = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let after = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        let (before, after) = self.windows()?;
         if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.starts_with(&before)
         {
             let new = after[before.len()..].to_string();
@@ -221,12 +225,7 @@ impl IncrementalDecoder<'_> {
 
     /// Text still held back (an incomplete character at the very end).
     pub fn finish(&mut self) -> Result<Option<String>> {
-        let before = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let after = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        let (before, after) = self.windows()?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         Ok((after.len() > before.len() && after.starts_with(&before))

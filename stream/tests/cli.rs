@@ -2,7 +2,7 @@
 //! output, re-muxing inputs that can't stream as they are, FFmpeg inputs,
 //! real-time pacing, and exit codes on failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,17 @@ fn avlm() -> Command {
     c
 }
 
+/// Runs `avlm ARGS... INPUT`, requires success, returns the JSON events.
+fn stream_ok(args: &[&str], input: &Path) -> Vec<serde_json::Value> {
+    let out = avlm().arg("stream").args(args).arg(input).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out.stdout)
+}
+
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -44,17 +55,7 @@ fn segments(events: &[serde_json::Value]) -> Vec<(f64, f64)> {
 
 #[test]
 fn stream_json_with_an_in_process_server() {
-    let out = avlm()
-        .args(["stream", "--json"])
-        .arg(media("speech.webm"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = json_lines(&out.stdout);
+    let events = stream_ok(&["--json"], &media("speech.webm"));
     assert_eq!(events[0]["type"], "ready");
     assert_eq!(segments(&events).len(), 3, "{events:?}");
     assert_eq!(events.last().unwrap()["type"], "stats");
@@ -62,17 +63,10 @@ fn stream_json_with_an_in_process_server() {
 
 #[test]
 fn plain_mp4_is_remuxed_by_the_client_and_refused_as_is_by_the_server() {
-    let out = avlm()
-        .args(["stream", "--json"])
-        .arg(media("speech.plain.mp4"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        segments(&stream_ok(&["--json"], &media("speech.plain.mp4"))).len(),
+        3
     );
-    assert_eq!(segments(&json_lines(&out.stdout)).len(), 3);
 
     let out = avlm()
         .args(["stream", "--json", "--as-is"])
