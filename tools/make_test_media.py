@@ -17,6 +17,7 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.flac        FLAC audio only
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
   short.webm         the first 3 s of speech.webm's audio
+  silence.webm, white_noise.webm, pink_noise.webm, tones.webm: 20 s each, no speech
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
 
 Usage: make_test_media.py OUT_DIR
@@ -109,6 +110,14 @@ def main():
         ffmpeg("-i", wav, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, "speech.ogg"))
         ffmpeg("-i", wav, "-c:a", "libmp3lame", "-b:a", "64k", os.path.join(out, "speech.mp3"))
         ffmpeg("-i", wav, "-c:a", "flac", os.path.join(out, "speech.flac"))
+        # Media with no speech at all: nothing may be reported for these.
+        for name, graph in [
+            ("silence", "anullsrc=r=16000:cl=mono:d=20"),
+            ("white_noise", "anoisesrc=d=20:c=white:r=16000:a=0.3:seed=7"),
+            ("pink_noise", "anoisesrc=d=20:c=pink:r=16000:a=0.5:seed=11"),
+            ("tones", "aevalsrc=0.4*sin(2*PI*(300+200*floor(t*2))*t):d=20:s=16000"),
+        ]:
+            ffmpeg("-f", "lavfi", "-i", graph, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, f"{name}.webm"))
         # The first utterance alone, for real-time pacing tests.
         ffmpeg("-i", os.path.join(out, "speech.webm"), "-t", "3", "-map", "0:a", "-c:a", "copy",
                os.path.join(out, "short.webm"))

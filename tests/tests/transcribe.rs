@@ -97,3 +97,37 @@ async fn transcribe_without_a_bundle_or_past_30s_segments_is_refused() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_without_speech_produces_no_text() {
+    let server = start_server(transcribe_server_config()).await;
+    for file in [
+        "silence.webm",
+        "white_noise.webm",
+        "pink_noise.webm",
+        "tones.webm",
+    ] {
+        let run = stream_bytes(&server.url(), transcribe_config(), read_media(file), 8192)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let texts: Vec<&pb::server_message::Msg> = run
+            .messages
+            .iter()
+            .filter_map(|m| m.msg.as_ref())
+            .filter(|m| {
+                matches!(
+                    m,
+                    pb::server_message::Msg::Partial(_)
+                        | pb::server_message::Msg::Final(_)
+                        | pb::server_message::Msg::Segment(_)
+                )
+            })
+            .collect();
+        assert!(texts.is_empty(), "{file}: {texts:?}");
+        assert!(
+            run.last_stats().unwrap().media_seconds_processed > 19.0,
+            "{file}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
