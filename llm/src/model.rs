@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::cache::KvCache;
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::error::{LlmError, Result};
+use crate::lora::{Lora, PROJECTIONS};
 use crate::weights::{self, Gguf, HfWeights};
 
 /// How GGUF matmul weights are kept in memory.
@@ -70,6 +71,16 @@ pub struct Llama {
 impl Llama {
     /// Loads a GGUF file of the llama architecture.
     pub fn from_gguf(path: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
+        Self::from_gguf_with_lora(path, mode, device, None)
+    }
+
+    /// Loads a GGUF file and merges `lora` into its weights first.
+    pub fn from_gguf_with_lora(
+        path: &Path,
+        mode: WeightMode,
+        device: &Device,
+        lora: Option<&Lora>,
+    ) -> Result<Self> {
         let mut g = Gguf::open(path)?;
         let config = g.llama_config()?;
         let dq = matches!(mode, WeightMode::F32 | WeightMode::Mixed);
@@ -93,7 +104,27 @@ impl Llama {
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let mut mm = |name: &str| -> Result<Linear> {
-                linear(g.qtensor(&format!("blk.{i}.{name}.weight"), device)?)
+                let q = g.qtensor(&format!("blk.{i}.{name}.weight"), device)?;
+                let proj = PROJECTIONS
+                    .iter()
+                    .find(|(_, gguf)| *gguf == name)
+                    .map(|(hf, _)| *hf);
+                let delta = match (lora, proj) {
+                    (Some(l), Some(hf)) => l.delta(i, hf)?,
+                    _ => None,
+                };
+                match delta {
+                    // Merged in f32; only the as-stored mode re-quantizes the result.
+                    Some(delta) => {
+                        let dtype = if mode == WeightMode::Quantized {
+                            q.dtype()
+                        } else {
+                            candle_core::quantized::GgmlDType::F32
+                        };
+                        linear(QTensor::quantize(&(q.dequantize(device)? + delta)?, dtype)?)
+                    }
+                    None => linear(q),
+                }
             };
             let wq = mm("attn_q")?;
             let wk = mm("attn_k")?;
@@ -127,8 +158,11 @@ impl Llama {
             linear(g.qtensor("output.weight", device)?)?
         };
         let name = g.meta_str("general.name").unwrap_or("llama").to_string();
+        let adapters = lora
+            .map(|l| format!(", LoRA on {} matrices merged", l.len()))
+            .unwrap_or_default();
         let description = format!(
-            "{name} (GGUF, {} layers, d={}, {} heads / {} kv, vocab {}, {:?} weights)",
+            "{name} (GGUF, {} layers, d={}, {} heads / {} kv, vocab {}, {:?} weights{adapters})",
             config.num_layers,
             config.hidden_size,
             config.num_heads,

@@ -306,3 +306,29 @@ fn beam_width_one_is_greedy_and_width_four_returns_its_best() {
         tok.decode(&b4.tokens, false).unwrap()
     );
 }
+
+#[test]
+fn lora_adapters_merge_as_the_reference_merges_them() {
+    let dir = root().join("tests/golden/lora");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let lora = avlm_llm::Lora::load(&dir.join("lora.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(lora.len(), 8);
+    let m =
+        Llama::from_gguf_with_lora(&gguf(), WeightMode::F32, &Device::Cpu, Some(&lora)).unwrap();
+    let prompt = ids(&meta["prompt_ids"]);
+    let mut cache = m.new_cache(16).unwrap();
+    let logits = Llama::last_logits(&m.forward(&prompt, &mut cache, false).unwrap()).unwrap();
+    let reference = read_f32("../lora/last_logits.bin");
+    let err = max_abs(&logits, &reference);
+    eprintln!("LoRA-merged logits max abs error {err:.2e}");
+    assert!(
+        err <= F32_LOGIT_TOL,
+        "LoRA merge differs from the reference by {err}"
+    );
+    // The adapter matters: the base model's logits are far from these.
+    let base = model(WeightMode::F32);
+    let mut cache = base.new_cache(16).unwrap();
+    let plain = Llama::last_logits(&base.forward(&prompt, &mut cache, false).unwrap()).unwrap();
+    assert!(max_abs(&plain, &reference) > 100.0 * F32_LOGIT_TOL);
+}

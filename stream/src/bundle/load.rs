@@ -93,7 +93,11 @@ impl LoadedBundle {
                     LlmWeightMode::Quantized => WeightMode::Quantized,
                 };
                 let path = at(&manifest.llm.weights);
-                let llm = Llama::from_gguf(&path, mode, &device)?;
+                let lora = match &manifest.llm.lora {
+                    Some(p) => Some(avlm_llm::Lora::load(&at(p), &device)?),
+                    None => None,
+                };
+                let llm = Llama::from_gguf_with_lora(&path, mode, &device, lora.as_ref())?;
                 let tok = if manifest.llm.tokenizer == "gguf" {
                     Tokenizer::from_gguf(&path)?
                 } else {
@@ -102,6 +106,9 @@ impl LoadedBundle {
                 (llm, tok)
             }
             LlmFormat::Safetensors => {
+                if manifest.llm.lora.is_some() {
+                    return Err(BundleError::Manifest("llm.lora is supported for GGUF models; merge the adapters into the safetensors checkpoint instead".into()));
+                }
                 if manifest.llm.tokenizer == "gguf" {
                     return Err(BundleError::Manifest(
                         "llm.tokenizer = \"gguf\" needs a GGUF model; give a tokenizer.json path"

@@ -21,6 +21,7 @@
 //! format = "gguf"               # or "safetensors" (a Hugging Face folder)
 //! weight_mode = "f32"           # gguf only: "f32", "q8" (re-quantized Q8_0), "mixed" (f32 prompts, Q8_0 steps) or "quantized" (as stored)
 //! tokenizer = "gguf"            # or a tokenizer.json path
+//! # lora = "lora.safetensors"   # optional adapters, merged at load
 //! max_context = 2048
 //! [prompts]
 //! transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
@@ -128,6 +129,9 @@ pub struct LlmSection {
     pub weight_mode: LlmWeightMode,
     /// "gguf" (the vocabulary inside the GGUF) or a tokenizer.json path.
     pub tokenizer: String,
+    /// LoRA adapters merged into the weights at load (GGUF models).
+    #[serde(default)]
+    pub lora: Option<PathBuf>,
     #[serde(default = "default_context")]
     pub max_context: usize,
 }
