@@ -146,6 +146,24 @@ impl Endpointer {
         matches!(self.state, State::Active { .. })
     }
 
+    /// The open segment: `(id, start_s, audio_start_s)`.
+    pub fn open_segment(&self) -> Option<(u64, f64, f64)> {
+        match self.state {
+            State::Active {
+                id,
+                start_s,
+                audio_start_s,
+                ..
+            } => Some((id, start_s, audio_start_s)),
+            _ => None,
+        }
+    }
+
+    /// End of the last window seen.
+    pub fn now_s(&self) -> f64 {
+        self.now_s
+    }
+
     /// Feeds the probability of the window `[start_s, end_s)`; events go to `out`.
     pub fn push(&mut self, start_s: f64, end_s: f64, prob: f32, out: &mut Vec<SpeechEvent>) {
         self.now_s = end_s;

@@ -131,3 +131,73 @@ async fn media_without_speech_produces_no_text() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partials_commit_only_forward_and_finals_start_with_the_committed_words() {
+    let server = start_server(short_decode_server_config("partials", 12)).await;
+    let mut config = transcribe_config();
+    let options = config.options.as_mut().unwrap();
+    options.partial_results = Some(true);
+    options.partial_interval_ms = Some(300);
+    let mut run = Run::default();
+    avlm_stream::client::stream(
+        &server.url(),
+        config,
+        avlm_stream::client::Source::File(media("speech.webm")),
+        avlm_stream::client::SendOptions {
+            chunk_bytes: 2048,
+            realtime: true,
+        },
+        |m| run.messages.push(m.clone()),
+    )
+    .await
+    .unwrap();
+    let finals = finals(&run);
+    assert_eq!(finals.len(), 3);
+    let mut partials = 0;
+    for f in &finals {
+        let mut committed: Vec<String> = Vec::new();
+        for m in &run.messages {
+            let Some(pb::server_message::Msg::Partial(p)) = &m.msg else {
+                continue;
+            };
+            if p.segment_id != f.segment_id {
+                continue;
+            }
+            partials += 1;
+            let words: Vec<String> = p
+                .stable_text
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            assert!(
+                words.starts_with(&committed),
+                "committed text shrank or changed: {committed:?} -> {words:?}"
+            );
+            committed = words;
+        }
+        let final_words: Vec<String> = f.text.split_whitespace().map(str::to_string).collect();
+        assert!(
+            final_words.starts_with(&committed),
+            "final {final_words:?} does not start with committed {committed:?}"
+        );
+    }
+    assert!(partials > 0, "no partial results at real-time pace");
+    // Partials of a segment come before its final.
+    let pos = |pred: &dyn Fn(&pb::server_message::Msg) -> bool| {
+        run.messages
+            .iter()
+            .rposition(|m| m.msg.as_ref().is_some_and(pred))
+    };
+    for f in &finals {
+        let id = f.segment_id;
+        let last_partial =
+            pos(&|m| matches!(m, pb::server_message::Msg::Partial(p) if p.segment_id == id));
+        let final_at =
+            pos(&|m| matches!(m, pb::server_message::Msg::Final(x) if x.segment_id == id));
+        if let (Some(p), Some(fa)) = (last_partial, final_at) {
+            assert!(p < fa, "a partial of segment {id} came after its final");
+        }
+    }
+    server.shutdown().await.unwrap();
+}

@@ -89,6 +89,12 @@ pub struct StreamArgs {
     /// Model name (the server's default when absent).
     #[arg(long)]
     pub model: Option<String>,
+    /// Ask for partial transcripts of the open segment (TRANSCRIBE).
+    #[arg(long)]
+    pub partials: bool,
+    /// Media time between partial re-decodes, in ms.
+    #[arg(long)]
+    pub partial_interval_ms: Option<u32>,
     /// Write the transcript's finals as SubRip subtitles to this file.
     #[arg(long)]
     pub srt: Option<std::path::PathBuf>,
@@ -134,6 +140,8 @@ impl StreamArgs {
                 max_segment_ms: self.max_segment_ms,
                 stats_interval_ms: self.stats_interval_ms,
                 model: self.model.clone().unwrap_or_default(),
+                partial_results: self.partials.then_some(true),
+                partial_interval_ms: self.partial_interval_ms,
                 ..Default::default()
             }),
         }

@@ -39,6 +39,9 @@ pub struct Transcript {
 
 pub struct AsrPipeline {
     bundle: LoadedBundle,
+    /// KV of the prompt text before the audio, computed once and copied into
+    /// every utterance's cache (it is the same for all of them).
+    prefix_cache: Option<avlm_llm::KvCache>,
     mel: LogMel,
     prefix_ids: Vec<u32>,
     suffix_ids: Vec<u32>,
@@ -69,6 +72,7 @@ impl AsrPipeline {
             window: audio.window,
             normalize: audio.normalize_waveform,
             bundle,
+            prefix_cache: None,
             prefix_ids,
             suffix_ids,
         })
@@ -152,6 +156,17 @@ impl AsrPipeline {
 
     /// Transcribes one utterance of 16 kHz mono audio (at most 30 s is used).
     pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, BundleError> {
+        self.transcribe_with(samples, &[])
+    }
+
+    /// Like [`AsrPipeline::transcribe`], with the answer forced to start with
+    /// `forced` tokens (text already committed to the client); the returned
+    /// tokens and text include them.
+    pub fn transcribe_with(
+        &mut self,
+        samples: &[f32],
+        forced: &[u32],
+    ) -> Result<Transcript, BundleError> {
         let mut times = StageTimes::default();
         let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
             return Ok(Transcript {
@@ -162,28 +177,32 @@ impl AsrPipeline {
                 times,
             });
         };
+        let tensor = |e: candle_core::Error| BundleError::Llm(avlm_llm::LlmError::from(e));
+        let audio_tokens = audio.dim(0).map_err(tensor)?;
+        let t = Instant::now();
+        self.ensure_prefix_cache()?;
         let llm = &self.bundle.llm;
-        let audio_tokens = audio.dim(0).map_err(avlm_llm::LlmError::from)?;
-        let parts = [
-            llm.embed_tokens(&self.prefix_ids)?,
-            audio,
-            llm.embed_tokens(&self.suffix_ids)?,
-        ];
-        let parts: Vec<&Tensor> = parts
-            .iter()
-            .filter(|t| t.dim(0).map(|n| n > 0).unwrap_or(false))
-            .collect();
-        let embeds = Tensor::cat(&parts, 0).map_err(avlm_llm::LlmError::from)?;
-        let prompt_tokens = embeds.dim(0).map_err(avlm_llm::LlmError::from)?;
         let decoding = &self.bundle.manifest.decoding;
+        let rest = if self.suffix_ids.is_empty() {
+            audio
+        } else {
+            Tensor::cat(&[&audio, &llm.embed_tokens(&self.suffix_ids)?], 0).map_err(tensor)?
+        };
+        let prompt_tokens = self.prefix_ids.len() + rest.dim(0).map_err(tensor)?;
+        let mut cache =
+            llm.new_cache(prompt_tokens + forced.len() + decoding.max_new_tokens + 1)?;
+        if let Some(prefix) = &self.prefix_cache {
+            cache.copy_prefix_from(prefix, prefix.len())?;
+        }
+        let mut logits = Llama::last_logits(&llm.forward_embeds(&rest, &mut cache, false)?)?;
+        if !forced.is_empty() {
+            logits = Llama::last_logits(&llm.forward(forced, &mut cache, false)?)?;
+        }
+        times.prefill = t.elapsed();
         let stop = StopCriteria {
-            max_new_tokens: decoding.max_new_tokens,
+            max_new_tokens: decoding.max_new_tokens.saturating_sub(forced.len()).max(1),
             stop_tokens: self.bundle.stop_ids.clone(),
         };
-        let mut cache = llm.new_cache(prompt_tokens + decoding.max_new_tokens + 1)?;
-        let t = Instant::now();
-        let logits = Llama::last_logits(&llm.forward_embeds(&embeds, &mut cache, false)?)?;
-        times.prefill = t.elapsed();
         let t = Instant::now();
         let generation = if decoding.beam_width <= 1 {
             greedy(llm, &mut cache, logits, &stop)?
@@ -200,19 +219,36 @@ impl AsrPipeline {
             )?
         };
         times.decode = t.elapsed();
+        let mut tokens = forced.to_vec();
+        tokens.extend(generation.tokens);
         let text = self
             .bundle
             .tokenizer
-            .decode(&generation.tokens, true)?
+            .decode(&tokens, true)?
             .trim()
             .to_string();
         Ok(Transcript {
             text,
-            tokens: generation.tokens,
+            tokens,
             audio_tokens,
             prompt_tokens,
             times,
         })
+    }
+
+    /// Token ids of `text` as the model would write it after the prompt.
+    pub fn encode_answer(&self, text: &str) -> Result<Vec<u32>, BundleError> {
+        Ok(self.bundle.tokenizer.encode(text)?)
+    }
+
+    fn ensure_prefix_cache(&mut self) -> Result<(), BundleError> {
+        if self.prefix_cache.is_none() && !self.prefix_ids.is_empty() {
+            let llm = &self.bundle.llm;
+            let mut cache = llm.new_cache(self.prefix_ids.len())?;
+            llm.forward(&self.prefix_ids, &mut cache, false)?;
+            self.prefix_cache = Some(cache);
+        }
+        Ok(())
     }
 }
 

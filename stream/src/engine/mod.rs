@@ -23,6 +23,8 @@ type Reply = Box<dyn FnOnce(Result<Transcript, String>) + Send>;
 
 struct Job {
     samples: Vec<f32>,
+    /// Text the answer must start with (already committed to the client).
+    forced: String,
     /// Skips the work when the session already went away.
     cancelled: Box<dyn Fn() -> bool + Send>,
     reply: Reply,
@@ -68,7 +70,10 @@ impl Engine {
                         continue;
                     }
                     let started = Instant::now();
-                    let result = pipeline.transcribe(&job.samples).map_err(|e| e.to_string());
+                    let result = pipeline
+                        .encode_answer(&job.forced)
+                        .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
+                        .map_err(|e| e.to_string());
                     if let Ok(t) = &result {
                         tracing::debug!(
                             audio_s = job.samples.len() as f64 / 16_000.0,
@@ -92,15 +97,18 @@ impl Engine {
         &self.info
     }
 
-    /// Queues one utterance (16 kHz mono); blocks while the queue is full.
+    /// Queues one utterance (16 kHz mono) whose answer starts with `forced`;
+    /// blocks while the queue is full.
     pub fn submit(
         &self,
         samples: Vec<f32>,
+        forced: String,
         cancelled: impl Fn() -> bool + Send + 'static,
         reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
     ) -> Result<(), SubmitError> {
         let job = Job {
             samples,
+            forced,
             cancelled: Box::new(cancelled),
             reply: Box::new(reply),
         };

@@ -231,6 +231,13 @@ impl Analysis {
         if !self.send_events() {
             return false;
         }
+        if let Some(t) = &mut self.transcriber {
+            if !t.tick(self.endpointer.open_segment(), end) {
+                self.out
+                    .fail(Status::unavailable("the model thread has stopped"));
+                return false;
+            }
+        }
         if self.processed_s >= self.next_stats_s {
             while self.next_stats_s <= self.processed_s {
                 self.next_stats_s += self.stats_interval_s;

@@ -157,9 +157,11 @@ pub async fn run(
         },
         valid.stats_interval_s,
         match (valid.task, &state.engine) {
-            (valid::Task::Transcribe, Some(engine)) => {
-                Some(transcribe::Transcriber::new(engine.clone(), tx.clone()))
-            }
+            (valid::Task::Transcribe, Some(engine)) => Some(transcribe::Transcriber::new(
+                engine.clone(),
+                tx.clone(),
+                valid.partial_interval_s,
+            )),
             _ => None,
         },
     )

@@ -1,7 +1,19 @@
 //! Hands each finished speech segment of a TRANSCRIBE session to the model
-//! thread and sends its `Final` back. Keeps the audio of the open segment
-//! plus a few seconds of history so the pre-roll before an onset is there.
+//! thread and sends its `Final` back; with partial results on, re-decodes the
+//! open segment every `partial_interval` of media and sends `Partial`s.
+//!
+//! Partials follow LocalAgreement: words two consecutive decodes agree on
+//! (their common prefix) are committed and never change; the rest is the
+//! unstable tail. The final decode is forced to start with the committed
+//! words, so a Final always begins with what was committed. At most one
+//! partial per session is queued at a time, and a partial still queued when
+//! its segment ends is skipped.
+//!
+//! Keeps the audio of the open segment plus a few seconds of history so the
+//! pre-roll before an onset is there.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use avlm_encoders::SpeechEvent;
@@ -16,20 +28,73 @@ use crate::media::AUDIO_RATE;
 /// plus the onset refinement and the confirmation delay.
 const IDLE_HISTORY_S: f64 = 5.0;
 
+type Reply = Sender<Result<pb::ServerMessage, Status>>;
+
+/// LocalAgreement state of the open segment, shared with engine callbacks.
+#[derive(Debug, Default)]
+struct Agreement {
+    segment: Option<u64>,
+    committed: Vec<String>,
+    previous: Vec<String>,
+    /// A partial decode is queued or running.
+    in_flight: bool,
+}
+
+impl Agreement {
+    /// Folds in a new hypothesis; returns (stable, unstable) text.
+    fn update(&mut self, words: Vec<String>) -> (String, String) {
+        let agreed = words
+            .iter()
+            .zip(&self.previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keeps_committed = words.len() >= self.committed.len()
+            && words[..self.committed.len()] == self.committed[..];
+        if keeps_committed && agreed > self.committed.len() {
+            self.committed = words[..agreed].to_vec();
+        }
+        let tail_from = if words.len() >= self.committed.len()
+            && words[..self.committed.len()] == self.committed[..]
+        {
+            self.committed.len()
+        } else {
+            // The new decode disagrees with what is committed: show its words
+            // after the part that still matches.
+            words
+                .iter()
+                .zip(&self.committed)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let unstable = words[tail_from..].join(" ");
+        self.previous = words;
+        (self.committed.join(" "), unstable)
+    }
+}
+
 pub struct Transcriber {
     engine: Engine,
-    tx: Sender<Result<pb::ServerMessage, Status>>,
+    tx: Reply,
     buffer: Vec<f32>,
     buffer_start_s: f64,
+    partial_interval_s: Option<f64>,
+    last_partial_s: f64,
+    agreement: Arc<Mutex<Agreement>>,
+    /// Bumped whenever a segment closes: queued partials of older segments skip.
+    generation: Arc<AtomicU64>,
 }
 
 impl Transcriber {
-    pub fn new(engine: Engine, tx: Sender<Result<pb::ServerMessage, Status>>) -> Self {
+    pub fn new(engine: Engine, tx: Reply, partial_interval_s: Option<f64>) -> Self {
         Transcriber {
             engine,
             tx,
             buffer: Vec::new(),
             buffer_start_s: 0.0,
+            partial_interval_s,
+            last_partial_s: 0.0,
+            agreement: Arc::new(Mutex::new(Agreement::default())),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -44,6 +109,71 @@ impl Transcriber {
     /// Samples held now.
     pub fn buffered_samples(&self) -> usize {
         self.buffer.len()
+    }
+
+    fn slice(&self, from_s: f64, to_s: f64) -> Vec<f32> {
+        let rate = f64::from(AUDIO_RATE);
+        let index = |t: f64| {
+            (((t - self.buffer_start_s) * rate).round().max(0.0) as usize).min(self.buffer.len())
+        };
+        self.buffer[index(from_s)..index(to_s)].to_vec()
+    }
+
+    /// Called after each VAD window with the open segment, if any: queues a
+    /// partial re-decode when one is due. `false` when the engine is gone.
+    pub fn tick(&mut self, open: Option<(u64, f64, f64)>, now_s: f64) -> bool {
+        let (Some(interval), Some((id, start_s, audio_start_s))) = (self.partial_interval_s, open)
+        else {
+            return true;
+        };
+        {
+            let mut a = self.agreement.lock().unwrap_or_else(|e| e.into_inner());
+            if a.segment != Some(id) {
+                *a = Agreement {
+                    segment: Some(id),
+                    ..Agreement::default()
+                };
+                self.last_partial_s = start_s;
+            }
+            if a.in_flight || now_s - self.last_partial_s < interval {
+                return true;
+            }
+            a.in_flight = true;
+        }
+        self.last_partial_s = now_s;
+        let samples = self.slice(audio_start_s, now_s);
+        let generation = self.generation.load(Ordering::Acquire);
+        let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
+        let (agreement, tx) = (self.agreement.clone(), self.tx.clone());
+        self.engine
+            .submit(
+                samples,
+                String::new(),
+                move || tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation,
+                move |result| {
+                    let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
+                    a.in_flight = false;
+                    let Ok(t) = result else {
+                        return; // a failed partial is not fatal: the final reports
+                    };
+                    if a.segment != Some(id) {
+                        return;
+                    }
+                    let (stable, unstable) =
+                        a.update(t.text.split_whitespace().map(str::to_string).collect());
+                    drop(a);
+                    let _ = tx.blocking_send(Ok(pb::ServerMessage {
+                        msg: Some(pb::server_message::Msg::Partial(pb::Partial {
+                            segment_id: id,
+                            stable_text: stable,
+                            unstable_text: unstable,
+                            start_s,
+                            end_s: now_s,
+                        })),
+                    }));
+                },
+            )
+            .is_ok()
     }
 
     /// Submits everything buffered as one utterance (segment 0).
@@ -83,16 +213,25 @@ impl Transcriber {
         else {
             return true;
         };
-        let rate = f64::from(AUDIO_RATE);
-        let index = |t: f64| {
-            (((t - self.buffer_start_s) * rate).round().max(0.0) as usize).min(self.buffer.len())
+        let samples = self.slice(audio_start_s, audio_end_s);
+        // Partials of this segment still queued are now pointless.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let forced = {
+            let mut a = self.agreement.lock().unwrap_or_else(|e| e.into_inner());
+            let committed = if a.segment == Some(id) {
+                a.committed.join(" ")
+            } else {
+                String::new()
+            };
+            *a = Agreement::default();
+            committed
         };
-        let samples = self.buffer[index(audio_start_s)..index(audio_end_s)].to_vec();
         let ended = Instant::now();
         let tx = self.tx.clone();
         let watch = self.tx.clone();
         let submitted = self.engine.submit(
             samples,
+            forced,
             move || watch.is_closed(),
             move |result| {
                 let msg = match result {
@@ -113,5 +252,44 @@ impl Transcriber {
             },
         );
         submitted.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn local_agreement_commits_what_two_decodes_share_and_never_takes_it_back() {
+        let mut a = Agreement::default();
+        assert_eq!(
+            a.update(words("the cat")),
+            (String::new(), "the cat".into())
+        );
+        assert_eq!(
+            a.update(words("the cat sat on")),
+            ("the cat".into(), "sat on".into())
+        );
+        assert_eq!(
+            a.update(words("the cat sat on the")),
+            ("the cat sat on".into(), "the".into())
+        );
+        // A decode that disagrees with committed words does not undo them.
+        assert_eq!(
+            a.update(words("a cat sat")),
+            ("the cat sat on".into(), "a cat sat".into())
+        );
+        assert_eq!(
+            a.update(words("the cat sat on the mat")),
+            ("the cat sat on".into(), "the mat".into())
+        );
+        assert_eq!(
+            a.update(words("the cat sat on the mat")),
+            ("the cat sat on the mat".into(), String::new())
+        );
     }
 }

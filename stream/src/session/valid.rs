@@ -22,6 +22,8 @@ pub struct ValidConfig {
     pub task: Task,
     /// TRANSCRIBE the whole stream as one utterance, without VAD.
     pub whole_utterance: bool,
+    /// TRANSCRIBE: media seconds between partial re-decodes; `None`: no partials.
+    pub partial_interval_s: Option<f64>,
     pub decode: DecodeSpec,
     pub endpoint: EndpointConfig,
     pub stats_interval_s: f64,
@@ -278,6 +280,7 @@ pub fn validate(
             video_height: Some(video_height),
             stats_interval_ms: Some(stats_interval_ms),
             whole_utterance: o.whole_utterance,
+            partial_interval_ms: o.partial_interval_ms.or(Some(500)),
         }),
     };
     let whole_utterance = o.whole_utterance.unwrap_or(false);
@@ -287,9 +290,24 @@ pub fn validate(
             "only applies to task TRANSCRIBE",
         ));
     }
+    let partial_interval_ms = in_range(
+        "options.partial_interval_ms",
+        o.partial_interval_ms.unwrap_or(500),
+        100,
+        10_000,
+        " ms",
+    )?;
+    let partials = o.partial_results.unwrap_or(false);
+    if partials && (task != Task::Transcribe || whole_utterance) {
+        return Err(bad(
+            "options.partial_results",
+            "only applies to task TRANSCRIBE with voice activity segmentation",
+        ));
+    }
     Ok(ValidConfig {
         task,
         whole_utterance,
+        partial_interval_s: partials.then_some(f64::from(partial_interval_ms) / 1e3),
         decode,
         endpoint,
         stats_interval_s: f64::from(stats_interval_ms) / 1e3,

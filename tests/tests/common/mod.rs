@@ -59,6 +59,34 @@ pub fn server_config() -> ServerConfig {
     }
 }
 
+/// A TRANSCRIBE server whose bundle decodes at most `max_new_tokens`
+/// (the default bundle with a shorter decode, for quick debug-build tests).
+pub fn short_decode_server_config(name: &str, max_new_tokens: usize) -> ServerConfig {
+    let src = repo_root().join(".avlm/bundles/default");
+    let manifest = std::fs::read_to_string(src.join("avlm.toml"))
+        .expect("default bundle (run tools/setup.sh)");
+    let dir = std::env::temp_dir().join(format!("avlm-test-bundle-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = manifest
+        .replace(
+            "\"../../models/",
+            &format!("\"{}/", repo_root().join(".avlm/models").display()),
+        )
+        .replace(
+            "\"projector.safetensors\"",
+            &format!("\"{}\"", src.join("projector.safetensors").display()),
+        )
+        .replace(
+            "max_new_tokens = 64",
+            &format!("max_new_tokens = {max_new_tokens}"),
+        );
+    std::fs::write(dir.join("avlm.toml"), manifest).unwrap();
+    ServerConfig {
+        bundle: Some(dir),
+        ..ServerConfig::with_runtime_in(&repo_root())
+    }
+}
+
 /// A server with the default model bundle loaded (TRANSCRIBE).
 pub fn transcribe_server_config() -> ServerConfig {
     let config = ServerConfig::with_runtime_in(&repo_root());
