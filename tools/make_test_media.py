@@ -17,6 +17,7 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.flac        FLAC audio only
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
   short.webm         the first 3 s of speech.webm's audio
+  timestamp_jump.webm  audio timestamps jump forward by 100 s (must be refused)
   silence.webm, white_noise.webm, pink_noise.webm, tones.webm: 20 s each, no speech
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
 
@@ -118,6 +119,9 @@ def main():
             ("tones", "aevalsrc=0.4*sin(2*PI*(300+200*floor(t*2))*t):d=20:s=16000"),
         ]:
             ffmpeg("-f", "lavfi", "-i", graph, "-c:a", "libopus", "-b:a", "48k", os.path.join(out, f"{name}.webm"))
+        # Audio whose timestamps jump forward by 100 s at 2 s: refused.
+        ffmpeg("-i", wav, "-af", "asetpts='if(gte(T,2),PTS+100/TB,PTS)'", "-c:a", "libopus", "-b:a", "32k",
+               os.path.join(out, "timestamp_jump.webm"))
         # The first utterance alone, for real-time pacing tests.
         ffmpeg("-i", os.path.join(out, "speech.webm"), "-t", "3", "-map", "0:a", "-c:a", "copy",
                os.path.join(out, "short.webm"))

@@ -88,8 +88,13 @@ pub enum SpeechEvent {
     },
 }
 
-/// Windows of history kept for onset refinement (about 0.5 s of 32 ms windows).
-const HISTORY: usize = 16;
+/// Windows of history kept for onset refinement and for finding the quietest
+/// split point (about 2 s of 32 ms windows).
+const HISTORY: usize = 64;
+/// How far back from the length limit a split point is searched for.
+const SPLIT_SEARCH_S: f64 = 1.5;
+/// Onset refinement looks back at most this far.
+const ONSET_SEARCH_S: f64 = 0.5;
 /// Probability above which a window directly before an onset still counts as its start.
 const ONSET_FLOOR: f32 = 0.15;
 
@@ -116,8 +121,8 @@ enum State {
 pub struct Endpointer {
     config: EndpointConfig,
     state: State,
-    /// Recent windows `(start_s, prob)`, newest last, for onset refinement.
-    history: std::collections::VecDeque<(f64, f32)>,
+    /// Recent windows `(start_s, end_s, prob)`, newest last.
+    history: std::collections::VecDeque<(f64, f64, f32)>,
     next_id: u64,
     /// End of the previous segment: a new segment's pre-roll never reaches back past it.
     last_end_s: f64,
@@ -170,7 +175,7 @@ impl Endpointer {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back((start_s, prob));
+        self.history.push_back((start_s, end_s, prob));
         let speech = prob >= self.config.threshold;
         let silence = prob < self.config.silence_threshold();
         match self.state.clone() {
@@ -193,7 +198,10 @@ impl Endpointer {
                         last_speech_s: end_s,
                     };
                     self.confirm_if_long(end_s, out);
-                } else if silence && end_s - last_speech_s >= self.config.min_silence_s {
+                } else if end_s - last_speech_s >= self.config.min_silence_s {
+                    // Anything short of speech for min_silence ends a
+                    // tentative onset (not only clear silence), so a long
+                    // stretch just under the threshold cannot keep it alive.
                     self.state = State::Idle;
                 }
             }
@@ -231,30 +239,33 @@ impl Endpointer {
                     silence_since_s,
                 };
                 if end_s - audio_start_s >= self.config.max_segment_s {
-                    // Close at the end of this window; speech that goes on
-                    // continues in a new segment starting right here.
-                    self.close(
+                    // Split where speech is quietest near the limit, so a
+                    // word is not cut in two; what follows the split point
+                    // opens the next segment.
+                    let cut = self.quietest_point(seg_start + 0.5, end_s);
+                    out.push(SpeechEvent::End {
                         id,
-                        seg_start,
+                        start_s: seg_start,
+                        end_s: cut,
                         audio_start_s,
-                        end_s,
-                        EndReason::MaxLength,
-                        out,
-                    );
-                    self.last_end_s = end_s;
-                    if !silence {
+                        audio_end_s: cut,
+                        reason: EndReason::MaxLength,
+                    });
+                    self.last_end_s = cut;
+                    self.state = State::Idle;
+                    if !silence || cut < end_s - 1e-9 {
                         let id = self.take_id();
                         self.state = State::Active {
                             id,
-                            start_s: end_s,
-                            audio_start_s: end_s,
+                            start_s: cut,
+                            audio_start_s: cut,
                             last_speech_s: end_s,
                             silence_since_s: None,
                         };
                         out.push(SpeechEvent::Start {
                             id,
-                            start_s: end_s,
-                            audio_start_s: end_s,
+                            start_s: cut,
+                            audio_start_s: cut,
                         });
                     }
                 }
@@ -303,13 +314,28 @@ impl Endpointer {
         }
     }
 
+    /// The middle of the least speech-like window in the last
+    /// `SPLIT_SEARCH_S` before `until` (and after `not_before`); the latest
+    /// such window wins ties. `until` when there is none.
+    fn quietest_point(&self, not_before: f64, until: f64) -> f64 {
+        let from = not_before.max(until - SPLIT_SEARCH_S);
+        self.history
+            .iter()
+            .filter(|(start, _, _)| *start >= from)
+            .min_by(|a, b| a.2.total_cmp(&b.2).then(b.0.total_cmp(&a.0)))
+            .map_or(until, |(start, end, _)| (start + end) / 2.0)
+    }
+
     /// Moves `onset_s` back over the contiguous soft-onset windows before it.
     fn refine_onset(&self, onset_s: f64) -> f64 {
         let floor = ONSET_FLOOR.min(self.config.silence_threshold());
         let mut onset = onset_s;
-        for &(start, prob) in self.history.iter().rev() {
+        for &(start, _, prob) in self.history.iter().rev() {
             if start >= onset_s - 1e-9 {
                 continue;
+            }
+            if start < onset_s - ONSET_SEARCH_S {
+                break;
             }
             if prob < floor || start < self.last_end_s {
                 break;
@@ -411,6 +437,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tentative_onset_expires_under_the_threshold() {
+        // One speech window, 20 s just under the threshold, then real speech:
+        // the segment starts with the real speech, not 20 s earlier.
+        let probs = pattern(&[(0.9, 1), (0.4, 625), (0.9, 30), (0.0, 30)]);
+        let events = run(EndpointConfig::default(), &probs);
+        let SpeechEvent::Start { start_s, .. } = events[0] else {
+            panic!("{events:?}")
+        };
+        assert!(start_s > 626.0 * W - 0.6, "segment starts at {start_s}");
+    }
+
+    #[test]
     fn short_burst_is_not_reported() {
         let probs = pattern(&[(0.0, 10), (0.9, 5), (0.0, 40)]);
         assert!(run(EndpointConfig::default(), &probs).is_empty());
@@ -462,6 +500,32 @@ mod tests {
             .iter()
             .all(|e| e.2 == EndReason::MaxLength));
         assert!(ends.iter().all(|e| e.1 - e.0 <= 1.0 + W), "{ends:?}");
+    }
+
+    #[test]
+    fn max_length_splits_at_the_quietest_point_before_the_limit() {
+        let config = EndpointConfig {
+            max_segment_s: 3.0,
+            ..EndpointConfig::default()
+        };
+        // Speech from 0, a dip at window 80 (2.56 s) between two words, the
+        // limit reached at about 3.1 s (pre-roll included).
+        let mut probs = pattern(&[(0.9, 120), (0.0, 30)]);
+        probs[80] = 0.3;
+        let events = run(config, &probs);
+        let SpeechEvent::End { end_s, reason, .. } = events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(reason, EndReason::MaxLength);
+        assert!(
+            (end_s - 80.5 * W).abs() < 1e-9,
+            "split at {end_s}, dip at {}",
+            80.5 * W
+        );
+        // The next segment starts exactly there.
+        assert!(
+            matches!(events[2], SpeechEvent::Start { start_s, .. } if (start_s - end_s).abs() < 1e-9)
+        );
     }
 
     #[test]

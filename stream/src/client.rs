@@ -375,7 +375,8 @@ fn remux(
             Err(e) => return Err(format!("reading {input}: {e}")),
         }
         let ist = packet.stream();
-        let ost = mapping[ist];
+        // A stream that appeared after the header (MPEG-TS can do that) is not sent.
+        let ost = mapping.get(ist).copied().unwrap_or(-1);
         if ost < 0 {
             continue;
         }

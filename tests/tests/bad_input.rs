@@ -225,3 +225,77 @@ async fn empty_stream_ends_ok_with_stats() {
     assert_eq!(run.last_stats().expect("final stats").bytes_received, 0);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_jump_in_audio_timestamps_is_invalid_argument() {
+    let server = start_server(server_config()).await;
+    expect_failure(
+        &server.url(),
+        whole_stream(container_config(), &read_media("timestamp_jump.webm"), 4096),
+        Code::InvalidArgument,
+        "jump forward",
+    )
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_samples_in_float_pcm_do_not_break_voice_activity() {
+    let server = start_server(server_config()).await;
+    let pcm16 = read_media("speech.s16le");
+    let mut bytes = Vec::with_capacity(pcm16.len() * 2);
+    for (i, s) in pcm16.chunks_exact(2).enumerate() {
+        let v = f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0;
+        // NaN and infinities sprinkled through the first (silent) 0.5 s.
+        let v = match i {
+            100..=199 => f32::NAN,
+            300 => f32::INFINITY,
+            _ => v,
+        };
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut config = container_config();
+    config.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+        sample_format: pb::SampleFormat::F32le as i32,
+        sample_rate: 16_000,
+        channels: 1,
+    }));
+    let run = stream_bytes(&server.url(), config, bytes, 8192)
+        .await
+        .unwrap();
+    assert_eq!(
+        run.segments().len(),
+        manifest().speech.len(),
+        "{:?}",
+        run.segments()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_stream_ends_the_call_even_if_the_client_keeps_its_side_open() {
+    let server = start_server(server_config()).await;
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for m in whole_stream(container_config(), &read_media("short.webm"), 4096) {
+        tx.send(m).await.unwrap();
+    }
+    // `tx` stays alive: no half-close.
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut n = 0;
+        while let Some(_m) = inbound.message().await.expect("ends with OK") {
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("the server must end the call after END_OF_STREAM");
+    assert!(ended >= 2);
+    drop(tx);
+    server.shutdown().await.unwrap();
+}

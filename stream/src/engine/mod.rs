@@ -70,10 +70,15 @@ impl Engine {
                         continue;
                     }
                     let started = Instant::now();
-                    let result = pipeline
-                        .encode_answer(&job.forced)
-                        .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
-                        .map_err(|e| e.to_string());
+                    // One job's failure, even a panic, must not take the model
+                    // thread (and every other session's transcription) down.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pipeline
+                            .encode_answer(&job.forced)
+                            .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
+                            .map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|_| Err("the model panicked on this utterance".to_string()));
                     if let Ok(t) = &result {
                         tracing::debug!(
                             audio_s = job.samples.len() as f64 / 16_000.0,

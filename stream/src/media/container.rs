@@ -18,6 +18,8 @@ use avlm_encoders::Pcm;
 
 /// FFmpeg's I/O buffer: small, so live streams are not held back waiting to fill it.
 const IO_BUFFER: usize = 4096;
+/// Longest hole in the audio timestamps filled with silence.
+const MAX_GAP_S: f64 = 60.0;
 /// Consecutive packets that fail to decode before the stream is rejected.
 const MAX_BAD_PACKETS: u32 = 64;
 
@@ -316,9 +318,21 @@ fn drain_audio(
                 // Fill a hole in the source with silence to keep media times right.
                 let pending = pcm.len() as f64 / f64::from(AUDIO_RATE);
                 let gap = p - (timeline.now() + pending);
+                if gap > MAX_GAP_S {
+                    return Err(MediaError::Undecodable(format!(
+                        "audio timestamps jump forward by {gap:.1} s (at {:.1} s of media); gaps over {MAX_GAP_S} s are refused",
+                        timeline.now() + pending
+                    )));
+                }
                 if gap > 0.2 {
-                    let n = (gap * f64::from(AUDIO_RATE)).round() as usize;
-                    pcm.extend(std::iter::repeat_n(0.0, n));
+                    // Filled in chunks so one gap never builds a huge buffer.
+                    let mut n = (gap * f64::from(AUDIO_RATE)).round() as usize;
+                    while n > 0 {
+                        let k = n.min(AUDIO_RATE as usize);
+                        pcm.extend(std::iter::repeat_n(0.0, k));
+                        emit_audio(timeline, pcm, sink)?;
+                        n -= k;
+                    }
                 }
             }
             _ => {}
@@ -337,7 +351,8 @@ fn emit_audio(
     if pcm.is_empty() {
         return Ok(());
     }
-    let samples = std::mem::take(pcm);
+    let mut samples = std::mem::take(pcm);
+    super::sanitize(&mut samples);
     let start_s = timeline.now();
     timeline.emitted += samples.len() as u64;
     sink.send(MediaItem::Audio(Pcm {

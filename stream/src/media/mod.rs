@@ -129,6 +129,14 @@ impl MediaSink {
     }
 }
 
+/// Replaces NaN and infinite samples (possible in float PCM from a client)
+/// with silence: one would poison the VAD's recurrent state for good.
+pub fn sanitize(samples: &mut [f32]) {
+    for s in samples.iter_mut().filter(|s| !s.is_finite()) {
+        *s = 0.0;
+    }
+}
+
 /// Runs the decoder for `spec` over `reader` until the end of the bytes.
 pub fn decode(
     spec: &DecodeSpec,

@@ -42,7 +42,8 @@ pub fn decode(
         if pcm.is_empty() {
             return Ok(());
         }
-        let samples = std::mem::take(pcm);
+        let mut samples = std::mem::take(pcm);
+        super::sanitize(&mut samples);
         let start_s = *emitted as f64 / f64::from(AUDIO_RATE);
         *emitted += samples.len() as u64;
         sink.send(MediaItem::Audio(Pcm {
@@ -74,7 +75,8 @@ pub fn decode(
                 emit(&mut pcm, &mut emitted)?;
             }
             Next::Flush => {
-                resampler.flush(&mut pcm)?;
+                // libswresample drains only once per context: keep its few
+                // samples of delay for the stream's real end.
                 emit(&mut pcm, &mut emitted)?;
                 sink.send(MediaItem::Flush)?;
             }

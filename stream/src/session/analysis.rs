@@ -154,8 +154,14 @@ impl Analysis {
                     Outcome::Gone
                 }
             }
-            Ok(Err(MediaError::Aborted)) | Err(_) => {
+            Ok(Err(MediaError::Aborted)) => {
                 tracing::debug!("decoder stopped: session aborted");
+                Outcome::Gone
+            }
+            Err(_) => {
+                // The decoder thread ended without a result: it panicked.
+                self.out
+                    .fail(Status::internal("the media decoder stopped unexpectedly"));
                 Outcome::Gone
             }
             Ok(Err(e)) => {

@@ -157,16 +157,23 @@ pub async fn run(
         },
         valid.stats_interval_s,
         match (valid.task, &state.engine) {
-            (valid::Task::Transcribe, Some(engine)) => Some(transcribe::Transcriber::new(
-                engine.clone(),
-                tx.clone(),
-                valid.partial_interval_s,
-            )),
+            (valid::Task::Transcribe, Some(engine)) => Some(
+                transcribe::Transcriber::new(
+                    engine.clone(),
+                    tx.clone(),
+                    valid.partial_interval_s,
+                    &tokio::runtime::Handle::current(),
+                )
+                .reaching_back(&valid.endpoint),
+            ),
             _ => None,
         },
     )
     .whole_utterance(valid.whole_utterance);
     let analysis_lease = lease.clone();
+    // Fires when the analysis thread is done, so a client that sent
+    // END_OF_STREAM but keeps its side open still gets the end of the call.
+    let (done_signal, mut analysis_done) = tokio::sync::oneshot::channel::<()>();
     let abort = writer.abort_handle();
     let analysis_abort = abort.clone();
     let spawned = std::thread::Builder::new()
@@ -176,6 +183,7 @@ pub async fn run(
             if matches!(outcome, analysis::Outcome::Gone) {
                 analysis_abort.abort();
             }
+            let _ = done_signal.send(());
         });
     if let Err(e) = spawned {
         abort.abort();
@@ -194,7 +202,10 @@ pub async fn run(
         bytes_received,
         ended: false,
     };
-    if let Err(status) = reader.pump(&mut inbound, &tx, &state).await {
+    if let Err(status) = reader
+        .pump(&mut inbound, &tx, &state, &mut analysis_done)
+        .await
+    {
         abort.abort();
         tracing::info!(code = ?status.code(), message = status.message(), "session failed");
         fail(&tx, status).await;
@@ -209,6 +220,12 @@ async fn fail(tx: &Sender<Reply>, status: Status) {
 
 /// Client-side failures seen while reading the request stream.
 fn inbound_status(status: Status, state: &ServerState) -> Status {
+    if status.code() == tonic::Code::Internal && status.message().contains("decode") {
+        return Status::invalid_argument(format!(
+            "a ClientMessage could not be decoded: {}",
+            status.message()
+        ));
+    }
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {
@@ -236,12 +253,15 @@ impl Reader {
         inbound: &mut Streaming<pb::ClientMessage>,
         tx: &Sender<Reply>,
         state: &ServerState,
+        analysis_done: &mut tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), Status> {
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
                 // The response side closed: the client is gone or the session failed.
                 _ = tx.closed() => return Ok(()),
+                // Everything after END_OF_STREAM is reported: end the call.
+                _ = &mut *analysis_done, if self.ended => return Ok(()),
             };
             let msg = match msg {
                 Ok(Some(m)) => m,
@@ -251,16 +271,15 @@ impl Reader {
                     return Ok(());
                 }
                 Err(status) => {
-                    let status = inbound_status(status, state);
-                    return if status.code() == tonic::Code::ResourceExhausted {
-                        Err(status)
-                    } else {
+                    if let Some(w) = self.writer.take() {
+                        w.abort_handle().abort();
+                    }
+                    if status.code() == tonic::Code::Cancelled {
                         tracing::info!(message = status.message(), "client went away");
-                        if let Some(w) = self.writer.take() {
-                            w.abort_handle().abort();
-                        }
-                        Ok(())
-                    };
+                        return Ok(());
+                    }
+                    // Reported even if the client is gone: harmless then.
+                    return Err(inbound_status(status, state));
                 }
             };
             match msg.msg {

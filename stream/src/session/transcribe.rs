@@ -24,11 +24,51 @@ use tonic::Status;
 use crate::engine::Engine;
 use crate::media::AUDIO_RATE;
 
-/// Audio kept while no segment is open: enough for the longest pre-roll
-/// plus the onset refinement and the confirmation delay.
+/// Audio kept while no segment is open, at least.
 const IDLE_HISTORY_S: f64 = 5.0;
 
 type Reply = Sender<Result<pb::ServerMessage, Status>>;
+
+/// Carries replies from the model thread to the client in order without
+/// ever blocking the model thread on one slow client: the engine side pushes
+/// into an unbounded queue that a per-session task drains into the bounded
+/// reply stream. Partials are dropped while a backlog builds (a newer one or
+/// the final supersedes them); finals never are.
+#[derive(Clone)]
+struct Forwarder {
+    queue: tokio::sync::mpsc::UnboundedSender<Result<pb::ServerMessage, Status>>,
+    backlog: Arc<AtomicU64>,
+}
+
+/// Partials allowed to wait for a slow client.
+const PARTIAL_BACKLOG: u64 = 4;
+
+impl Forwarder {
+    fn start(reply: Reply, runtime: &tokio::runtime::Handle) -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicU64::new(0));
+        let pending = backlog.clone();
+        runtime.spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                if reply.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Forwarder { queue, backlog }
+    }
+
+    fn deliver(&self, msg: Result<pb::ServerMessage, Status>, droppable: bool) {
+        if droppable && self.backlog.load(Ordering::Acquire) >= PARTIAL_BACKLOG {
+            return;
+        }
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        if self.queue.send(msg).is_err() {
+            self.backlog.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 /// LocalAgreement state of the open segment, shared with engine callbacks.
 #[derive(Debug, Default)]
@@ -74,7 +114,9 @@ impl Agreement {
 
 pub struct Transcriber {
     engine: Engine,
+    /// Watched to skip work for a client that went away.
     tx: Reply,
+    out: Forwarder,
     buffer: Vec<f32>,
     buffer_start_s: f64,
     partial_interval_s: Option<f64>,
@@ -82,12 +124,21 @@ pub struct Transcriber {
     agreement: Arc<Mutex<Agreement>>,
     /// Bumped whenever a segment closes: queued partials of older segments skip.
     generation: Arc<AtomicU64>,
+    /// Audio kept while no segment is open.
+    history_s: f64,
 }
 
 impl Transcriber {
-    pub fn new(engine: Engine, tx: Reply, partial_interval_s: Option<f64>) -> Self {
+    /// `runtime` runs the task that forwards replies to the client.
+    pub fn new(
+        engine: Engine,
+        tx: Reply,
+        partial_interval_s: Option<f64>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         Transcriber {
             engine,
+            out: Forwarder::start(tx.clone(), runtime),
             tx,
             buffer: Vec::new(),
             buffer_start_s: 0.0,
@@ -95,7 +146,17 @@ impl Transcriber {
             last_partial_s: 0.0,
             agreement: Arc::new(Mutex::new(Agreement::default())),
             generation: Arc::new(AtomicU64::new(0)),
+            history_s: IDLE_HISTORY_S,
         }
+    }
+
+    /// Keeps enough idle audio for the furthest a segment's start can reach
+    /// back under `endpoint`: a tentative onset (min_speech, and up to
+    /// min_silence of gaps inside it), its refinement, and the pre-roll.
+    pub fn reaching_back(mut self, endpoint: &avlm_encoders::EndpointConfig) -> Self {
+        let reach = endpoint.pre_roll_s + endpoint.min_speech_s + endpoint.min_silence_s + 1.0;
+        self.history_s = reach.max(IDLE_HISTORY_S);
+        self
     }
 
     /// Appends decoded audio that starts at `start_s`.
@@ -144,7 +205,7 @@ impl Transcriber {
         let samples = self.slice(audio_start_s, now_s);
         let generation = self.generation.load(Ordering::Acquire);
         let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
-        let (agreement, tx) = (self.agreement.clone(), self.tx.clone());
+        let (agreement, out) = (self.agreement.clone(), self.out.clone());
         self.engine
             .submit(
                 samples,
@@ -152,25 +213,31 @@ impl Transcriber {
                 move || tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation,
                 move |result| {
                     let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
+                    // A reply for a segment that already closed must not touch
+                    // the next segment's state.
+                    if a.segment != Some(id) {
+                        return;
+                    }
                     a.in_flight = false;
                     let Ok(t) = result else {
                         return; // a failed partial is not fatal: the final reports
                     };
-                    if a.segment != Some(id) {
-                        return;
-                    }
                     let (stable, unstable) =
                         a.update(t.text.split_whitespace().map(str::to_string).collect());
                     drop(a);
-                    let _ = tx.blocking_send(Ok(pb::ServerMessage {
-                        msg: Some(pb::server_message::Msg::Partial(pb::Partial {
-                            segment_id: id,
-                            stable_text: stable,
-                            unstable_text: unstable,
-                            start_s,
-                            end_s: now_s,
-                        })),
-                    }));
+                    let partial = pb::Partial {
+                        segment_id: id,
+                        stable_text: stable,
+                        unstable_text: unstable,
+                        start_s,
+                        end_s: now_s,
+                    };
+                    out.deliver(
+                        Ok(pb::ServerMessage {
+                            msg: Some(pb::server_message::Msg::Partial(partial)),
+                        }),
+                        true,
+                    );
                 },
             )
             .is_ok()
@@ -192,7 +259,7 @@ impl Transcriber {
 
     /// Drops history no future segment can reach (call while no segment is open).
     pub fn trim_idle(&mut self) {
-        let keep = (IDLE_HISTORY_S * f64::from(AUDIO_RATE)) as usize;
+        let keep = (self.history_s * f64::from(AUDIO_RATE)) as usize;
         if self.buffer.len() > 2 * keep {
             let drop = self.buffer.len() - keep;
             self.buffer.drain(..drop);
@@ -227,7 +294,7 @@ impl Transcriber {
             committed
         };
         let ended = Instant::now();
-        let tx = self.tx.clone();
+        let out = self.out.clone();
         let watch = self.tx.clone();
         let submitted = self.engine.submit(
             samples,
@@ -248,7 +315,7 @@ impl Transcriber {
                         "transcribing segment {id} failed: {e}"
                     ))),
                 };
-                let _ = tx.blocking_send(msg);
+                out.deliver(msg, false);
             },
         );
         submitted.is_ok()
