@@ -221,12 +221,20 @@ impl AsrPipeline {
         times.decode = t.elapsed();
         let mut tokens = forced.to_vec();
         tokens.extend(generation.tokens);
-        let text = self
-            .bundle
-            .tokenizer
-            .decode(&tokens, true)?
+        // Repetition loops are cut in the generated part only: the forced
+        // prefix (already committed to the client) stays as it is.
+        let full = self.bundle.tokenizer.decode(&tokens, true)?;
+        let forced_text = self.bundle.tokenizer.decode(forced, true)?;
+        let text = match full.strip_prefix(forced_text.as_str()) {
+            Some(rest) if !forced.is_empty() => format!(
+                "{} {}",
+                forced_text.trim(),
+                super::repetition::cut_repetitions(rest)
+            )
             .trim()
-            .to_string();
+            .to_string(),
+            _ => super::repetition::cut_repetitions(&full),
+        };
         Ok(Transcript {
             text,
             tokens,

@@ -4,6 +4,7 @@
 //! blocks the submitting session (backpressure), never drops work.
 
 pub mod asr;
+pub mod repetition;
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
