@@ -273,8 +273,40 @@ class Prompt:
         self.emb = emb
 
 
-def batch_loss(m, proj, prompt, utts, feats_list):
-    """Mean token NLL over the target tokens of a batch (right-padded, no mask needed: causal)."""
+class CTCAux(nn.Module):
+    """Training-only auxiliary CTC head on the projector outputs: token logits are dot products
+    with SmolLM2's (frozen, tied) token embeddings, plus one learned blank class.  It pulls each
+    projected audio vector toward the embedding of the token being spoken, which shortens the
+    long loss plateau of a frozen-LLM start.  Not part of the bundle; the server never sees it."""
+
+    def __init__(self, emb: torch.Tensor):
+        super().__init__()
+        self.emb = emb                                   # [V, D] frozen
+        self.blank_w = nn.Parameter(torch.zeros(emb.shape[1]))
+        self.blank_b = nn.Parameter(torch.zeros(()))
+
+    def forward(self, audio, utts):
+        G = [a.shape[0] for a in audio]
+        x = torch.zeros(max(G), len(audio), self.emb.shape[1])
+        for b, a in enumerate(audio):
+            x[: a.shape[0], b] = a
+        logits = torch.cat([x @ self.emb.T, (x @ self.blank_w + self.blank_b)[..., None]], -1).float()
+        lp = TF.log_softmax(logits, -1)                  # [T, N, V+1], blank = V
+        tg = [torch.tensor(u.target[:-1]) for u in utts]
+        return TF.ctc_loss(lp, torch.cat(tg), torch.tensor(G), torch.tensor([len(t) for t in tg]),
+                           blank=self.emb.shape[0], reduction="mean", zero_infinity=True)
+
+
+def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None):
+    """Summed token NLL over the target tokens of a batch (right-padded, no mask needed: causal),
+    the number of target tokens, and the auxiliary CTC loss (None without `ctc`).
+    bf16: autocast the matmuls to bfloat16 (training speed only; parameters, the loss and every
+    evaluation stay float32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return _batch_loss(m, proj, prompt, utts, feats_list, ctc)
+
+
+def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
     audio = [proj(torch.from_numpy(F.stack4(f).astype(np.float32))) for f in feats_list]
     seqs, tgt_pos, tgt_ids = [], [], []
     P, S = len(prompt.pre_ids), len(prompt.suf_ids)
@@ -291,9 +323,10 @@ def batch_loss(m, proj, prompt, utts, feats_list):
         xb[b, : s.shape[0]] = s
     h = m.model(inputs_embeds=xb, use_cache=False).last_hidden_state
     pos = torch.cat(tgt_pos)
-    logits = m.lm_head(h[pos[:, 0], pos[:, 1]])
+    logits = m.lm_head(h[pos[:, 0], pos[:, 1]]).float()
     tgt = torch.cat(tgt_ids)
-    return TF.cross_entropy(logits, tgt, reduction="sum"), len(tgt)
+    ce = TF.cross_entropy(logits, tgt, reduction="sum")
+    return ce, len(tgt), (ctc(audio, utts) if ctc is not None else None)
 
 
 @torch.no_grad()
@@ -352,7 +385,9 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
     res = {"tag": tag}
     t0 = time.time()
     rows = []
-    for u in heldout[:limit]:
+    sel_ho = heldout if not limit or limit >= len(heldout) else \
+        [heldout[int(i)] for i in np.linspace(0, len(heldout) - 1, limit).round()]
+    for u in sel_ho:
         hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, u.feats.astype(np.float32))))
         rows.append({"id": u.id, "ref": u.text, "hyp": hyp})
     for split in ("heldout_voice", "heldout_joe", "heldout"):
@@ -389,7 +424,7 @@ def val_loss(m, proj, prompt, heldout, batch=8):
     tot, n = 0.0, 0
     for i in range(0, len(heldout), batch):
         us = heldout[i:i + batch]
-        loss, k = batch_loss(m, proj, prompt, us, [u.feats.astype(np.float32) for u in us])
+        loss, k, _ = batch_loss(m, proj, prompt, us, [u.feats.astype(np.float32) for u in us])
         tot += float(loss)
         n += k
     return tot / max(1, n)
@@ -440,6 +475,8 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = projector only")
     ap.add_argument("--lora-alpha", type=float, default=16.0)
+    ap.add_argument("--ctc-weight", type=float, default=0.0,
+                    help="weight of the training-only auxiliary CTC loss on projector outputs (0: off)")
     ap.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment per utterance")
     ap.add_argument("--seed", type=int, default=20261126)
     ap.add_argument("--ckpt-every", type=int, default=100)
@@ -453,6 +490,9 @@ def main():
     ap.add_argument("--projector", default=None, help="--eval-only: projector safetensors (default WORK/projector.safetensors)")
     ap.add_argument("--lora", default=None, help="--eval-only: lora safetensors (default WORK/lora.safetensors if present)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="train in plain float32 (default: bfloat16 autocast for the training forward/backward, "
+                         "~1.5x faster on CPUs with AVX512-BF16/AMX; evaluation is always float32)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -505,6 +545,10 @@ def main():
     groups = [{"params": list(proj.parameters()), "lr": args.lr}]
     if lora_params:
         groups.append({"params": lora_params, "lr": args.lora_lr or args.lr})
+    ctc = None
+    if args.ctc_weight > 0:
+        ctc = CTCAux(m.get_input_embeddings().weight.detach())
+        groups.append({"params": list(ctc.parameters()), "lr": args.lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     base_lrs = [g["lr"] for g in groups]
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
@@ -529,6 +573,10 @@ def main():
                 raise SystemExit("checkpoint has LoRA: resume with the same --lora-rank")
             for p, v in zip(lora_params, st["lora"]):
                 p.data.copy_(v)
+        if ctc is not None:
+            if st.get("ctc") is None:
+                raise SystemExit("checkpoint has no CTC head: resume with the same --ctc-weight")
+            ctc.load_state_dict(st["ctc"])
         opt.load_state_dict(st["opt"])
         step, best, history = st["step"], st["best"], st.get("history", [])
         torch.set_rng_state(st["torch_rng"])
@@ -539,6 +587,7 @@ def main():
     def state():
         return {"step": step, "best": best, "history": history, "args": vars(args),
                 "projector": proj.state_dict(), "lora": [p.detach().clone() for p in lora_params] if lora_params else None,
+                "ctc": ctc.state_dict() if ctc is not None else None,
                 "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}
 
     meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
@@ -546,7 +595,7 @@ def main():
     loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
     t_start = time.time()
-    t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+    t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
     enc = None
     while step < args.steps:
         epoch, idx = divmod(step, per_epoch)
@@ -558,23 +607,27 @@ def main():
         for g, b in zip(opt.param_groups, base_lrs):
             g["lr"] = b * fac
         m.train()
-        loss, n = batch_loss(m, proj, prompt, us, feats)
+        loss, n, ctc_loss = batch_loss(m, proj, prompt, us, feats, bf16=args.bf16, ctc=ctc)
         opt.zero_grad(set_to_none=True)
-        (loss / n).backward()
+        total = loss / n + (args.ctc_weight * ctc_loss if ctc_loss is not None else 0.0)
+        total.backward()
         gn = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         step += 1
         utt_win += len(us)
-        loss_sum += float(loss)
+        loss_sum += float(loss.detach())
         tok_sum += n
-        rec = {"step": step, "loss": round(float(loss) / n, 4), "lr": round(opt.param_groups[0]["lr"], 7),
-               "gnorm": round(float(gn), 3), "elapsed_s": round(time.time() - t_start, 1), "epoch": epoch}
+        ctc_sum += float(ctc_loss.detach()) if ctc_loss is not None else 0.0
+        rec = {"step": step, "loss": round(float(loss.detach()) / n, 4), "lr": round(opt.param_groups[0]["lr"], 7),
+               "gnorm": round(float(gn), 3),
+               "ctc": round(float(ctc_loss.detach()), 4) if ctc_loss is not None else None, "elapsed_s": round(time.time() - t_start, 1), "epoch": epoch}
         loss_log.write(json.dumps(rec) + "\n")
         if step % 10 == 0:
             dt = time.time() - t_win
-            log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} lr {rec['lr']:.2e} "
+            log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} "
+                + (f"ctc {ctc_sum / 10:.3f} " if ctc is not None else "") + f"lr {rec['lr']:.2e} "
                 f"gnorm {rec['gnorm']:.2f} {10 / dt:.3f} steps/s {utt_win / dt:.2f} utt/s")
-            t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+            t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
         out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
         if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
             m.eval()
@@ -596,7 +649,7 @@ def main():
             if args.eval_every and step % args.eval_every == 0 and step != args.steps:
                 enc = enc or F.Encoder(threads=1)
                 evaluate(m, proj, prompt, tok, heldout, log, f"step{step}", args.eval_limit, enc)
-            t_win, utt_win, tok_sum, loss_sum = time.time(), 0, 0, 0.0
+            t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
             if out_of_time:
                 log(f"--max-minutes {args.max_minutes} reached at step {step}: stopping (resume with --resume)")
                 break
