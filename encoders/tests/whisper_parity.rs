@@ -3,22 +3,13 @@
 //! against CTranslate2's own encoder on real clips (golden files from
 //! tools/whisper/make_golden.py).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use avlm_encoders::{runtime, LogMel, MelSpectrogram, WhisperEncoder};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod common;
+use common::{read_f32, read_wav, root};
 
 fn encoder() -> WhisperEncoder {
     runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1"))
@@ -99,12 +90,7 @@ fn rust_front_end_feeds_the_encoder_end_to_end() {
     // finite output of the right shape (numerics are pinned by the two
     // parity tests: mel vs Whisper, encoder vs CTranslate2).
     let mut enc = encoder();
-    let bytes = std::fs::read("/usr/share/pocketsphinx/test/data/cards/001.wav")
-        .expect("pocketsphinx-testdata");
-    let samples: Vec<f32> = bytes[44..]
-        .chunks_exact(2)
-        .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
-        .collect();
+    let samples = read_wav(Path::new("/usr/share/pocketsphinx/test/data/cards/001.wav"));
     let mut mel = LogMel::whisper(80).compute(&samples);
     if mel.frames % 2 == 1 {
         let frames = mel.frames - 1;

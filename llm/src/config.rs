@@ -39,6 +39,16 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Reads the configuration from a GGUF file's metadata (no weights loaded).
+    pub fn from_gguf(path: &std::path::Path) -> crate::error::Result<Self> {
+        crate::weights::Gguf::open(path)?.llama_config()
+    }
+
+    /// KV-cache bytes one position costs: f32 keys and values of every layer.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+
     /// Inverse frequencies of the rotary embedding, with Llama 3 scaling.
     pub fn inv_freq(&self) -> Vec<f32> {
         let half = self.head_dim / 2;

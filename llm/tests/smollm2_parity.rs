@@ -220,6 +220,17 @@ fn prefill_then_decode_equals_one_full_forward() {
 }
 
 #[test]
+fn kv_bytes_per_token_formula_matches_the_allocated_cache() {
+    let m = model(WeightMode::F32);
+    let cache = m.new_cache(32).unwrap();
+    assert_eq!(cache.bytes_per_token(), m.config().kv_bytes_per_token());
+    assert_eq!(
+        avlm_llm::LlamaConfig::from_gguf(&gguf()).unwrap(),
+        *m.config()
+    );
+}
+
+#[test]
 fn truncate_and_redecode_gives_identical_logits() {
     let m = model(WeightMode::Quantized);
     let prompt = ids(&golden()["prompts"][1]["ids"]);

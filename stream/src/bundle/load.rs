@@ -189,7 +189,7 @@ impl LoadedBundle {
             llm = self.llm.describe(),
             vocab = self.tokenizer.vocab_size(),
             stop = m.decoding.stop,
-            kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4,
+            kv = c.kv_bytes_per_token(),
             ctx = m.llm.max_context,
             beam = m.decoding.beam_width,
             lp = m.decoding.length_penalty,

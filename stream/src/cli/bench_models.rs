@@ -283,8 +283,7 @@ pub fn bundle_paths(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((dir.join(m.llm.weights), dir.join(audio.encoder)))
 }
 
-/// KV cache bytes per token of the bundle's LLM.
+/// KV cache bytes per token of the bundle's LLM (from its metadata).
 pub fn kv_bytes(gguf: &Path) -> anyhow::Result<usize> {
-    let llm = Llama::from_gguf(gguf, WeightMode::Quantized, &Device::Cpu)?;
-    Ok(llm.new_cache(16)?.bytes_per_token())
+    Ok(avlm_llm::LlamaConfig::from_gguf(gguf)?.kv_bytes_per_token())
 }

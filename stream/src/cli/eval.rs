@@ -81,9 +81,9 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("--snr: {e}"))?;
     let mut clips = lrs3::discover(&args.dir).map_err(|e| anyhow::anyhow!(e))?;
+    let clips_found = clips.len();
     eprintln!(
-        "found {} clips with transcripts in {}",
-        clips.len(),
+        "found {clips_found} clips with transcripts in {}",
         args.dir.display()
     );
     if let Some(n) = args.limit {
@@ -171,7 +171,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         let meta = serde_json::json!({
             "dir": args.dir,
-            "clips_found": lrs3::discover(&args.dir).map(|c| c.len()).unwrap_or(0),
+            "clips_found": clips_found,
             "modality": "audio",
             "backend": match &args.server { Some(u) => format!("grpc {u}"), None => "in-process".to_string() },
             "bundle": config.bundle,

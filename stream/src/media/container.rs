@@ -73,7 +73,7 @@ pub fn decode(
     reader: PipeReader,
     sink: MediaSink,
 ) -> Result<(), MediaError> {
-    let abort: PipeAbort = reader_abort(&reader);
+    let abort: PipeAbort = reader.abort_handle();
     let flush_sink = sink.clone();
     let read = PipeRead {
         reader,
@@ -289,10 +289,6 @@ pub fn decode(
         )?;
     }
     Ok(())
-}
-
-fn reader_abort(reader: &PipeReader) -> PipeAbort {
-    reader.abort_handle()
 }
 
 fn packet_duration(packet: &Packet, base: Rational) -> f64 {
