@@ -4,6 +4,8 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avlm_proto as pb;
@@ -28,6 +30,9 @@ pub enum Source {
     },
     /// Bytes already in memory, sent unchanged.
     Memory(Vec<u8>),
+    /// Live capture (camera, microphone or any FFmpeg input), decoded and
+    /// re-encoded here into a compact live Matroska stream.
+    Capture(crate::capture::CaptureSpec),
 }
 
 impl Source {
@@ -79,6 +84,17 @@ pub struct SendOptions {
     pub chunk_bytes: usize,
     /// Send at the media's own pace instead of as fast as the server takes it.
     pub realtime: bool,
+    /// When set, the source stops at the next chunk and the stream ends
+    /// normally (END_OF_STREAM), so the server still sends its last results.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl SendOptions {
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 /// Why a stream failed.
@@ -199,13 +215,13 @@ fn produce(
     match source {
         Source::Memory(bytes) => {
             for c in bytes.chunks(chunk) {
-                if tx.blocking_send(Ok(c.to_vec())).is_err() {
+                if send.stopped() || tx.blocking_send(Ok(c.to_vec())).is_err() {
                     return Ok(());
                 }
             }
             Ok(())
         }
-        Source::Stdin => copy_reader(std::io::stdin().lock(), chunk, None, tx),
+        Source::Stdin => copy_reader(std::io::stdin().lock(), chunk, None, send, tx),
         Source::File(path) => {
             let file =
                 std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -217,10 +233,12 @@ fn produce(
             } else {
                 None
             };
-            copy_reader(file, chunk, pace, tx)
+            copy_reader(file, chunk, pace, send, tx)
         }
-        Source::Remux { input, format } => {
-            remux(&input, format.as_deref(), chunk, send.realtime, tx)
+        Source::Remux { input, format } => remux(&input, format.as_deref(), chunk, send, tx),
+        Source::Capture(spec) => {
+            let stop = send.stop.clone().unwrap_or_default();
+            crate::capture::capture(&spec, chunk, stop, tx)
         }
     }
 }
@@ -237,11 +255,12 @@ fn copy_reader(
     mut reader: impl Read,
     chunk: usize,
     bytes_per_s: Option<f64>,
+    send: &SendOptions,
     tx: &mpsc::Sender<Result<Vec<u8>, String>>,
 ) -> Result<(), String> {
     let start = Instant::now();
     let mut sent = 0u64;
-    loop {
+    while !send.stopped() {
         let mut buf = vec![0u8; chunk];
         let mut filled = 0;
         while filled < chunk {
@@ -271,16 +290,25 @@ fn copy_reader(
             return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Collects muxer output into chunks for the channel.
-struct ChunkWriter {
+pub(crate) struct ChunkWriter {
     tx: mpsc::Sender<Result<Vec<u8>, String>>,
     buf: Vec<u8>,
     chunk: usize,
 }
 
 impl ChunkWriter {
+    pub(crate) fn new(tx: mpsc::Sender<Result<Vec<u8>, String>>, chunk: usize) -> Self {
+        ChunkWriter {
+            tx,
+            buf: Vec::new(),
+            chunk: chunk.max(1),
+        }
+    }
+
     fn send_full(&mut self, all: bool) -> std::io::Result<()> {
         while self.buf.len() >= self.chunk || (all && !self.buf.is_empty()) {
             let n = self.chunk.min(self.buf.len());
@@ -311,9 +339,10 @@ fn remux(
     input: &str,
     format: Option<&str>,
     chunk: usize,
-    realtime: bool,
+    send: &SendOptions,
     tx: &mpsc::Sender<Result<Vec<u8>, String>>,
 ) -> Result<(), String> {
+    let realtime = send.realtime;
     crate::media::container::init_ffmpeg().map_err(|e| e.to_string())?;
     ffmpeg::device::register_all();
     let mut ictx = match format {
@@ -322,11 +351,7 @@ fn remux(
             ffmpeg::format::input(input).map_err(|e| format!("FFmpeg cannot open {input}: {e}"))?
         }
     };
-    let writer = ChunkWriter {
-        tx: tx.clone(),
-        buf: Vec::new(),
-        chunk,
-    };
+    let writer = ChunkWriter::new(tx.clone(), chunk);
     let io = ffmpeg::format::context::StreamIo::from_write_with_capacity(writer, 4096)
         .map_err(|e| e.to_string())?;
     let mut octx =
@@ -363,7 +388,7 @@ fn remux(
         .map_err(|e| format!("cannot re-mux {input} to Matroska: {e}"))?;
     let start = Instant::now();
     let mut first_ts: Option<f64> = None;
-    loop {
+    while !send.stopped() {
         let mut packet = ffmpeg::Packet::empty();
         match packet.read(&mut ictx) {
             Ok(()) => {}

@@ -2,6 +2,7 @@
 //! service, the client, and the `avlm` command's subcommands.
 
 pub mod bundle;
+pub mod capture;
 pub mod client;
 pub mod config;
 pub mod engine;

@@ -147,6 +147,7 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
         avlm_stream::client::SendOptions {
             chunk_bytes: 2048,
             realtime: true,
+            stop: None,
         },
         |m| run.messages.push(m.clone()),
     )

@@ -155,6 +155,7 @@ async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
                         SendOptions {
                             chunk_bytes: 16 * 1024,
                             realtime: false,
+                            stop: None,
                         },
                         |m| {
                             if let Some(pb::server_message::Msg::Stats(s)) = &m.msg {

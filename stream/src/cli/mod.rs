@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_models;
+mod camera;
 mod eval;
 mod info;
 mod paths;
@@ -13,6 +14,8 @@ mod validate;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+const DEFAULT_LOG: &str = "warn,avlm_stream=info";
 
 /// avlm: a live audio-visual language-model server. Send video and audio over
 /// a gRPC stream as it is captured; get speech segments, transcripts and
@@ -28,7 +31,7 @@ struct Cli {
         long,
         global = true,
         env = "AVLM_LOG",
-        default_value = "warn,avlm_stream=info"
+        default_value = DEFAULT_LOG
     )]
     log: String,
     #[command(subcommand)]
@@ -41,6 +44,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Stream a file, stdin or any FFmpeg input to a server and print events live.
     Stream(stream::StreamArgs),
+    /// Transcribe a camera and microphone (or any FFmpeg input) live in the terminal.
+    Camera(camera::CameraArgs),
     /// Print a server's version, models and limits.
     Info(info::InfoArgs),
     /// Measure throughput of the live path on this machine.
@@ -53,7 +58,13 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_json);
+    // The camera's live view shares the terminal with the log: keep the
+    // in-process server quiet there unless a filter was asked for.
+    let log = match cli.command {
+        Command::Camera(_) if cli.log == DEFAULT_LOG => "warn",
+        _ => cli.log.as_str(),
+    };
+    init_logging(log, cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,6 +79,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await.map(|_| 0),
             Command::Stream(args) => stream::run(args).await,
+            Command::Camera(args) => camera::run(args).await,
             Command::Info(args) => info::run(args).await.map(|_| 0),
             Command::Bench(args) => bench::run(args).await.map(|_| 0),
             Command::Validate(args) => validate::run(args).await.map(|_| 0),
@@ -82,6 +94,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A flag set by the first Ctrl-C, so a stream can end cleanly (its last
+/// results still arrive); a second Ctrl-C quits at once.
+fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping: sending the last audio and waiting for its results (Ctrl-C again quits now)");
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    stop
 }
 
 fn init_logging(filter: &str, json: bool) {

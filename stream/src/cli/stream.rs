@@ -173,6 +173,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     let send = SendOptions {
         chunk_bytes: args.chunk_bytes,
         realtime: args.realtime,
+        stop: Some(super::stop_on_ctrl_c()),
     };
     let json = args.json;
     let stdout = std::io::stdout();
@@ -197,14 +198,30 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
         server.shutdown().await?;
     }
     // Subtitles hold what arrived, even when the stream failed part way.
-    if let Some(path) = &args.srt {
-        std::fs::write(path, avlm_stream::subtitles::srt(&cues))
+    write_subtitles(&cues, args.srt.as_deref(), args.vtt.as_deref())?;
+    finish(result, json)
+}
+
+/// Writes the finals as SubRip and/or WebVTT.
+pub(super) fn write_subtitles(
+    cues: &[avlm_stream::subtitles::Cue],
+    srt: Option<&std::path::Path>,
+    vtt: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = srt {
+        std::fs::write(path, avlm_stream::subtitles::srt(cues))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
-    if let Some(path) = &args.vtt {
-        std::fs::write(path, avlm_stream::subtitles::webvtt(&cues))
+    if let Some(path) = vtt {
+        std::fs::write(path, avlm_stream::subtitles::webvtt(cues))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+/// The exit code for a stream's outcome, reporting a failure on stderr
+/// (and as a JSON line with `json`).
+pub(super) fn finish(result: Result<(), ClientError>, json: bool) -> anyhow::Result<i32> {
     match result {
         Ok(()) => Ok(0),
         Err(e) => {

@@ -174,6 +174,7 @@ impl Backend {
                     SendOptions {
                         chunk_bytes: 64 * 1024,
                         realtime: false,
+                        stop: None,
                     },
                     |m| {
                         if let Some(pb::server_message::Msg::Final(f)) = &m.msg {

@@ -175,6 +175,7 @@ pub async fn stream_bytes(
         SendOptions {
             chunk_bytes: chunk,
             realtime: false,
+            stop: None,
         },
         |m| run.messages.push(m.clone()),
     )
