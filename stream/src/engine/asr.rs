@@ -26,6 +26,13 @@ pub struct StageTimes {
     pub decode: Duration,
 }
 
+impl StageTimes {
+    /// All stages together: the model time one utterance took.
+    pub fn total(&self) -> Duration {
+        self.mel + self.encoder + self.projector + self.prefill + self.decode
+    }
+}
+
 /// The result for one utterance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transcript {

@@ -305,10 +305,11 @@ impl Transcriber {
                     Ok(t) => Ok(pb::ServerMessage {
                         msg: Some(pb::server_message::Msg::Final(pb::Final {
                             segment_id: id,
-                            text: t.text,
                             start_s,
                             end_s,
                             decode_latency_s: ended.elapsed().as_secs_f64(),
+                            compute_s: t.times.total().as_secs_f64(),
+                            text: t.text,
                         })),
                     }),
                     Err(e) => Err(Status::internal(format!(
