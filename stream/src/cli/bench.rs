@@ -16,6 +16,7 @@ pub enum Part {
     Segments,
     Encoder,
     Llm,
+    Latency,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,7 +26,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "segments,encoder,llm"
+        default_value = "segments,encoder,llm,latency"
     )]
     pub parts: Vec<Part>,
     /// Thread counts for the LLM and encoder measurements.
@@ -52,6 +53,15 @@ pub struct BenchArgs {
     /// Concurrent session counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub sessions: Vec<usize>,
+    /// Clips with word timings for the latency section (tools/make_latency_clips.py).
+    #[arg(long, default_value = "samples/latency")]
+    pub latency_clips: PathBuf,
+    /// Concurrent real-time stream counts for the latency section, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    pub latency_streams: Vec<usize>,
+    /// Partial re-decode interval for the latency section, in ms.
+    #[arg(long, default_value_t = 500)]
+    pub partial_interval_ms: u32,
     /// Times each session streams the input.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -77,6 +87,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.parts.contains(&Part::Segments) {
         segments(&args).await?;
+    }
+    if args.parts.contains(&Part::Latency) {
+        super::bench_latency::latency(
+            &args.runtime,
+            &args.latency_clips,
+            &args.latency_streams,
+            args.partial_interval_ms,
+        )
+        .await?;
+    }
+    if !args
+        .parts
+        .iter()
+        .any(|p| matches!(p, Part::Encoder | Part::Llm))
+    {
+        return Ok(());
     }
     let config = args.runtime.server_config(1, 1);
     let bundle = config

@@ -222,6 +222,7 @@ impl Transcriber {
                     let Ok(t) = result else {
                         return; // a failed partial is not fatal: the final reports
                     };
+                    let compute_s = t.times.total().as_secs_f64();
                     let (stable, unstable) =
                         a.update(t.text.split_whitespace().map(str::to_string).collect());
                     drop(a);
@@ -231,6 +232,7 @@ impl Transcriber {
                         unstable_text: unstable,
                         start_s,
                         end_s: now_s,
+                        compute_s,
                     };
                     out.deliver(
                         Ok(pb::ServerMessage {
