@@ -55,6 +55,13 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
         golden["bundle"]["projector"]["sha256"].as_str().unwrap(),
         "the default bundle's projector changed: regenerate the golden (tools/golden/make_transcribe_golden.py)"
     );
+    if let Some(lora) = golden["bundle"]["lora"].as_object() {
+        assert_eq!(
+            sha256_hex(&bundle_dir.join(lora["file"].as_str().unwrap())),
+            lora["sha256"].as_str().unwrap(),
+            "the default bundle's LoRA changed: regenerate the golden (tools/golden/make_transcribe_golden.py)"
+        );
+    }
     avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
     let mut pipeline = AsrPipeline::new(LoadedBundle::load(&bundle_dir, 1).unwrap()).unwrap();
 

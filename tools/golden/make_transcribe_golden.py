@@ -57,6 +57,7 @@ import importlib.metadata
 import json
 import os
 import sys
+import math
 import time
 
 # Single-threaded BLAS (see tools/llm/reference.py): fixed summation order, and
@@ -138,6 +139,15 @@ def stack(features, k):
     return features[:k * G].reshape(G, k * features.shape[1]), G
 
 
+def token_budget(decoding, seconds):
+    """MAX_NEW_TOKENS, further capped like the server's Decoding::token_budget."""
+    rate = float(decoding.get("max_tokens_per_audio_s", 0.0))
+    budget = min(MAX_NEW_TOKENS, int(decoding.get("max_new_tokens", MAX_NEW_TOKENS)))
+    if rate > 0:
+        budget = min(budget, 8 + math.ceil(rate * seconds))
+    return budget
+
+
 def project(x, w, prefix):
     W1 = w[f"{prefix}.fc1.weight"].astype(np.float64)
     b1 = w[f"{prefix}.fc1.bias"].astype(np.float64)
@@ -189,6 +199,20 @@ def main(argv=None) -> int:
     t0 = time.time()
     m = R.load(gguf_path)
     ti = R.load_tokenizer(gguf_path)
+    lora = None
+    if man["llm"].get("lora"):
+        # Adapters merged into q and v the way the server does: W += scale * B @ A
+        # (B rows already in GGUF order), in float64.
+        lora_path = rel(man["llm"]["lora"])
+        lt, lmeta = B.read_safetensors(lora_path)
+        scale = float(lmeta["scale"])
+        for i, layer in enumerate(m.layers):
+            for proj, attr in (("q_proj", "wq"), ("v_proj", "wv")):
+                a, b = lt.get(f"lora.layers.{i}.{proj}.A"), lt.get(f"lora.layers.{i}.{proj}.B")
+                if a is not None:
+                    w = getattr(layer, attr)
+                    setattr(layer, attr, w + scale * (b.astype(np.float64) @ a.astype(np.float64)))
+        lora = {"file": man["llm"]["lora"], "sha256": sha256(lora_path), "scale": scale}
     t_load = time.time() - t0
     prefix_ids = R.encode(ti, p_text)
     suffix_ids = R.encode(ti, s_text)
@@ -215,7 +239,8 @@ def main(argv=None) -> int:
 
         t0 = time.time()
         embeds = np.concatenate([m.tok_embd[prefix_ids], audio_embeds, m.tok_embd[suffix_ids]])
-        res = R.greedy_embeds(m, embeds, MAX_NEW_TOKENS, stop_ids=stop_ids)
+        res = R.greedy_embeds(m, embeds, token_budget(man["decoding"], len(audio) / 16000.0),
+                              stop_ids=stop_ids)
         t_llm = time.time() - t0
         lg = res["prompt_last_logits"]
         top5 = np.argsort(-lg, kind="stable")[:5]
@@ -265,8 +290,9 @@ def main(argv=None) -> int:
             "features = encoder(mel[None])[0] -> [T, 384], T = frames / 2",
             "X = features[:k*G].reshape(G, k*384), G = T // k",
             "audio_embeds = relu(X @ fc1.W^T + fc1.b) @ fc2.W^T + fc2.b -> [G, 576]",
+            "LoRA (when the bundle has one): W_q += scale * B_q @ A_q, W_v += scale * B_v @ A_v, float64",
             "embeds = token_embd[prefix_ids] ++ audio_embeds ++ token_embd[suffix_ids]",
-            "greedy argmax (lowest id on ties), <= max_new_tokens, stop before a stop id",
+            "greedy argmax (lowest id on ties), <= min(32, max_new_tokens, 8 + ceil(max_tokens_per_audio_s * seconds)), stop before a stop id",
         ],
         "bundle": {
             "dir": show_path(bundle),
@@ -275,6 +301,7 @@ def main(argv=None) -> int:
                           "metadata": proj_meta},
             "encoder": {"file": man["audio"]["encoder"], "sha256": sha256(enc_path)},
             "llm": {"file": man["llm"]["weights"], "sha256": sha256(gguf_path)},
+            "lora": lora,
             "template": template,
             "prompt_prefix": p_text,
             "prompt_suffix": s_text,

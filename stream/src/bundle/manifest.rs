@@ -29,6 +29,7 @@
 //! beam_width = 1
 //! length_penalty = 1.0
 //! max_new_tokens = 64
+//! max_tokens_per_audio_s = 6.0  # optional: also at most 8 + 6 per audio second
 //! stop = ["<|im_end|>", "<|endoftext|>"]
 //! ```
 
@@ -159,9 +160,27 @@ pub struct Decoding {
     pub length_penalty: f32,
     #[serde(default = "default_new_tokens")]
     pub max_new_tokens: usize,
+    /// Also caps new tokens by the audio's length: at most
+    /// `8 + ceil(max_tokens_per_audio_s * seconds)` (0: no such cap). Speech
+    /// runs well under 6 tokens a second; a decode past that is looping or
+    /// inventing text, and the cap bounds its latency.
+    #[serde(default)]
+    pub max_tokens_per_audio_s: f64,
     /// Token strings that end a hypothesis.
     #[serde(default)]
     pub stop: Vec<String>,
+}
+
+impl Decoding {
+    /// The new-token budget for `seconds` of audio.
+    pub fn token_budget(&self, seconds: f64) -> usize {
+        if self.max_tokens_per_audio_s > 0.0 {
+            let by_length = 8 + (self.max_tokens_per_audio_s * seconds.max(0.0)).ceil() as usize;
+            self.max_new_tokens.min(by_length)
+        } else {
+            self.max_new_tokens
+        }
+    }
 }
 
 impl Default for Decoding {
@@ -170,6 +189,7 @@ impl Default for Decoding {
             beam_width: 1,
             length_penalty: 1.0,
             max_new_tokens: default_new_tokens(),
+            max_tokens_per_audio_s: 0.0,
             stop: Vec::new(),
         }
     }
@@ -200,6 +220,16 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_budget_follows_the_audio_length_when_asked() {
+        let mut d = Decoding::default();
+        assert_eq!(d.token_budget(30.0), 64);
+        d.max_tokens_per_audio_s = 6.0;
+        assert_eq!(d.token_budget(0.0), 8);
+        assert_eq!(d.token_budget(2.5), 23);
+        assert_eq!(d.token_budget(30.0), 64);
+    }
 
     #[test]
     fn the_documented_example_parses() {

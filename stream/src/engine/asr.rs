@@ -196,8 +196,10 @@ impl AsrPipeline {
             Tensor::cat(&[&audio, &llm.embed_tokens(&self.suffix_ids)?], 0).map_err(tensor)?
         };
         let prompt_tokens = self.prefix_ids.len() + rest.dim(0).map_err(tensor)?;
-        let mut cache =
-            llm.new_cache(prompt_tokens + forced.len() + decoding.max_new_tokens + 1)?;
+        let budget = decoding
+            .token_budget(samples.len() as f64 / f64::from(crate::media::AUDIO_RATE))
+            .max(forced.len() + 1);
+        let mut cache = llm.new_cache(prompt_tokens + budget + 1)?;
         if let Some(prefix) = &self.prefix_cache {
             cache.copy_prefix_from(prefix, prefix.len())?;
         }
@@ -207,7 +209,7 @@ impl AsrPipeline {
         }
         times.prefill = t.elapsed();
         let stop = StopCriteria {
-            max_new_tokens: decoding.max_new_tokens.saturating_sub(forced.len()).max(1),
+            max_new_tokens: budget.saturating_sub(forced.len()).max(1),
             stop_tokens: self.bundle.stop_ids.clone(),
         };
         let t = Instant::now();

@@ -77,6 +77,10 @@ pub fn short_decode_server_config(name: &str, max_new_tokens: usize) -> ServerCo
             &format!("\"{}\"", src.join("projector.safetensors").display()),
         )
         .replace(
+            "\"lora.safetensors\"",
+            &format!("\"{}\"", src.join("lora.safetensors").display()),
+        )
+        .replace(
             "max_new_tokens = 64",
             &format!("max_new_tokens = {max_new_tokens}"),
         );
