@@ -125,15 +125,13 @@ async fn stream_clip(url: &str, clip: &Clip, partial_interval_ms: u32) -> anyhow
     let (pcm, start) = (clip.pcm.clone(), t0.clone());
     let requests = async_stream::stream! {
         yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Config(config)) };
-        let mut seq = 0u64;
-        for chunk in pcm.chunks(CHUNK * 2) {
+        for (seq, chunk) in pcm.chunks(CHUNK * 2).enumerate() {
             let t0 = *start.get_or_init(Instant::now);
             let due = Duration::from_secs_f64(seq as f64 * CHUNK as f64 / RATE as f64);
             if let Some(wait) = due.checked_sub(t0.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
-            yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Media(pb::MediaChunk { data: chunk.to_vec(), seq })) };
-            seq += 1;
+            yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Media(pb::MediaChunk { data: chunk.to_vec(), seq: seq as u64 })) };
         }
         yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32 })) };
     };
