@@ -50,7 +50,13 @@ pub struct ServerConfig {
     pub bundle: Option<PathBuf>,
     /// Threads the model thread's encoder uses.
     pub engine_threads: usize,
+    /// A session whose client sends nothing for this long is ended with
+    /// DEADLINE_EXCEEDED and its slot freed (None: never).
+    pub idle_timeout: Option<std::time::Duration>,
 }
+
+/// Default `idle_timeout`: a live client sends media every few hundred ms.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 60;
 
 impl ServerConfig {
     /// A configuration with the project-local runtime files found from `root`
@@ -66,6 +72,7 @@ impl ServerConfig {
             defaults: SessionDefaults::default(),
             bundle: Some(state.join("bundles/default")).filter(|b| b.join("avlm.toml").is_file()),
             engine_threads: 2,
+            idle_timeout: Some(std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S)),
         }
     }
 }

@@ -162,3 +162,49 @@ async fn backpressure_holds_bytes_instead_of_dropping_them() {
     assert_matches_speech(&run.segments(), 0.1, "512-byte pipe");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        idle_timeout: Some(Duration::from_millis(800)),
+        ..server_config()
+    })
+    .await;
+    let webm = read_media("speech.webm");
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(config_msg(container_config())).await.unwrap();
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Some media, a pause shorter than the limit, more media: still fine.
+    for (i, c) in webm[..webm.len() / 2].chunks(4096).enumerate() {
+        tx.send(media_msg(c, i as u64)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let half = webm.len() / 2;
+    tx.send(media_msg(
+        &webm[half..half + 4096],
+        half.div_ceil(4096) as u64,
+    ))
+    .await
+    .unwrap();
+    // Then nothing, with the stream held open.
+    let started = Instant::now();
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("no message from the client"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for_sessions(&server, 0).await;
+    drop(tx);
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}

@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Write avlm's default model bundle folder.
 
-    make_default_bundle.py BUNDLE_DIR      (normally .avlm/bundles/default)
+    make_default_bundle.py BUNDLE_DIR [--untrained]   (normally .avlm/bundles/default)
 
 Writes:
   BUNDLE_DIR/avlm.toml              the bundle manifest (paths relative to BUNDLE_DIR;
                                     models are expected at BUNDLE_DIR/../../models/)
   BUNDLE_DIR/projector.safetensors  the audio projector, audio.fc1 / audio.fc2
+  BUNDLE_DIR/lora.safetensors       LoRA r8 adapters on q/v of SmolLM2 (merged at load)
 
-The projector is NOT trained yet: it is a deterministic, seeded stand-in with
+The projector and LoRA are the trained ones committed in weights/default/ (see
+weights/default/MODEL_CARD.md for how they were made: tools/train/).
+
+--untrained writes instead a deterministic, seeded stand-in projector with
 PyTorch's default nn.Linear initialisation (kaiming_uniform_(a=sqrt(5)) for the
 weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, both of which come
 to U(-1/sqrt(fan_in), 1/sqrt(fan_in))), drawn from
 numpy.random.default_rng(20261126) as rng.random(shape, dtype=float64) * 2b - b,
-in the order fc1.weight, fc1.bias, fc2.weight, fc2.bias, stored float32.
-Same seed -> byte-identical file.  Tensors (PyTorch Linear layout [out, in]):
+in the order fc1.weight, fc1.bias, fc2.weight, fc2.bias, stored float32, and no
+LoRA. Same seed -> byte-identical file.  Tensors (PyTorch Linear layout [out, in]):
   audio.fc1.weight [576, 1536]  audio.fc1.bias [576]
   audio.fc2.weight [576, 576]   audio.fc2.bias [576]
 
@@ -22,12 +26,13 @@ The safetensors file is written with plain numpy (no torch, no `safetensors`
 package): u64 LE header length, JSON header padded with spaces to a multiple of
 8 bytes, then the raw little-endian tensor data in header order.
 
-Importable: make_default_bundle(bundle_dir) -> (manifest_path, projector_path).
+Importable: make_default_bundle(bundle_dir, trained=True) -> (manifest_path, projector_path).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import sys
 
@@ -48,11 +53,13 @@ TENSORS = [
 ]
 
 METADATA = {"avlm": "untrained seeded init", "seed": str(SEED)}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAINED = os.path.join(ROOT, "weights", "default")
 
 # Written verbatim.  The \n inside the prompt are TOML basic-string escapes.
 MANIFEST = r'''# avlm model bundle: default (Whisper tiny.en encoder + SmolLM2-135M-Instruct)
 name = "default"
-description = "Whisper tiny.en encoder (ONNX, from CTranslate2 weights) + stack-4 projector + SmolLM2-135M-Instruct (GGUF). Projector: untrained seeded init."
+description = "Whisper tiny.en encoder (ONNX, from CTranslate2 weights) + stack-4 projector + SmolLM2-135M-Instruct (GGUF). @WEIGHTS@"
 
 [audio]
 encoder = "../../models/whisper-tiny.en-encoder.onnx"
@@ -74,7 +81,7 @@ hidden = 576
 weights = "../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 format = "gguf"
 weight_mode = "f32"
-tokenizer = "gguf"
+@LORA@tokenizer = "gguf"
 max_context = 2048
 
 [prompts]
@@ -84,6 +91,7 @@ transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_en
 beam_width = 1
 length_penalty = 1.0
 max_new_tokens = 64
+max_tokens_per_audio_s = 6.0
 stop = ["<|im_end|>", "<|endoftext|>"]
 '''
 
@@ -138,23 +146,43 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def make_default_bundle(bundle_dir: str) -> tuple[str, str]:
+def manifest_text(trained: bool) -> str:
+    if trained:
+        return (MANIFEST.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v: trained (weights/default/MODEL_CARD.md).")
+                .replace("@LORA@", 'lora = "lora.safetensors"\n'))
+    return MANIFEST.replace("@WEIGHTS@", "Projector: untrained seeded init.").replace("@LORA@", "")
+
+
+def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str]:
     os.makedirs(bundle_dir, exist_ok=True)
     manifest = os.path.join(bundle_dir, "avlm.toml")
     projector = os.path.join(bundle_dir, "projector.safetensors")
-    _write(projector, safetensors_bytes(projector_weights(), METADATA))
-    _write(manifest, MANIFEST.encode("utf-8"))
+    lora = os.path.join(bundle_dir, "lora.safetensors")
+    if trained:
+        for name in ("projector.safetensors", "lora.safetensors"):
+            src = os.path.join(TRAINED, name)
+            if not os.path.exists(src):
+                raise SystemExit(f"{src} missing: the trained weights are part of the repository")
+            shutil.copyfile(src, os.path.join(bundle_dir, name + ".tmp"))
+            os.replace(os.path.join(bundle_dir, name + ".tmp"), os.path.join(bundle_dir, name))
+    else:
+        _write(projector, safetensors_bytes(projector_weights(), METADATA))
+        if os.path.exists(lora):
+            os.remove(lora)
+    _write(manifest, manifest_text(trained).encode("utf-8"))
     return manifest, projector
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
+    trained = "--untrained" not in argv
+    args = [a for a in argv if a != "--untrained"]
+    if len(args) != 1 or args[0].startswith("-"):
         print(__doc__.strip().split("\n\n")[0], file=sys.stderr)
-        print("usage: make_default_bundle.py BUNDLE_DIR", file=sys.stderr)
+        print("usage: make_default_bundle.py BUNDLE_DIR [--untrained]", file=sys.stderr)
         return 2
-    manifest, projector = make_default_bundle(argv[0])
-    # Self-check: the manifest parses and the projector reads back bit-exactly.
+    manifest, projector = make_default_bundle(args[0], trained)
+    # Self-check: the manifest parses and the projector reads back.
     try:
         import tomllib
         with open(manifest, "rb") as f:
@@ -162,12 +190,15 @@ def main(argv=None) -> int:
     except ImportError:  # Python < 3.11: skip the parse check
         pass
     back, meta = read_safetensors(projector)
-    ref = projector_weights()
-    assert meta == METADATA and list(back) == list(ref)
-    assert all(np.array_equal(back[k], ref[k]) for k in ref)
+    assert [k for k in back] == [name for name, _, _ in TENSORS], list(back)
+    assert all(back[name].shape == shape for name, shape, _ in TENSORS)
+    if not trained:
+        ref = projector_weights()
+        assert meta == METADATA and all(np.array_equal(back[k], ref[k]) for k in ref)
     print(f"wrote {manifest}")
     print(f"wrote {projector} ({os.path.getsize(projector)} bytes; "
-          + ", ".join(f"{k} {list(v.shape)}" for k, v in back.items()) + ")")
+          + ", ".join(f"{k} {list(v.shape)}" for k, v in back.items()) + ")"
+          + ("" if not trained else f" and {os.path.join(args[0], 'lora.safetensors')}"))
     return 0
 
 

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// Largest client message in bytes; larger ones end the stream with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AVLM_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
+    /// Seconds without any client message before a stream is ended with
+    /// DEADLINE_EXCEEDED and its slot freed (0: never).
+    #[arg(long, env = "AVLM_IDLE_TIMEOUT_S", default_value_t = avlm_stream::config::DEFAULT_IDLE_TIMEOUT_S)]
+    pub idle_timeout_s: u64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -60,14 +64,19 @@ impl RuntimeArgs {
                 })
             },
             engine_threads: self.engine_threads,
+            idle_timeout: Some(std::time::Duration::from_secs(
+                avlm_stream::config::DEFAULT_IDLE_TIMEOUT_S,
+            )),
         }
     }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .runtime
         .server_config(args.max_sessions, args.max_message_bytes);
+    config.idle_timeout =
+        (args.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(args.idle_timeout_s));
     let server = avlm_stream::server::start(config, args.listen).await?;
     eprintln!("avlm serving on {} (Ctrl-C to stop)", server.url());
     server

@@ -255,6 +255,7 @@ impl Reader {
         state: &ServerState,
         analysis_done: &mut tokio::sync::oneshot::Receiver<()>,
     ) -> Result<(), Status> {
+        let idle = state.config.idle_timeout;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
@@ -262,6 +263,16 @@ impl Reader {
                 _ = tx.closed() => return Ok(()),
                 // Everything after END_OF_STREAM is reported: end the call.
                 _ = &mut *analysis_done, if self.ended => return Ok(()),
+                // A client that holds a stream open without sending frees its slot.
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() && !self.ended => {
+                    if let Some(w) = self.writer.take() {
+                        w.abort_handle().abort();
+                    }
+                    return Err(Status::deadline_exceeded(format!(
+                        "no message from the client for {} s: a live stream sends media as it is captured (serve --idle-timeout-s)",
+                        idle.unwrap_or_default().as_secs_f64()
+                    )));
+                }
             };
             let msg = match msg {
                 Ok(Some(m)) => m,
