@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: starts `avlm serve` with the bundled default model and streams
 # the bundled sample clip to it at the clip's own pace, printing speech
-# events live as the server detects them. Extra arguments go to `avlm stream`
-# (for example --json, or another file instead of the sample: --input FILE).
+# events, partial transcripts and finals live as the server produces them,
+# then the clip's reference transcript for comparison. Extra arguments go to
+# `avlm stream` (for example --json, or another file instead of the sample:
+# --input FILE).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -33,4 +35,13 @@ for _ in $(seq 1 300); do
 done
 [[ -n $URL ]] || { echo "server did not start:" >&2; cat "$LOG" >&2; exit 1; }
 echo "server: $URL — streaming $INPUT in real time" >&2
-"$BIN" stream "$INPUT" --server "$URL" --realtime ${ARGS[@]+"${ARGS[@]}"}
+"$BIN" stream "$INPUT" --server "$URL" --realtime --task transcribe --partials ${ARGS[@]+"${ARGS[@]}"}
+REF="${INPUT%.*}.json"
+if [[ -f $REF ]]; then
+  echo "reference transcript ($REF):" >&2
+  "$ROOT/.avlm/venv/bin/python" - "$REF" >&2 <<'PY'
+import json, sys
+for s in json.load(open(sys.argv[1]))["speech"]:
+    print(f"  {s['start_s']:8.2f}s  {s['text']}")
+PY
+fi

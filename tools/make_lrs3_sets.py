@@ -8,11 +8,17 @@
   OUT/synthetic_ci/<speaker>/<clip>.mp4 + .txt   six short espeak-ng
       sentences by two voices: the small set CI evaluates
 
+  OUT/heldout_synthetic/<split>/<id>.mp4 + .txt   (with --heldout DATA_DIR) the
+      held-out split of the training data (tools/data/make_synth_data.py: voices
+      and sentences never trained on), speaker = split (heldout_voice: espeak-ng
+      variants, heldout_joe: the Piper voice)
+
 Transcript files follow LRS3: `Text:  THE WORDS` then a `Conf:` line.
 
-Usage: make_lrs3_sets.py OUT_DIR
+Usage: make_lrs3_sets.py OUT_DIR [--heldout DATA_DIR]
 """
 
+import json
 import os
 import re
 import subprocess
@@ -58,8 +64,27 @@ def pocketsphinx_transcripts(path):
     return out
 
 
+def heldout(data_dir, out):
+    """The held-out split of tools/data/make_synth_data.py as LRS3 clips."""
+    n = 0
+    for line in open(os.path.join(data_dir, "manifest.jsonl")):
+        rec = json.loads(line)
+        if not rec["split"].startswith("heldout") or not rec.get("wav"):
+            continue
+        base = os.path.join(out, "heldout_synthetic", rec["split"], rec["id"])
+        if not os.path.exists(base + ".mp4"):
+            write_clip(os.path.join(data_dir, rec["wav"]), rec["text"], base)
+        n += 1
+    print(f"{n} held-out clips in {os.path.join(out, 'heldout_synthetic')}")
+
+
 def main():
-    out = sys.argv[1]
+    args = sys.argv[1:]
+    if "--heldout" in args:
+        i = args.index("--heldout")
+        heldout(args[i + 1], args[0] if i != 0 else args[2])
+        return
+    out = args[0]
     real = os.path.join(out, "real")
     for speaker, folder, trans in [
         ("librivox", "librivox", "transcription"),
