@@ -425,7 +425,7 @@ struct Reader {
     video_base: Rational,
     /// Milliseconds from the capture's start to this input's first packet.
     offset_ms: Option<i64>,
-    /// First timestamp of each input stream, in seconds (the pacing origin).
+    /// This input's first packet timestamp, in seconds (the pacing origin).
     first_ts: Option<f64>,
     samples: i64,
     resampler: ToMono16k,

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,24 +15,7 @@ use ffmpeg_next as ffmpeg;
 
 mod common;
 
-fn media(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/media/generated")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} missing: run `bash tools/test.sh`",
-        p.display()
-    );
-    p
-}
-
-fn avlm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("AVLM_LOG", "error");
-    c
-}
+use common::{avlm, media};
 
 fn tmp(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)

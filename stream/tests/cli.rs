@@ -3,29 +3,12 @@
 //! real-time pacing, and exit codes on failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
 
-fn media(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/media/generated")
-        .join(name);
-    assert!(
-        p.is_file(),
-        "{} missing: run `bash tools/test.sh` first",
-        p.display()
-    );
-    p
-}
-
-fn avlm() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("AVLM_LOG", "error");
-    c
-}
+use common::{avlm, media};
 
 /// Runs `avlm ARGS... INPUT`, requires success, returns the JSON events.
 fn stream_ok(args: &[&str], input: &Path) -> Vec<serde_json::Value> {

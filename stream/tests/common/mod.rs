@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -31,4 +32,25 @@ pub fn quick_bundle(name: &str) -> PathBuf {
     assert!(manifest.contains("max_new_tokens = 6"));
     std::fs::write(dir.join("avlm.toml"), manifest).unwrap();
     dir
+}
+
+/// A generated test medium (tools/test.sh makes them).
+pub fn media(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/media/generated")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: run `bash tools/test.sh` first",
+        p.display()
+    );
+    p
+}
+
+/// The `avlm` binary under test, quiet logs.
+pub fn avlm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_avlm"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AVLM_LOG", "error");
+    c
 }
