@@ -24,7 +24,7 @@ Augmentation (train; held-out: half clean, half augmented the same way):
   made by mixing 3-6 other synthetic talkers, SNR 0-30 dB), level -30..-1 dBFS peak.
 
 Output (under --out):
-  feats/<id>.npy     float16 [frames/2, 384] Whisper tiny.en encoder features
+  feats/<id>.npy     float16 [frames/2, 384] Whisper tiny.en encoder features (not with --no-feats)
   wav/<id>.wav       16 kHz 16-bit (per --save-wav; default held-out only)
   manifest.<shard>.jsonl, then manifest.jsonl after --merge; one line per utterance:
     {"id", "split": train|heldout_voice|heldout_joe, "feats", "wav", "text" (normalised
@@ -293,7 +293,7 @@ def run_shard(args):
         done = {json.loads(line)["id"] for line in open(man_path)}
         print(f"resuming shard {args.shard}: {len(done)} done", flush=True)
     joe = Joe(args.seed + args.shard)
-    enc = F.Encoder(threads=1)
+    enc = None if args.no_feats else F.Encoder(threads=1)
     bank = babble_bank(args, pool_tr, joe)
     n_new, audio_s = 0, 0.0
     with open(man_path, "a" if done else "w") as man:
@@ -302,16 +302,18 @@ def run_shard(args):
             if uid in done:
                 continue
             x, voice, tts, aug = synth_item(split, i, sent, args, joe, bank)
-            feats = enc.features(x)
-            fpath = os.path.join("feats", uid + ".npy")
-            np.save(os.path.join(args.out, fpath), feats.astype(np.float16))
+            fpath, frames = None, None
+            if enc is not None:
+                feats = enc.features(x)
+                fpath, frames = os.path.join("feats", uid + ".npy"), int(feats.shape[0])
+                np.save(os.path.join(args.out, fpath), feats.astype(np.float16))
             wpath = None
             if args.save_wav == "all" or (args.save_wav == "heldout" and split != "train"):
                 wpath = os.path.join("wav", uid + ".wav")
                 F.write_wav(os.path.join(args.out, wpath), x)
             rec = {"id": uid, "split": split, "feats": fpath, "wav": wpath, "text": sent["target"],
                    "tts_text": sent["text"], "source": sent["source"], "voice": voice, "tts": tts,
-                   "aug": aug, "seconds": round(len(x) / SR, 3), "enc_frames": int(feats.shape[0])}
+                   "aug": aug, "seconds": round(len(x) / SR, 3), "enc_frames": frames}
             man.write(json.dumps(rec) + "\n")
             man.flush()
             n_new += 1
@@ -358,6 +360,9 @@ def main():
     ap.add_argument("--shard", type=int, default=0)
     ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--save-wav", choices=["none", "heldout", "all"], default="heldout")
+    ap.add_argument("--no-feats", action="store_true",
+                    help="skip the encoder (no feats/*.npy): for audio that is encoded elsewhere, e.g. "
+                         "with --save-wav all for tools/train/gpu/ (features computed on the GPU machine)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--merge", action="store_true")
     args = ap.parse_args()

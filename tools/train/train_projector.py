@@ -119,8 +119,9 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.r, self.scale = r, alpha / r
-        self.A = nn.Parameter(torch.empty(r, base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, r))
+        dev = base.weight.device
+        self.A = nn.Parameter(torch.empty(r, base.in_features, device=dev))
+        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=dev))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
 
     def forward(self, x):
@@ -132,6 +133,7 @@ def load_llm(log):
 
     t = time.time()
     m = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF_NAME, dtype=torch.float32)
+    m.to(DEV)
     m.eval()
     for p in m.parameters():
         p.requires_grad_(False)
@@ -145,7 +147,7 @@ def check_llm(m, tok, log):
 
     ids = tok_ids(tok, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     with torch.no_grad():
-        lt = m(torch.tensor([ids])).logits[0].double().numpy()
+        lt = m(torch.tensor([ids], device=DEV)).logits[0].double().cpu().numpy()
     lr = R.forward(R.load(os.path.join(MODELS, GGUF_NAME)), ids)
     diff = float(np.abs(lt - lr).max())
     same = bool((lt.argmax(-1) == lr.argmax(-1)).all())
@@ -176,8 +178,8 @@ def lora_tensors(m) -> dict:
             mod = getattr(L.self_attn, name)
             if not isinstance(mod, LoRALinear):
                 return {}
-            A = mod.A.detach().numpy().astype(np.float32).copy()
-            B = mod.B.detach().numpy().astype(np.float32).copy()
+            A = mod.A.detach().cpu().numpy().astype(np.float32).copy()
+            B = mod.B.detach().cpu().numpy().astype(np.float32).copy()
             if name == "q_proj":
                 B = np.ascontiguousarray(gguf_q_permute(B, n_head))
             out[f"lora.layers.{i}.{name}.A"] = A
@@ -196,8 +198,8 @@ def load_lora_tensors(m, t: dict):
                 h = n_head
                 B = B.reshape(h, B.shape[0] // h // 2, 2, *B.shape[1:]).swapaxes(1, 2).reshape(B.shape)
             with torch.no_grad():
-                mod.A.copy_(torch.from_numpy(A))
-                mod.B.copy_(torch.from_numpy(np.ascontiguousarray(B)))
+                mod.A.copy_(torch.from_numpy(A).to(mod.A.device))
+                mod.B.copy_(torch.from_numpy(np.ascontiguousarray(B)).to(mod.B.device))
 
 
 # --------------------------------------------------------------------------- tokens / data
@@ -227,20 +229,37 @@ def read_manifest(data_dir):
     return [json.loads(line) for line in open(path)]
 
 
-class Utt:
-    __slots__ = ("id", "feats", "target", "text", "g")
+DEV = torch.device("cpu")   # --device
 
-    def __init__(self, rec, data_dir, tok):
+
+class Utt:
+    """One utterance: its target tokens and one or more feature "views" (float16 tensors
+    [T, 384] on DEV; view 0 is the audio as generated, others are re-augmented copies)."""
+    __slots__ = ("id", "views", "target", "text", "g")
+
+    def __init__(self, rec, data_dir, tok, views=None):
         self.id = rec["id"]
-        self.feats = np.load(os.path.join(data_dir, rec["feats"]))  # float16 [T, 384]
+        if views is None:
+            views = [torch.from_numpy(np.load(os.path.join(data_dir, rec["feats"]))).to(DEV)]  # float16 [T, 384]
+        self.views = views
         self.text = rec["text"]
         self.target = tok_ids(tok, rec["text"]) + [IM_END]
-        self.g = self.feats.shape[0] // F.STACK_K
+        self.g = self.views[0].shape[0] // F.STACK_K
+
+    @property
+    def feats(self) -> torch.Tensor:
+        return self.views[0]
 
 
-def spec_augment(feats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def stack4(feats: torch.Tensor, k: int = F.STACK_K) -> torch.Tensor:
+    """Torch twin of avlm_features.stack4: [T, 384] -> [T // k, k * 384]."""
+    g = feats.shape[0] // k
+    return feats[: g * k].reshape(g, k * feats.shape[1])
+
+
+def spec_augment(feats: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Time masks (2 x up to 8% of frames) and channel masks (2 x up to 24 of 384) on encoder features."""
-    x = feats.astype(np.float32).copy()
+    x = feats.float().clone()
     T = x.shape[0]
     for _ in range(2):
         w = int(rng.integers(0, max(1, int(0.08 * T)) + 1))
@@ -272,8 +291,8 @@ class Prompt:
         self.suf_ids = tok_ids(tok, PROMPT_SUFFIX)
         emb = m.get_input_embeddings()
         with torch.no_grad():
-            self.pre = emb(torch.tensor(self.pre_ids)).clone()
-            self.suf = emb(torch.tensor(self.suf_ids)).clone()
+            self.pre = emb(torch.tensor(self.pre_ids, device=DEV)).clone()
+            self.suf = emb(torch.tensor(self.suf_ids, device=DEV)).clone()
         self.emb = emb
 
 
@@ -291,12 +310,12 @@ class CTCAux(nn.Module):
 
     def forward(self, audio, utts):
         G = [a.shape[0] for a in audio]
-        x = torch.zeros(max(G), len(audio), self.emb.shape[1])
+        x = torch.zeros(max(G), len(audio), self.emb.shape[1], device=audio[0].device, dtype=audio[0].dtype)
         for b, a in enumerate(audio):
             x[: a.shape[0], b] = a
-        logits = torch.cat([x @ self.emb.T, (x @ self.blank_w + self.blank_b)[..., None]], -1).float()
+        logits = torch.cat([x @ self.emb.T.to(x.dtype), (x @ self.blank_w.to(x.dtype) + self.blank_b.to(x.dtype))[..., None]], -1).float()
         lp = TF.log_softmax(logits, -1)                  # [T, N, V+1], blank = V
-        tg = [torch.tensor(u.target[:-1]) for u in utts]
+        tg = [torch.tensor(u.target[:-1], device=x.device) for u in utts]
         return TF.ctc_loss(lp, torch.cat(tg), torch.tensor(G), torch.tensor([len(t) for t in tg]),
                            blank=self.emb.shape[0], reduction="mean", zero_infinity=True)
 
@@ -306,23 +325,25 @@ def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None):
     the number of target tokens, and the auxiliary CTC loss (None without `ctc`).
     bf16: autocast the matmuls to bfloat16 (training speed only; parameters, the loss and every
     evaluation stay float32)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=bf16):
         return _batch_loss(m, proj, prompt, utts, feats_list, ctc)
 
 
 def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
-    audio = [proj(torch.from_numpy(F.stack4(f).astype(np.float32))) for f in feats_list]
+    stacked = [stack4(f.to(DEV).float()) for f in feats_list]
+    audio = list(proj(torch.cat(stacked, 0)).split([x.shape[0] for x in stacked]))
     seqs, tgt_pos, tgt_ids = [], [], []
     P, S = len(prompt.pre_ids), len(prompt.suf_ids)
     for b, (u, a) in enumerate(zip(utts, audio)):
-        tgt = torch.tensor(u.target)
-        x = torch.cat([prompt.pre, a, prompt.suf, prompt.emb(tgt[:-1])], 0)
+        tgt = torch.tensor(u.target, device=DEV)
+        x = torch.cat([prompt.pre.to(a.dtype), a, prompt.suf.to(a.dtype), prompt.emb(tgt[:-1]).to(a.dtype)], 0)
         start = P + a.shape[0] + S - 1      # position whose logits predict target[0]
         seqs.append(x)
-        tgt_pos.append(torch.stack([torch.full((len(tgt),), b), torch.arange(start, start + len(tgt))], 1))
+        tgt_pos.append(torch.stack([torch.full((len(tgt),), b, device=DEV),
+                                    torch.arange(start, start + len(tgt), device=DEV)], 1))
         tgt_ids.append(tgt)
     L = max(s.shape[0] for s in seqs)
-    xb = torch.zeros(len(seqs), L, D_MODEL)
+    xb = torch.zeros(len(seqs), L, D_MODEL, device=DEV, dtype=seqs[0].dtype)
     for b, s in enumerate(seqs):
         xb[b, : s.shape[0]] = s
     h = m.model(inputs_embeds=xb, use_cache=False).last_hidden_state
@@ -335,7 +356,9 @@ def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
 
 @torch.no_grad()
 def greedy(m, proj, prompt, feats, max_new=64):
-    a = proj(torch.from_numpy(F.stack4(feats).astype(np.float32)))
+    if isinstance(feats, np.ndarray):
+        feats = torch.from_numpy(feats)
+    a = proj(stack4(feats.to(DEV).float()))
     x = torch.cat([prompt.pre, a, prompt.suf], 0)[None]
     out = m(inputs_embeds=x, use_cache=True)
     past, ids = out.past_key_values, []
@@ -345,7 +368,7 @@ def greedy(m, proj, prompt, feats, max_new=64):
         if t in (IM_END, END_OF_TEXT):
             break
         ids.append(t)
-        out = m(input_ids=torch.tensor([[t]]), past_key_values=past, use_cache=True)
+        out = m(input_ids=torch.tensor([[t]], device=DEV), past_key_values=past, use_cache=True)
         past, lg = out.past_key_values, out.logits[0, -1]
     return ids
 
@@ -392,7 +415,7 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
     sel_ho = heldout if not limit or limit >= len(heldout) else \
         [heldout[int(i)] for i in np.linspace(0, len(heldout) - 1, limit).round()]
     for u in sel_ho:
-        hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, u.feats.astype(np.float32))))
+        hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, u.feats)))
         rows.append({"id": u.id, "ref": u.text, "hyp": hyp})
     for split in ("heldout_voice", "heldout_joe", "heldout"):
         sel = [r for r in rows if split == "heldout" or r["id"].startswith(split + "-")]
@@ -402,9 +425,9 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
             res[f"n_{split}"] = len(sel)
             res[f"words_{split}"] = n
     res["synthetic_decode_s"] = round(time.time() - t0, 1)
-    enc = enc or F.Encoder(threads=1)
     real = []
     for name, wav, ref in real_clips():
+        enc = enc or F.Encoder(threads=1)
         feats = enc.features(F.read_wav(wav))
         hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, feats)))
         real.append({"id": name, "ref": ref, "hyp": hyp})
@@ -424,14 +447,68 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
 
 
 @torch.no_grad()
-def val_loss(m, proj, prompt, heldout, batch=8):
+def val_loss(m, proj, prompt, heldout, batch=None):
+    batch = batch or (8 if DEV.type == "cpu" else 50)
     tot, n = 0.0, 0
     for i in range(0, len(heldout), batch):
         us = heldout[i:i + batch]
-        loss, k, _ = batch_loss(m, proj, prompt, us, [u.feats.astype(np.float32) for u in us])
+        loss, k, _ = batch_loss(m, proj, prompt, us, [u.feats for u in us])
         tot += float(loss)
         n += k
     return tot / max(1, n)
+
+
+def start_pack_decoding(pack_dir, views, seed, workers):
+    """Start decoding audio packs (tools/train/audio_packs.py) into log-mels (the server's math)
+    in worker processes; the LLM loads meanwhile.  Returns the handle for load_from_packs."""
+    import multiprocessing as mp
+
+    import audio_packs as AP
+
+    index = AP.read_index(pack_dir)
+    filters = F.mel_filters()
+    by_pack: dict[str, list] = {}
+    for k, r in enumerate(index):
+        by_pack.setdefault(r["pack"], []).append((k, r["start"], r["n"]))
+    # one job per pack (a pack decodes as a whole): pack with several packs per worker
+    jobs = [(pack_dir, name, items, views, seed, filters) for name, items in sorted(by_pack.items())]
+    pool = mp.get_context("spawn").Pool(max(1, min(workers, len(jobs))))
+    return {"index": index, "views": views, "jobs": len(jobs), "t": time.time(), "pool": pool,
+            "result": pool.map_async(AP.mels_of_pack, jobs, chunksize=1)}
+
+
+def load_from_packs(h, tok, encoder_path, log):
+    """Collect the log-mels of start_pack_decoding, then features from the torch twin of the
+    encoder on DEV, kept there."""
+    from whisper_torch import WhisperEncoder, load_weights
+
+    index, views = h["index"], h["views"]
+    mels = {}
+    for res in h["result"].get():
+        for k, v, mel in res:
+            mels[(k, v)] = mel
+    h["pool"].close()
+    h["pool"].join()
+    log(f"decoded {len(index)} utterances x {views} view(s) in {h['jobs']} jobs into log-mel "
+        f"in {time.time() - h['t']:.1f} s (from the start of decoding)")
+    t = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    enc = WhisperEncoder(load_weights(encoder_path)).to(DEV)
+    feats = {}
+    keys = sorted(mels, key=lambda kv: mels[kv].shape[1])
+    step = 8 if DEV.type == "cpu" else 128
+    for i in range(0, len(keys), step):
+        ks = keys[i:i + step]
+        for kv, f in zip(ks, enc.features_batch([mels.pop(kv) for kv in ks], DEV)):
+            feats[kv] = f.half().clone()
+    del enc
+    log(f"encoder features on {DEV}: {len(feats)} in {time.time() - t:.1f} s")
+    train, heldout = [], []
+    for k, r in enumerate(index):
+        u = Utt(r, None, tok, views=[feats[(k, v)] for v in range(views)])
+        (train if r["split"] == "train" else heldout).append(u)
+    return train, heldout
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -456,6 +533,37 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta):
                       "merge": "W += scale * B @ A"})
         write_atomic(os.path.join(prefix_dir, f"lora{name_suffix}.safetensors"), safetensors_bytes(lt, lmeta))
     return p
+
+
+def small_state(st):
+    """Projector, LoRA and CTC head of a training state, on the CPU (no optimizer): enough for
+    --init-from, small enough to bring back from a GPU machine."""
+    def cpu(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().cpu()
+        if isinstance(x, dict):
+            return {k: cpu(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [cpu(v) for v in x]
+        return x
+    return {k: cpu(st[k]) for k in ("step", "best", "history", "args", "projector", "lora", "ctc")}
+
+
+def export(args, work, small=None):
+    """Copy the best projector/LoRA, the logs and (given) the small state of the last checkpoint
+    to --export-dir, each file replaced atomically."""
+    if not args.export_dir:
+        return
+    import shutil
+
+    os.makedirs(args.export_dir, exist_ok=True)
+    for name in ("projector.safetensors", "lora.safetensors", "train.log", "loss.jsonl"):
+        src = os.path.join(work, name)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(args.export_dir, name + ".tmp"))
+            os.replace(os.path.join(args.export_dir, name + ".tmp"), os.path.join(args.export_dir, name))
+    if small is not None:
+        save_ckpt(os.path.join(args.export_dir, "last-small.pt"), small)
 
 
 def save_ckpt(path, state):
@@ -495,11 +603,28 @@ def main():
     ap.add_argument("--projector", default=None, help="--eval-only: projector safetensors (default WORK/projector.safetensors)")
     ap.add_argument("--lora", default=None, help="--eval-only: lora safetensors (default WORK/lora.safetensors if present)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (tools/train/gpu_run.sh)")
+    ap.add_argument("--audio-packs", default=None,
+                    help="train from audio packs (tools/train/audio_packs.py) instead of cached features: "
+                         "log-mels in --workers processes, features from tools/train/whisper_torch.py on --device")
+    ap.add_argument("--encoder", default=F.ENCODER, help="with --audio-packs: encoder weights (.onnx or .safetensors)")
+    ap.add_argument("--views", type=int, default=1, help="with --audio-packs: feature views per utterance "
+                                                         "(view 0 as packed, others re-augmented); one is drawn per step")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--init-from", default=None,
+                    help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
+    ap.add_argument("--time-schedule", action="store_true",
+                    help="warmup then cosine over --max-minutes of wall time instead of over --steps")
+    ap.add_argument("--export-dir", default=None,
+                    help="also copy the best projector/LoRA and the logs here whenever they change")
+    ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
                     help="train in plain float32 (default: bfloat16 autocast for the training forward/backward, "
                          "~1.5x faster on CPUs with AVX512-BF16/AMX; evaluation is always float32)")
     args = ap.parse_args()
 
+    global DEV
+    DEV = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     work = args.work
@@ -510,6 +635,7 @@ def main():
     log = Log(os.path.join(work, "train.log"))
     log(f"start: {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} thread(s))")
 
+    packs = start_pack_decoding(args.audio_packs, args.views, args.seed, args.workers) if args.audio_packs else None
     tok = load_tokenizer()
     m = load_llm(log)
     if args.check_llm:
@@ -517,14 +643,17 @@ def main():
     prompt = Prompt(m, tok)
     log(f"prompt ids: prefix {prompt.pre_ids} suffix {prompt.suf_ids}")
 
-    recs = read_manifest(data_dir)
     t = time.time()
-    train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
-    heldout = [Utt(r, data_dir, tok) for r in recs if r["split"].startswith("heldout")]
+    if args.audio_packs:
+        train, heldout = load_from_packs(packs, tok, args.encoder, log)
+    else:
+        recs = read_manifest(data_dir)
+        train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
+        heldout = [Utt(r, data_dir, tok) for r in recs if r["split"].startswith("heldout")]
     log(f"data: {len(train)} train utts ({sum(u.feats.shape[0] for u in train) / 50 / 3600:.2f} h), "
         f"{len(heldout)} held-out; loaded in {time.time() - t:.1f} s")
 
-    proj = Projector()
+    proj = Projector().to(DEV)
     lora_params = []
     use_lora = args.lora_rank > 0
     if args.eval_only:
@@ -563,15 +692,28 @@ def main():
     def lr_factor(step):
         if step < args.warmup:
             return (step + 1) / args.warmup
-        pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+        if args.time_schedule and args.max_minutes:
+            pr = min(1.0, (time.time() - t_sched[0]) / 60 / args.max_minutes)
+        else:
+            pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
 
     step, best, history = 0, float("inf"), []
+    t_sched = [time.time()]   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
+    if args.init_from:
+        st = torch.load(args.init_from, weights_only=False, map_location=DEV)
+        proj.load_state_dict(st["projector"])
+        if st.get("lora") is not None and lora_params:
+            for p, v in zip(lora_params, st["lora"]):
+                p.data.copy_(v)
+        if ctc is not None and st.get("ctc") is not None:
+            ctc.load_state_dict(st["ctc"])
+        log(f"initialised from {args.init_from} (its step {st.get('step')}); fresh optimizer and schedule")
     if args.resume:
         if not os.path.exists(latest):
             raise SystemExit(f"--resume: {latest} not found")
-        st = torch.load(latest, weights_only=False)
+        st = torch.load(latest, weights_only=False, map_location=DEV)
         proj.load_state_dict(st["projector"])
         if st.get("lora") is not None:
             if not use_lora:
@@ -602,12 +744,17 @@ def main():
     t_start = time.time()
     t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
     enc = None
+    export(args, work)
+    ep_cache = {}
     while step < args.steps:
         epoch, idx = divmod(step, per_epoch)
-        bidx = epoch_batches(train, args.batch, args.seed, epoch)[idx]
+        if epoch not in ep_cache:
+            ep_cache = {epoch: epoch_batches(train, args.batch, args.seed, epoch)}
+        bidx = ep_cache[epoch][idx]
         us = [train[i] for i in bidx]
         rng = np.random.default_rng([args.seed, 200, step])
-        feats = [spec_augment(u.feats, rng) if rng.random() < args.specaug else u.feats.astype(np.float32) for u in us]
+        views = [u.views[int(rng.integers(len(u.views)))] if len(u.views) > 1 else u.feats for u in us]
+        feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
         fac = lr_factor(step)
         for g, b in zip(opt.param_groups, base_lrs):
             g["lr"] = b * fac
@@ -627,11 +774,14 @@ def main():
                "gnorm": round(float(gn), 3),
                "ctc": round(float(ctc_loss.detach()), 4) if ctc_loss is not None else None, "elapsed_s": round(time.time() - t_start, 1), "epoch": epoch}
         loss_log.write(json.dumps(rec) + "\n")
-        if step % 10 == 0:
+        if step == args.warmup:
+            t_sched[0] = time.time()
+        if step % args.log_every == 0:
             dt = time.time() - t_win
+            k = args.log_every
             log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} "
-                + (f"ctc {ctc_sum / 10:.3f} " if ctc is not None else "") + f"lr {rec['lr']:.2e} "
-                f"gnorm {rec['gnorm']:.2f} {10 / dt:.3f} steps/s {utt_win / dt:.2f} utt/s")
+                + (f"ctc {ctc_sum / k:.3f} " if ctc is not None else "") + f"lr {rec['lr']:.2e} "
+                f"gnorm {rec['gnorm']:.2f} {k / dt:.3f} steps/s {utt_win / dt:.2f} utt/s")
             t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
         out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
         if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
@@ -648,11 +798,11 @@ def main():
             if is_best:
                 save_ckpt(os.path.join(ck_dir, "best.pt"), st)
                 save_outputs(work, "", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"))
+            export(args, work, small_state(st))
             old = sorted(glob.glob(os.path.join(ck_dir, "step_*.pt")))[:-args.keep_ckpts]
             for p in old:
                 os.remove(p)
             if args.eval_every and step % args.eval_every == 0 and step != args.steps:
-                enc = enc or F.Encoder(threads=1)
                 evaluate(m, proj, prompt, tok, heldout, log, f"step{step}", args.eval_limit, enc)
             t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
             if out_of_time:
@@ -662,7 +812,7 @@ def main():
     log(f"training stopped at step {step}, {train_s / 60:.1f} min this session")
 
     # final evaluation with the best checkpoint (chosen on held-out synthetic loss only)
-    bst = torch.load(os.path.join(ck_dir, "best.pt"), weights_only=False)
+    bst = torch.load(os.path.join(ck_dir, "best.pt"), weights_only=False, map_location=DEV)
     proj.load_state_dict(bst["projector"])
     if bst.get("lora") is not None:
         for p, v in zip(lora_params, bst["lora"]):
@@ -672,6 +822,7 @@ def main():
     with open(os.path.join(work, "eval", f"final-step{step}.json"), "w") as f:
         json.dump(res, f, indent=1)
     log("done")
+    export(args, work)
 
 
 if __name__ == "__main__":

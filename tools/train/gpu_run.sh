@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Device side of a GPU training run (see tools/train/README.md, "On a GPU machine").
+# The payload made by tools/train/gpu_pack.sh arrives in pieces, one per call, as .xfer/pN/:
+#   tools/train/gpu_run.sh stage N              # keep piece N in $STAGE (piece 1 also checks the machine)
+#   tools/train/gpu_run.sh train MINUTES [ARGS]  # join the pieces, train for MINUTES, results in $OUT
+set -euo pipefail
+STAGE=${STAGE:-/tmp/avlm-stage}
+PAYLOAD=${PAYLOAD:-/tmp/avlm-payload}
+WORK=${WORK:-/tmp/avlm-work}
+OUT=${OUT:-$WORK/out}
+cd "$(dirname "$0")/../.."
+
+install_wheels() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$STAGE"/wheels/*.whl
+    touch /tmp/site/.avlm-wheels
+}
+
+case "${1:-}" in
+stage)
+    n=$2
+    mkdir -p "$STAGE"
+    cp -r ".xfer/p$n/." "$STAGE/"
+    ls -la "$STAGE" | tail -n +2
+    if [ "$n" = 1 ]; then
+        nvidia-smi -L || true
+        echo "cpus $(nproc); $(free -g | awk '/Mem/ {print $2 " GiB memory"}'); $(df -h /tmp | awk 'NR==2 {print $4 " free in /tmp"}')"
+        install_wheels
+        PYTHONPATH=/tmp/site python3 -c 'import sys, torch, transformers, gguf, soundfile, scipy, safetensors; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "", "transformers", transformers.__version__, "libsndfile", soundfile.__libsndfile_version__)'
+    fi
+    ;;
+train)
+    minutes=$2
+    shift 2
+    [ -f /tmp/site/.avlm-wheels ] || install_wheels
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+    rm -rf "$PAYLOAD"
+    mkdir -p "$PAYLOAD" "$WORK" "$OUT" .avlm/models .avlm/train
+    t0=$(date +%s)
+    cat "$STAGE"/chunk_* | tar x -C "$PAYLOAD"
+    echo "payload joined in $(( $(date +%s) - t0 )) s: $(du -sh "$PAYLOAD" | cut -f1)"
+    ln -sf "$PAYLOAD/SmolLM2-135M-Instruct.Q4_1.gguf" .avlm/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    cp "$PAYLOAD/mel_filters_80.npy" .avlm/train/mel_filters_80.npy
+    python3 tools/train/train_projector.py --device cuda --work "$WORK" \
+        --audio-packs "$PAYLOAD/packs" --encoder "$PAYLOAD/whisper-tiny.en-encoder.f16.safetensors" \
+        --init-from "$PAYLOAD/init.pt" --workers "$(nproc)" --threads 4 \
+        --time-schedule --max-minutes "$minutes" --steps 10000000 \
+        --export-dir "$OUT" --check-llm "$@"
+    ;;
+*)
+    echo "usage: $0 stage N | train MINUTES [train_projector.py args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""The frozen Whisper tiny.en encoder in PyTorch, built from the initializers of avlm's own
+ONNX export (.avlm/models/whisper-tiny.en-encoder.onnx), for feature extraction on a GPU.
+
+It computes what tools/data/avlm_features.Encoder (onnxruntime, the server's graph) computes:
+conv1 (k3, pad 1) + GELU(erf), conv2 (k3, stride 2, pad 1) + GELU, + sinusoidal positions,
+4 pre-LN blocks (fused qkv, q scaled by 1/8, 6 heads of 64; erf-GELU MLP 1536), final LN,
+eps 1e-5.  Several utterances run as one padded batch: the mel is padded with zeros (what
+conv's own zero padding sees at the end of a shorter utterance) and padded key positions are
+masked, so each utterance's features equal the unpadded run (checked by `--check`).
+
+    # compare with onnxruntime on the real clips / a few training wavs
+    .avlm/venv/bin/python tools/train/whisper_torch.py --check [--device cpu]
+
+Weights can also come from a safetensors file (`save_weights`), e.g. float16 for transfer.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+
+N_LAYERS, D, HEADS = 4, 384, 6
+
+
+def onnx_weights(path: str) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(path)
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name.startswith("encoder/")}
+
+
+def save_weights(w: dict[str, np.ndarray], path: str, dtype=np.float16) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v.astype(dtype)) for k, v in w.items()}, path)
+
+
+def load_weights(path: str) -> dict[str, np.ndarray]:
+    if path.endswith(".onnx"):
+        return onnx_weights(path)
+    from safetensors.numpy import load_file
+
+    return {k: v.astype(np.float32) for k, v in load_file(path).items()}
+
+
+class WhisperEncoder(torch.nn.Module):
+    def __init__(self, w: dict[str, np.ndarray]):
+        super().__init__()
+        self.w = torch.nn.ParameterDict()
+        for k, v in w.items():
+            self.w[k.replace("/", "__")] = torch.nn.Parameter(torch.from_numpy(np.asarray(v, np.float32).copy()),
+                                                             requires_grad=False)
+
+    def p(self, name: str) -> torch.Tensor:
+        return self.w[("encoder/" + name).replace("/", "__")]
+
+    @torch.no_grad()
+    def forward(self, mel: torch.Tensor, frames: list[int] | None = None) -> torch.Tensor:
+        """mel [B, 80, T] (T even; zero-padded past each utterance's own `frames`) ->
+        features [B, T/2, 384]; rows past frames[b]/2 are garbage."""
+        B, _, T = mel.shape
+        x = TF.gelu(TF.conv1d(mel, self.p("conv1/weight"), self.p("conv1/bias"), padding=1))
+        x = TF.gelu(TF.conv1d(x, self.p("conv2/weight"), self.p("conv2/bias"), stride=2, padding=1))
+        x = x.transpose(1, 2) + self.p("position_encodings/encodings")[: T // 2]
+        mask = None
+        if frames is not None and any(f != T for f in frames):
+            valid = torch.arange(T // 2, device=mel.device)[None] < torch.tensor(frames, device=mel.device)[:, None] // 2
+            mask = torch.zeros(B, 1, 1, T // 2, device=mel.device, dtype=x.dtype)
+            mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+        for i in range(N_LAYERS):
+            a = f"layer_{i}/self_attention/"
+            h = TF.layer_norm(x, (D,), self.p(a + "layer_norm/gamma"), self.p(a + "layer_norm/beta"), 1e-5)
+            qkv = h @ self.p(a + "linear_0/weight_t") + self.p(a + "linear_0/bias")
+            q, k, v = (t.reshape(B, -1, HEADS, D // HEADS).transpose(1, 2) for t in qkv.split(D, -1))
+            s = (q * 0.125) @ k.transpose(-1, -2)
+            if mask is not None:
+                s = s + mask
+            ctx = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, -1, D)
+            x = x + ctx @ self.p(a + "linear_1/weight_t") + self.p(a + "linear_1/bias")
+            f = f"layer_{i}/ffn/"
+            h = TF.layer_norm(x, (D,), self.p(f + "layer_norm/gamma"), self.p(f + "layer_norm/beta"), 1e-5)
+            h = TF.gelu(h @ self.p(f + "linear_0/weight_t") + self.p(f + "linear_0/bias"))
+            x = x + h @ self.p(f + "linear_1/weight_t") + self.p(f + "linear_1/bias")
+        return TF.layer_norm(x, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)
+
+    def features_batch(self, mels: list[np.ndarray], device) -> list[torch.Tensor]:
+        """Each mel [80, frames] (frames even, avlm_features.log_mel) -> features [frames/2, 384]."""
+        T = max(m.shape[1] for m in mels)
+        x = torch.zeros(len(mels), 80, T, device=device)
+        for b, m in enumerate(mels):
+            x[b, :, : m.shape[1]] = torch.from_numpy(m).to(device)
+        out = self.forward(x, [m.shape[1] for m in mels])
+        return [out[b, : m.shape[1] // 2] for b, m in enumerate(mels)]
+
+
+def check(device: str) -> None:
+    """Features of the torch encoder vs onnxruntime: single utterances and one padded batch."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
+    import glob
+
+    import avlm_features as F
+
+    ort_enc = F.Encoder(threads=2)
+    enc = WhisperEncoder(onnx_weights(F.ENCODER)).to(device)
+    wavs = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav"))[:3]
+    wavs += sorted(glob.glob(os.path.join(F.TRAIN_DIR, "data", "wav", "*.wav")))[:5]
+    mels = [F.log_mel(F.read_wav(p), ort_enc.filters) for p in wavs]
+    ref = [ort_enc.sess.run(["features"], {"mel": m[None]})[0][0] for m in mels]
+    got = [t.cpu().numpy() for t in enc.features_batch(mels, device)]
+    worst = 0.0
+    for p, r, g in zip(wavs, ref, got):
+        d = float(np.abs(r - g).max())
+        worst = max(worst, d)
+        print(f"{os.path.basename(p)}: frames {r.shape[0]}  max |torch - onnxruntime| {d:.2e} (scale {np.abs(r).max():.1f})")
+    w16 = {k: v.astype(np.float16).astype(np.float32) for k, v in onnx_weights(F.ENCODER).items()}
+    g16 = WhisperEncoder(w16).to(device).features_batch(mels, device)
+    d16 = max(float(np.abs(r - g.cpu().numpy()).max()) for r, g in zip(ref, g16))
+    print(f"worst (f32 weights, batched with padding): {worst:.2e}; with float16-rounded weights: {d16:.2e}")
+    if worst > 1e-3:
+        raise SystemExit("torch encoder disagrees with onnxruntime")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    if a.check:
+        check(a.device)
