@@ -41,33 +41,40 @@ FRAME = 320  # 20 ms at 16 kHz
 SPEEDS = [(10, 9), (20, 19), (1, 1), (20, 21), (10, 11)]
 
 
+def _encode_pack(job):
+    data, out, name, group, bitrate = job
+    chunks, pos, index = [], 0, []
+    for r in group:
+        x = F.read_wav(os.path.join(data, r["wav"]))
+        n = len(x)
+        pad = (-n) % FRAME
+        chunks.append(np.concatenate([x, np.zeros(pad, np.float32)]))
+        index.append({"id": r["id"], "split": r["split"], "text": r["text"], "pack": name, "start": pos, "n": n})
+        pos += n + pad
+    pcm = np.clip(np.round(np.concatenate(chunks) * 32767.0), -32768, 32767).astype("<i2").tobytes()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
+                    "-c:a", "libopus", "-b:a", bitrate, "-application", "voip", "-cutoff", "8000",
+                    os.path.join(out, name)], input=pcm, check=True)
+    return index, pos / F.SR, os.path.getsize(os.path.join(out, name))
+
+
 def pack(args):
+    from multiprocessing import Pool
+
     recs = [json.loads(line) for line in open(os.path.join(args.data, "manifest.jsonl"))]
     recs = [r for r in recs if r.get("wav")]
     if args.limit:
         recs = recs[: args.limit]
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    index = []
-    groups = [recs[i:: args.packs] for i in range(args.packs)]
-    total_bytes, total_s = 0, 0.0
-    for p, group in enumerate(groups):
-        name = f"pack_{p:02d}.ogg"
-        chunks, pos = [], 0
-        for r in group:
-            x = F.read_wav(os.path.join(args.data, r["wav"]))
-            n = len(x)
-            pad = (-n) % FRAME
-            chunks.append(np.concatenate([x, np.zeros(pad, np.float32)]))
-            index.append({"id": r["id"], "split": r["split"], "text": r["text"], "pack": name, "start": pos, "n": n})
-            pos += n + pad
-        pcm = np.clip(np.round(np.concatenate(chunks) * 32767.0), -32768, 32767).astype("<i2").tobytes()
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-",
-                        "-c:a", "libopus", "-b:a", args.bitrate, "-application", "voip", "-cutoff", "8000",
-                        os.path.join(args.out, name)], input=pcm, check=True)
-        total_bytes += os.path.getsize(os.path.join(args.out, name))
-        total_s += pos / F.SR
-        print(f"{name}: {len(group)} utts, {pos / F.SR / 3600:.2f} h", flush=True)
+    jobs = [(args.data, args.out, f"pack_{p:02d}.ogg", recs[p:: args.packs], args.bitrate) for p in range(args.packs)]
+    index, total_s, total_bytes = [], 0.0, 0
+    with Pool(args.jobs) as pool:
+        for (_, _, name, group, _), (idx, secs, size) in zip(jobs, pool.imap(_encode_pack, jobs)):
+            index += idx
+            total_s += secs
+            total_bytes += size
+            print(f"{name}: {len(group)} utts, {secs / 3600:.2f} h, {size / 1e6:.1f} MB", flush=True)
     with open(os.path.join(args.out, "index.jsonl"), "w") as f:
         for r in index:
             f.write(json.dumps(r) + "\n")
@@ -130,6 +137,7 @@ def main():
                    help="number of packs: the GPU machine decodes one pack per worker job (64 for 16 workers)")
     p.add_argument("--bitrate", default="16k")
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=os.cpu_count())
     args = ap.parse_args()
     if args.cmd == "pack":
         pack(args)
