@@ -305,8 +305,8 @@ class CTCAux(nn.Module):
     def __init__(self, emb: torch.Tensor):
         super().__init__()
         self.emb = emb                                   # [V, D] frozen
-        self.blank_w = nn.Parameter(torch.zeros(emb.shape[1]))
-        self.blank_b = nn.Parameter(torch.zeros(()))
+        self.blank_w = nn.Parameter(torch.zeros(emb.shape[1], device=emb.device))
+        self.blank_b = nn.Parameter(torch.zeros((), device=emb.device))
 
     def forward(self, audio, utts):
         G = [a.shape[0] for a in audio]
