@@ -738,7 +738,8 @@ def main():
                 "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}
 
     meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
-            "data": os.path.relpath(data_dir, REPO)}
+            "data": (f"audio packs {args.audio_packs} ({len(train)} train utterances, {args.views} view(s))"
+                     if args.audio_packs else os.path.relpath(data_dir, REPO))}
     loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
     t_start = time.time()
