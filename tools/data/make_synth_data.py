@@ -234,16 +234,20 @@ def plan(args, pool_train, pool_heldout):
     for i in range(args.heldout):
         split = "heldout_voice" if i < n_ho_voice else "heldout_joe"
         items.append((split, i, pool_heldout[order_ho[i % len(order_ho)]]))
+    for i in range(getattr(args, "heldout_kokoro", 0)):   # sentences after the other held-out ones
+        items.append(("heldout_kokoro", i, pool_heldout[order_ho[(args.heldout + i) % len(order_ho)]]))
     return items
 
 
 def synth_item(split, i, sent, args, joe, bank, kokoro=None):
     rng = np.random.default_rng([args.seed, 1 if split == "train" else 2, i])
     krng = np.random.default_rng([args.seed, 5, i])   # its own stream: other utterances stay as they were
-    if kokoro is not None and split == "train" and i >= args.kokoro_from and krng.random() < args.kokoro_p:
+    if split == "heldout_kokoro" or (kokoro is not None and split == "train" and i >= args.kokoro_from
+                                      and krng.random() < args.kokoro_p):
         import kokoro_voices as K
 
-        kv = K.TRAIN[int(krng.integers(len(K.TRAIN)))]
+        voices = K.TRAIN if split == "train" else sorted(K.HELDOUT)
+        kv = voices[int(krng.integers(len(voices)))]
         tts = {"engine": "kokoro", "voice": kv, "speed": round(float(krng.uniform(0.85, 1.2)), 3)}
         x = kokoro(sent["text"], kv, tts["speed"])
         voice = f"kokoro:{kv}"
@@ -305,7 +309,7 @@ def run_shard(args):
     joe = Joe(args.seed + args.shard)
     enc = None if args.no_feats else F.Encoder(threads=1)
     kokoro = None
-    if args.kokoro_p > 0:
+    if args.kokoro_p > 0 or args.heldout_kokoro > 0:
         import kokoro_voices as K
 
         kokoro = K.KokoroTTS(threads=1)
@@ -362,7 +366,8 @@ def merge(args):
     tr_voice = {r["voice"] for r in recs if r["split"] == "train"}
     ho = [r for r in recs if r["split"] != "train"]
     assert not any(r["text"] in tr_text for r in ho), "held-out sentence in train"
-    assert not any(r["voice"] in tr_voice for r in ho if r["split"] == "heldout_voice"), "held-out voice in train"
+    assert not any(r["voice"] in tr_voice for r in ho if r["split"] in ("heldout_voice", "heldout_kokoro")), \
+        "held-out voice in train"
     print("checked: held-out sentences and held-out voices absent from train")
 
 
@@ -381,6 +386,10 @@ def main():
     ap.add_argument("--kokoro-p", type=float, default=0.0,
                     help="probability that a training utterance at index >= --kokoro-from is spoken by one of "
                          "Kokoro-82M's 24 training voices (tools/data/kokoro_voices.py); 0: none")
+    ap.add_argument("--heldout-kokoro", type=int, default=0,
+                    help="add N held-out utterances (split heldout_kokoro) in the 4 Kokoro voices kept out of "
+                         "training, on held-out sentences; best in a data dir of their own, so the 150-clip "
+                         "held-out set stays as it is")
     ap.add_argument("--kokoro-from", type=int, default=0,
                     help="first training index that may use Kokoro (e.g. 20000 keeps the first 20,000 as they were)")
     ap.add_argument("--overwrite", action="store_true")
