@@ -304,7 +304,14 @@ def run_shard(args):
     man_path = os.path.join(args.out, f"manifest.{args.shard}.jsonl")
     done = set()
     if os.path.exists(man_path) and not args.overwrite:
-        done = {json.loads(line)["id"] for line in open(man_path)}
+        # a run killed mid-line leaves a partial last line: cut the file back to the last whole line
+        raw = open(man_path, "rb").read()
+        whole = raw[: raw.rfind(b"\n") + 1]
+        if len(whole) != len(raw):
+            print(f"{man_path}: dropping a partial last line ({len(raw) - len(whole)} bytes)", flush=True)
+            with open(man_path, "wb") as f:
+                f.write(whole)
+        done = {json.loads(line)["id"] for line in whole.decode().splitlines()}
         print(f"resuming shard {args.shard}: {len(done)} done", flush=True)
     joe = Joe(args.seed + args.shard)
     enc = None if args.no_feats else F.Encoder(threads=1)
