@@ -29,7 +29,7 @@ Output (under --out):
   feats/<id>.npy     float16 [frames/2, 384] Whisper tiny.en encoder features (not with --no-feats)
   wav/<id>.wav       16 kHz 16-bit (per --save-wav; default held-out only)
   manifest.<shard>.jsonl, then manifest.jsonl after --merge; one line per utterance:
-    {"id", "split": train|heldout_voice|heldout_joe, "feats", "wav", "text" (normalised
+    {"id", "split": train|heldout_voice|heldout_joe|heldout_kokoro, "feats", "wav", "text" (normalised
      target), "tts_text", "source", "voice", "tts": {...}, "aug": {...}, "seconds", "enc_frames"}
 Deterministic: each utterance's choices come from numpy default_rng([seed, index]);
 Piper's noise additionally depends on the call order inside one shard process, so a
@@ -52,6 +52,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import avlm_features as F  # noqa: E402
+import kokoro_voices as K  # noqa: E402  (its runtime, kokoro-onnx, is imported only when used)
 import text_corpus  # noqa: E402
 
 SEED = 20261126
@@ -234,7 +235,7 @@ def plan(args, pool_train, pool_heldout):
     for i in range(args.heldout):
         split = "heldout_voice" if i < n_ho_voice else "heldout_joe"
         items.append((split, i, pool_heldout[order_ho[i % len(order_ho)]]))
-    for i in range(getattr(args, "heldout_kokoro", 0)):   # sentences after the other held-out ones
+    for i in range(args.heldout_kokoro):   # sentences after the other held-out ones
         items.append(("heldout_kokoro", i, pool_heldout[order_ho[(args.heldout + i) % len(order_ho)]]))
     return items
 
@@ -244,12 +245,10 @@ def synth_item(split, i, sent, args, joe, bank, kokoro=None):
     krng = np.random.default_rng([args.seed, 5, i])   # its own stream: other utterances stay as they were
     if split == "heldout_kokoro" or (kokoro is not None and split == "train" and i >= args.kokoro_from
                                       and krng.random() < args.kokoro_p):
-        import kokoro_voices as K
-
         voices = K.TRAIN if split == "train" else sorted(K.HELDOUT)
         kv = voices[int(krng.integers(len(voices)))]
         tts = {"engine": "kokoro", "voice": kv, "speed": round(float(krng.uniform(0.85, 1.2)), 3)}
-        x = kokoro(sent["text"], kv, tts["speed"])
+        x = resample(kokoro(sent["text"], kv, tts["speed"]), K.SR, SR)
         voice = f"kokoro:{kv}"
     elif split == "heldout_joe" or (split == "train" and rng.random() < P_JOE_TRAIN):
         tts = {"engine": "piper", "voice": "en_US-joe-medium",
@@ -317,8 +316,6 @@ def run_shard(args):
     enc = None if args.no_feats else F.Encoder(threads=1)
     kokoro = None
     if args.kokoro_p > 0 or args.heldout_kokoro > 0:
-        import kokoro_voices as K
-
         kokoro = K.KokoroTTS(threads=1)
     bank = babble_bank(args, pool_tr, joe)
     n_new, audio_s = 0, 0.0
@@ -389,7 +386,7 @@ def main():
     ap.add_argument("--save-wav", choices=["none", "heldout", "all"], default="heldout")
     ap.add_argument("--no-feats", action="store_true",
                     help="skip the encoder (no feats/*.npy): for audio that is encoded elsewhere, e.g. "
-                         "with --save-wav all for tools/train/gpu/ (features computed on the GPU machine)")
+                         "with --save-wav all for tools/train/audio_packs.py (features computed on the GPU machine)")
     ap.add_argument("--kokoro-p", type=float, default=0.0,
                     help="probability that a training utterance at index >= --kokoro-from is spoken by one of "
                          "Kokoro-82M's 24 training voices (tools/data/kokoro_voices.py); 0: none")

@@ -13,7 +13,7 @@ instead of a file per utterance keeps the container overhead near zero.  Decoded
 libsndfile (PyPI soundfile), the samples line up with the originals (no codec delay left).
 
 Opus at 16 kbps is lossy: on Whisper tiny.en features it changes about as much as white
-noise at 30-40 dB SNR does (measured on held-out clips), which the training data's own
+noise at 30 dB SNR does (measured on held-out clips), which the training data's own
 augmentation already exceeds; the real clips and every evaluation stay uncompressed.
 
 `mels_of_pack` (run in worker processes) decodes one pack and returns, for each utterance and
@@ -35,10 +35,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "data"))
 import avlm_features as F  # noqa: E402
+import make_synth_data as M  # noqa: E402  (speed, pink: the generator's own augmentation)
 
 FRAME = 320  # 20 ms at 16 kHz
-# speed factors 0.9, 0.95, 1.0, 1.05, 1.1 as resampling ratios (small ratios resample fast)
-SPEEDS = [(10, 9), (20, 19), (1, 1), (20, 21), (10, 11)]
+# speed factors as ratios of small integers (resample_poly reduces 100/90 to 10/9: fast)
+SPEEDS = [0.9, 0.95, 1.0, 1.05, 1.1]
 
 
 def _encode_pack(job):
@@ -86,25 +87,15 @@ def read_index(pack_dir: str) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(pack_dir, "index.jsonl"))]
 
 
-def _pink(rng, n):
+def reaugment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     from scipy.fft import next_fast_len
 
-    m = next_fast_len(n, real=True)   # an FFT of a prime-ish length is 10x slower
-    spec = np.fft.rfft(rng.standard_normal(m))
-    spec[1:] /= np.sqrt(np.arange(1, len(spec)))
-    spec[0] = 0
-    x = np.fft.irfft(spec, m)[:n]
-    return x / (np.std(x) + 1e-12)
-
-
-def reaugment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    up, down = SPEEDS[int(rng.integers(len(SPEEDS)))]
-    if up != down:
-        x = resample_poly(x.astype(np.float64), up, down)
+    f = SPEEDS[int(rng.integers(len(SPEEDS)))]
+    if f != 1.0:
+        x = M.speed(x, f)
     if rng.random() < 0.5:
-        nz = rng.standard_normal(len(x)) if rng.random() < 0.5 else _pink(rng, len(x))
+        # pink noise at a fast FFT length, cut to size: an FFT of a prime-ish length is 10x slower
+        nz = rng.standard_normal(len(x)) if rng.random() < 0.5 else M.pink(rng, next_fast_len(len(x), real=True))[: len(x)]
         snr = float(rng.uniform(15, 40))
         x = x + nz * np.sqrt((np.mean(x ** 2) + 1e-12) / (np.mean(nz ** 2) * 10 ** (snr / 10)))
     return np.clip(x, -1, 1).astype(np.float32)

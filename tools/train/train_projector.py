@@ -44,6 +44,7 @@ never used to choose anything.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import math
@@ -251,12 +252,6 @@ class Utt:
         return self.views[0]
 
 
-def stack4(feats: torch.Tensor, k: int = F.STACK_K) -> torch.Tensor:
-    """Torch twin of avlm_features.stack4: [T, 384] -> [T // k, k * 384]."""
-    g = feats.shape[0] // k
-    return feats[: g * k].reshape(g, k * feats.shape[1])
-
-
 def spec_augment(feats: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Time masks (2 x up to 8% of frames) and channel masks (2 x up to 24 of 384) on encoder features."""
     x = feats.float().clone()
@@ -330,7 +325,7 @@ def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None):
 
 
 def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
-    stacked = [stack4(f.to(DEV).float()) for f in feats_list]
+    stacked = [F.stack4(f.to(DEV).float()) for f in feats_list]   # (slicing + reshape: works on tensors)
     audio = list(proj(torch.cat(stacked, 0)).split([x.shape[0] for x in stacked]))
     seqs, tgt_pos, tgt_ids = [], [], []
     P, S = len(prompt.pre_ids), len(prompt.suf_ids)
@@ -358,7 +353,7 @@ def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
 def greedy(m, proj, prompt, feats, max_new=64):
     if isinstance(feats, np.ndarray):
         feats = torch.from_numpy(feats)
-    a = proj(stack4(feats.to(DEV).float()))
+    a = proj(F.stack4(feats.to(DEV).float()))
     x = torch.cat([prompt.pre, a, prompt.suf], 0)[None]
     out = m(inputs_embeds=x, use_cache=True)
     past, ids = out.past_key_values, []
@@ -407,7 +402,13 @@ def real_clips():
     return out
 
 
-def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
+@functools.cache
+def real_clip_encoder():
+    """The onnxruntime encoder for the real clips: built on first use, once per process."""
+    return F.Encoder(threads=1)
+
+
+def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None):
     m.eval()
     res = {"tag": tag}
     t0 = time.time()
@@ -427,8 +428,7 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None, enc=None):
     res["synthetic_decode_s"] = round(time.time() - t0, 1)
     real = []
     for name, wav, ref in real_clips():
-        enc = enc or F.Encoder(threads=1)
-        feats = enc.features(F.read_wav(wav))
+        feats = real_clip_encoder().features(F.read_wav(wav))
         hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, feats)))
         real.append({"id": name, "ref": ref, "hyp": hyp})
     if real:
@@ -693,13 +693,13 @@ def main():
         if step < args.warmup:
             return (step + 1) / args.warmup
         if args.time_schedule and args.max_minutes:
-            pr = min(1.0, (time.time() - t_sched[0]) / 60 / args.max_minutes)
+            pr = min(1.0, (time.time() - t_sched) / 60 / args.max_minutes)
         else:
             pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
 
     step, best, history = 0, float("inf"), []
-    t_sched = [time.time()]   # reset when warmup ends (the time schedule starts there)
+    t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
     if args.init_from:
         st = torch.load(args.init_from, weights_only=False, map_location=DEV)
@@ -744,14 +744,12 @@ def main():
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
     t_start = time.time()
     t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
-    enc = None
-    export(args, work)
-    ep_cache = {}
+    batches_epoch, batches = None, None
     while step < args.steps:
         epoch, idx = divmod(step, per_epoch)
-        if epoch not in ep_cache:
-            ep_cache = {epoch: epoch_batches(train, args.batch, args.seed, epoch)}
-        bidx = ep_cache[epoch][idx]
+        if epoch != batches_epoch:   # one shuffle per epoch, not per step
+            batches_epoch, batches = epoch, epoch_batches(train, args.batch, args.seed, epoch)
+        bidx = batches[idx]
         us = [train[i] for i in bidx]
         rng = np.random.default_rng([args.seed, 200, step])
         views = [u.views[int(rng.integers(len(u.views)))] if len(u.views) > 1 else u.feats for u in us]
@@ -776,7 +774,7 @@ def main():
                "ctc": round(float(ctc_loss.detach()), 4) if ctc_loss is not None else None, "elapsed_s": round(time.time() - t_start, 1), "epoch": epoch}
         loss_log.write(json.dumps(rec) + "\n")
         if step == args.warmup:
-            t_sched[0] = time.time()
+            t_sched = time.time()
         if step % args.log_every == 0:
             dt = time.time() - t_win
             k = args.log_every
@@ -804,7 +802,7 @@ def main():
             for p in old:
                 os.remove(p)
             if args.eval_every and step % args.eval_every == 0 and step != args.steps:
-                evaluate(m, proj, prompt, tok, heldout, log, f"step{step}", args.eval_limit, enc)
+                evaluate(m, proj, prompt, tok, heldout, log, f"step{step}", args.eval_limit)
             t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
             if out_of_time:
                 log(f"--max-minutes {args.max_minutes} reached at step {step}: stopping (resume with --resume)")
@@ -818,7 +816,7 @@ def main():
     if bst.get("lora") is not None:
         for p, v in zip(lora_params, bst["lora"]):
             p.data.copy_(v)
-    res = evaluate(m, proj, prompt, tok, heldout, log, f"best@{bst['step']}", args.eval_limit, enc)
+    res = evaluate(m, proj, prompt, tok, heldout, log, f"best@{bst['step']}", args.eval_limit)
     res.update({"best_step": bst["step"], "best_val_loss": bst["best"], "history": history})
     with open(os.path.join(work, "eval", f"final-step{step}.json"), "w") as f:
         json.dump(res, f, indent=1)
