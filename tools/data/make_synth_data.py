@@ -353,7 +353,16 @@ def merge(args):
     for p in sorted(glob.glob(os.path.join(args.out, "manifest.*.jsonl"))):
         if os.path.basename(p) == "manifest.jsonl":
             continue
-        recs += [json.loads(line) for line in open(p)]
+        lines = open(p).read().split("\n")
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]):
+                    raise
+                print(f"{p}: dropped an unfinished last line (a shard stopped mid-write; resuming redoes it)")
     recs.sort(key=lambda r: (r["split"], r["id"]))
     with open(os.path.join(args.out, "manifest.jsonl"), "w") as f:
         for r in recs:

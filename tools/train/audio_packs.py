@@ -5,6 +5,9 @@ no TTS, and its decoding into log-mel spectrograms there.
     # pack the utterances of a --no-feats --save-wav all data dir (tools/data/make_synth_data.py)
     .avlm/venv/bin/python tools/train/audio_packs.py pack --data .avlm/train/data_audio \\
         --out .avlm/train/packs --packs 64 --bitrate 16k
+    # after the data dir grew: pack only the new utterances, into 16 more packs
+    .avlm/venv/bin/python tools/train/audio_packs.py pack --data .avlm/train/data_audio \\
+        --out .avlm/train/packs --packs 16 --append
 
 A pack is one Opus stream (16 kHz mono, `--bitrate`, voip mode, 8 kHz bandwidth) of many
 utterances laid end to end, each padded with silence to a whole 20 ms Opus frame; index.jsonl
@@ -67,9 +70,19 @@ def pack(args):
     if args.limit:
         recs = recs[: args.limit]
     os.makedirs(args.out, exist_ok=True)
+    index, first = [], 0
+    if args.append and os.path.exists(os.path.join(args.out, "index.jsonl")):
+        index = read_index(args.out)
+        have = {r["id"] for r in index}
+        first = len({r["pack"] for r in index})
+        recs = [r for r in recs if r["id"] not in have]
+        print(f"--append: {len(index)} utterances already in {first} packs; packing {len(recs)} more", flush=True)
+        if not recs:
+            return
     t0 = time.time()
-    jobs = [(args.data, args.out, f"pack_{p:02d}.ogg", recs[p:: args.packs], args.bitrate) for p in range(args.packs)]
-    index, total_s, total_bytes = [], 0.0, 0
+    jobs = [(args.data, args.out, f"pack_{first + p:02d}.ogg", recs[p:: args.packs], args.bitrate)
+            for p in range(args.packs) if recs[p:: args.packs]]
+    total_s, total_bytes = 0.0, 0
     with Pool(args.jobs) as pool:
         for (_, _, name, group, _), (idx, secs, size) in zip(jobs, pool.imap(_encode_pack, jobs)):
             index += idx
@@ -79,7 +92,7 @@ def pack(args):
     with open(os.path.join(args.out, "index.jsonl"), "w") as f:
         for r in index:
             f.write(json.dumps(r) + "\n")
-    print(f"packed {len(index)} utterances, {total_s / 3600:.2f} h, {total_bytes / 1e6:.1f} MB "
+    print(f"packed {len(index)} utterances in all; this run {total_s / 3600:.2f} h, {total_bytes / 1e6:.1f} MB "
           f"({8 * total_bytes / total_s / 1000:.1f} kbit/s) in {time.time() - t0:.0f} s")
 
 
@@ -102,10 +115,13 @@ def reaugment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def mels_of_pack(job):
-    """(pack_dir, pack name, [(uid_number, start, n)], views, seed, filters) -> [(uid_number, view, mel)]"""
+    """(pack_dir, pack name, [(uid_number, start, n)], views, seed, filters[, keep_audio]) ->
+    [(uid_number, view, mel)], plus (uid_number, -1, int16 audio) for each utterance when
+    keep_audio (train_projector.py --online-aug augments that audio on the device)."""
     import soundfile as sf
 
-    pack_dir, name, items, views, seed, filters = job
+    pack_dir, name, items, views, seed, filters = job[:6]
+    keep_audio = len(job) > 6 and job[6]
     audio, sr = sf.read(os.path.join(pack_dir, name), dtype="float32")
     if sr != F.SR:
         raise SystemExit(f"{name}: decoded at {sr} Hz, expected {F.SR}")
@@ -115,6 +131,8 @@ def mels_of_pack(job):
         for v in range(views):
             y = x if v == 0 else reaugment(x, np.random.default_rng([seed, k, v]))
             out.append((k, v, F.log_mel(y, filters)))
+        if keep_audio:
+            out.append((k, -1, np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)))
     return out
 
 
@@ -128,6 +146,8 @@ def main():
                    help="number of packs: the GPU machine decodes one pack per worker job (64 for 16 workers)")
     p.add_argument("--bitrate", default="16k")
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--append", action="store_true",
+                   help="keep the packs and index already in --out; pack only utterances not in it, into --packs new packs")
     p.add_argument("--jobs", type=int, default=os.cpu_count())
     args = ap.parse_args()
     if args.cmd == "pack":

@@ -236,13 +236,14 @@ DEV = torch.device("cpu")   # --device
 class Utt:
     """One utterance: its target tokens and one or more feature "views" (float16 tensors
     [T, 384] on DEV; view 0 is the audio as generated, others are re-augmented copies)."""
-    __slots__ = ("id", "views", "target", "text", "g")
+    __slots__ = ("id", "views", "target", "text", "g", "audio")
 
     def __init__(self, rec, data_dir, tok, views=None):
         self.id = rec["id"]
         if views is None:
             views = [torch.from_numpy(np.load(os.path.join(data_dir, rec["feats"]))).to(DEV)]  # float16 [T, 384]
         self.views = views
+        self.audio = None                 # int16 samples on DEV (--online-aug only)
         self.text = rec["text"]
         self.target = tok_ids(tok, rec["text"]) + [IM_END]
         self.g = self.views[0].shape[0] // F.STACK_K
@@ -458,7 +459,7 @@ def val_loss(m, proj, prompt, heldout, batch=None):
     return tot / max(1, n)
 
 
-def start_pack_decoding(pack_dir, views, seed, workers):
+def start_pack_decoding(pack_dir, views, seed, workers, keep_audio=False):
     """Start decoding audio packs (tools/train/audio_packs.py) into log-mels (the server's math)
     in worker processes; the LLM loads meanwhile.  Returns the handle for load_from_packs."""
     import multiprocessing as mp
@@ -471,7 +472,7 @@ def start_pack_decoding(pack_dir, views, seed, workers):
     for k, r in enumerate(index):
         by_pack.setdefault(r["pack"], []).append((k, r["start"], r["n"]))
     # one job per pack (a pack decodes as a whole): pack with several packs per worker
-    jobs = [(pack_dir, name, items, views, seed, filters) for name, items in sorted(by_pack.items())]
+    jobs = [(pack_dir, name, items, views, seed, filters, keep_audio) for name, items in sorted(by_pack.items())]
     pool = mp.get_context("spawn").Pool(max(1, min(workers, len(jobs))))
     return {"index": index, "views": views, "jobs": len(jobs), "t": time.time(), "pool": pool,
             "result": pool.map_async(AP.mels_of_pack, jobs, chunksize=1)}
@@ -483,10 +484,13 @@ def load_from_packs(h, tok, encoder_path, log):
     from whisper_torch import WhisperEncoder, load_weights
 
     index, views = h["index"], h["views"]
-    mels = {}
+    mels, audio = {}, {}
     for res in h["result"].get():
         for k, v, mel in res:
-            mels[(k, v)] = mel
+            if v < 0:
+                audio[k] = torch.from_numpy(mel).to(DEV)      # int16 samples (--online-aug)
+            else:
+                mels[(k, v)] = mel
     h["pool"].close()
     h["pool"].join()
     log(f"decoded {len(index)} utterances x {views} view(s) in {h['jobs']} jobs into log-mel "
@@ -502,13 +506,37 @@ def load_from_packs(h, tok, encoder_path, log):
         ks = keys[i:i + step]
         for kv, f in zip(ks, enc.features_batch([mels.pop(kv) for kv in ks], DEV)):
             feats[kv] = f.half().clone()
-    del enc
     log(f"encoder features on {DEV}: {len(feats)} in {time.time() - t:.1f} s")
     train, heldout = [], []
     for k, r in enumerate(index):
         u = Utt(r, None, tok, views=[feats[(k, v)] for v in range(views)])
-        (train if r["split"] == "train" else heldout).append(u)
-    return train, heldout
+        if r["split"] == "train":
+            u.audio = audio.get(k)
+            train.append(u)
+        else:
+            heldout.append(u)
+    if audio:
+        log(f"kept the audio of {len(audio)} utterances on {DEV} for online augmentation "
+            f"({sum(a.numel() for a in audio.values()) * 2 / 1e9:.2f} GB)")
+        return train, heldout, enc
+    del enc
+    return train, heldout, None
+
+
+@torch.no_grad()
+def online_features(enc, audios, filters, rng, g, others):
+    """Fresh augmented views (tools/train/torch_aug.py) of int16 audio on DEV -> encoder
+    features [frames/2, 384] float16, one padded encoder batch."""
+    import torch_aug
+
+    oth = [a.float() / 32768.0 for a in others]
+    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth) for a in audios]
+    T = max(m.shape[1] for m in mels)
+    x = torch.zeros(len(mels), 80, T, device=DEV)
+    for b, m in enumerate(mels):
+        x[b, :, : m.shape[1]] = m
+    out = enc(x, [m.shape[1] for m in mels])
+    return [out[b, : m.shape[1] // 2].half() for b, m in enumerate(mels)]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -610,6 +638,10 @@ def main():
     ap.add_argument("--encoder", default=F.ENCODER, help="with --audio-packs: encoder weights (.onnx or .safetensors)")
     ap.add_argument("--views", type=int, default=1, help="with --audio-packs: feature views per utterance "
                                                          "(view 0 as packed, others re-augmented); one is drawn per step")
+    ap.add_argument("--online-aug", type=float, default=0.0,
+                    help="with --audio-packs: probability per utterance and step of a fresh on-device augmented "
+                         "view (tools/train/torch_aug.py: speed, reverberation, white/pink/babble noise, level) "
+                         "instead of a cached view")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--init-from", default=None,
                     help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
@@ -635,7 +667,10 @@ def main():
     log = Log(os.path.join(work, "train.log"))
     log(f"start: {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} thread(s))")
 
-    packs = start_pack_decoding(args.audio_packs, args.views, args.seed, args.workers) if args.audio_packs else None
+    if args.online_aug and not args.audio_packs:
+        raise SystemExit("--online-aug needs --audio-packs (it augments the decoded audio)")
+    packs = (start_pack_decoding(args.audio_packs, args.views, args.seed, args.workers, keep_audio=args.online_aug > 0)
+             if args.audio_packs else None)
     tok = load_tokenizer()
     m = load_llm(log)
     if args.check_llm:
@@ -644,8 +679,9 @@ def main():
     log(f"prompt ids: prefix {prompt.pre_ids} suffix {prompt.suf_ids}")
 
     t = time.time()
+    enc = None
     if args.audio_packs:
-        train, heldout = load_from_packs(packs, tok, args.encoder, log)
+        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log)
     else:
         recs = read_manifest(data_dir)
         train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
@@ -738,9 +774,12 @@ def main():
                 "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}
 
     meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
-            "data": (f"audio packs {args.audio_packs} ({len(train)} train utterances, {args.views} view(s))"
+            "data": (f"audio packs {args.audio_packs} ({len(train)} train utterances, {args.views} view(s)"
+                     + (f", online augmentation p {args.online_aug})" if args.online_aug else ")")
                      if args.audio_packs else os.path.relpath(data_dir, REPO))}
     loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
+    mel_t = torch.from_numpy(F.mel_filters().astype(np.float32)).to(DEV) if enc is not None else None
+    n_online = 0
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
     t_start = time.time()
     t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
@@ -753,6 +792,15 @@ def main():
         us = [train[i] for i in bidx]
         rng = np.random.default_rng([args.seed, 200, step])
         views = [u.views[int(rng.integers(len(u.views)))] if len(u.views) > 1 else u.feats for u in us]
+        if enc is not None:
+            fresh = [b for b in range(len(us)) if rng.random() < args.online_aug]
+            if fresh:
+                others = [train[int(i)].audio for i in rng.integers(0, len(train), size=8)]
+                g = torch.Generator(device=DEV)
+                g.manual_seed(int(rng.integers(1 << 62)))
+                for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, g, others)):
+                    views[b] = f
+                n_online += len(fresh)
         feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
         fac = lr_factor(step)
         for g, b in zip(opt.param_groups, base_lrs):
@@ -780,7 +828,8 @@ def main():
             k = args.log_every
             log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} "
                 + (f"ctc {ctc_sum / k:.3f} " if ctc is not None else "") + f"lr {rec['lr']:.2e} "
-                f"gnorm {rec['gnorm']:.2f} {k / dt:.3f} steps/s {utt_win / dt:.2f} utt/s")
+                f"gnorm {rec['gnorm']:.2f} {k / dt:.3f} steps/s {utt_win / dt:.2f} utt/s"
+                + (f" ({n_online} online views so far)" if enc is not None else ""))
             t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
         out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
         if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
