@@ -11,7 +11,7 @@ never repeat.
 `log_mel` is the server's math (avlm_features.log_mel: Whisper's STFT, 80 mel bins, log10,
 max-8 clamp, (x+4)/4, an odd last frame dropped) in torch; `check()` compares it with the numpy
 version.  The augmentation draws, in order:
-  * speed 0.9-1.1 (uniform) by band-limited FFT resampling (tempo and pitch, like Kaldi's
+  * speed 0.90-1.10 (steps of 0.01) by band-limited FFT resampling (tempo and pitch, like Kaldi's
     speed perturbation);
   * with probability 0.25, reverberation: an exponentially decaying noise impulse response,
     RT60 0.15-0.7 s, direct-to-reverberant ratio 3-15 dB (the generator's `rir`);
@@ -30,13 +30,22 @@ import numpy as np
 import torch
 
 N_FFT, HOP, SR = 400, 160, 16000
+# Every FFT here has a length from a small fixed set, so that cuFFT reuses its cached plans: the
+# audio is zero-padded to a multiple of BUCKET samples and the speed factor is one of SPEEDS.
+# (With a length per utterance, plan creation made the first online run ~6x slower per step.)
+BUCKET = 8192
+SPEEDS = [round(0.9 + 0.01 * i, 2) for i in range(21)]
 
 
-def log_mel(x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """x [n] float32 audio -> [80, frames] log-mel (frames even), as avlm_features.log_mel."""
+def log_mel(x: torch.Tensor, filters: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    """x [n] float32 audio -> [80, frames] log-mel (frames even), as avlm_features.log_mel.
+    `frames`: keep only the first frames (x is zero-padded past them) before the per-utterance
+    normalisation."""
     win = torch.hann_window(N_FFT, periodic=True, device=x.device, dtype=x.dtype)
     spec = torch.stft(x, N_FFT, HOP, window=win, center=True, pad_mode="reflect", return_complex=True)
     power = spec.abs().pow(2)[:, :-1]                    # Whisper drops the last frame
+    if frames is not None:
+        power = power[:, :frames]
     mel = filters @ power
     lg = torch.log10(mel.clamp_min(1e-10))
     lg = torch.maximum(lg, lg.max() - 8.0)
@@ -88,16 +97,22 @@ def _fftconv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(torch.fft.rfft(x, L) * torch.fft.rfft(h, L), L)[: x.shape[0]]
 
 
-def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, others: list[torch.Tensor]) -> torch.Tensor:
-    """One fresh augmented copy of x [n] float32 (see the module docstring); `others` are
-    other utterances' audio for babble.  Scalar choices come from `rng` (no device syncs),
-    noise samples from the device generator `g`."""
+def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, others: list[torch.Tensor],
+            bucket: int = BUCKET) -> tuple[torch.Tensor, int]:
+    """One fresh augmented copy of x [n] float32 (see the module docstring), zero-padded to a
+    length from a fixed set, and the number of its samples that hold the utterance.  `others`
+    are other utterances' audio for babble.  Scalar choices come from `rng` (no device syncs),
+    noise samples from the device generator `g`.  bucket=1: no padding, any speed (slow on CUDA)."""
     dev = x.device
     u = rng.random(16).tolist()
-    x = resample(x, 0.9 + 0.2 * u[0])
+    n0 = x.shape[0]
+    x = torch.nn.functional.pad(x, (0, -(-n0 // bucket) * bucket - n0))
+    factor = SPEEDS[min(len(SPEEDS) - 1, int(u[0] * len(SPEEDS)))] if bucket > 1 else 0.9 + 0.2 * u[0]
+    x = resample(x, factor)
+    valid = min(x.shape[0], int(round(n0 / factor)))
     if u[1] < 0.25:
         x = _fftconv(x, _rir(u[8:11], g, dev))
-    if u[2] < 0.6 and x.shape[0] > 0:
+    if u[2] < 0.6 and valid > 0:
         n = x.shape[0]
         if u[3] < 0.25:
             nz = torch.randn(n, generator=g, device=dev)
@@ -113,16 +128,36 @@ def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, other
                 reps = o.roll(-off).repeat(n // max(1, o.shape[0]) + 1)[:n]
                 nz = nz + reps * float(rng.uniform(0.5, 1.0))
         snr = 5 + 25 * u[5]
-        ps = x.pow(2).mean() + 1e-12
-        pn = nz.pow(2).mean() + 1e-12
+        ps = x[:valid].pow(2).mean() + 1e-12
+        pn = nz[:valid].pow(2).mean() + 1e-12
         x = x + nz * torch.sqrt(ps / (pn * 10 ** (snr / 10)))
     x = x * 10 ** ((-10 + 16 * u[6]) / 20)
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0), valid
 
 
 def augmented_mel(x: torch.Tensor, filters: torch.Tensor, rng: np.random.Generator, g: torch.Generator,
-                  others: list[torch.Tensor]) -> torch.Tensor:
-    return log_mel(augment(x.float(), rng, g, others), filters)
+                  others: list[torch.Tensor], bucket: int = BUCKET) -> torch.Tensor:
+    y, valid = augment(x.float(), rng, g, others, bucket)
+    return log_mel(y, filters, valid // HOP)
+
+
+def bench(device: str, n: int = 128, rounds: int = 4) -> None:
+    """Time augmented_mel on n utterances of random length (1-8 s), bucketed vs bucket=1."""
+    import time
+
+    filt = torch.rand(80, N_FFT // 2 + 1, device=device)
+    rng = np.random.default_rng(0)
+    utts = [torch.randn(int(rng.integers(SR, 8 * SR)), device=device) * 0.1 for _ in range(n)]
+    for bucket in (1, BUCKET, 1, BUCKET):
+        g = torch.Generator(device=device).manual_seed(0)
+        for r in range(rounds):
+            t = time.time()
+            for x in utts:
+                augmented_mel(x, filt, rng, g, utts[:8], bucket)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            dt = time.time() - t
+        print(f"bucket {bucket}: {1000 * dt / n:.2f} ms per utterance (round {rounds}, {device})", flush=True)
 
 
 def check(device: str = "cpu") -> None:
@@ -154,6 +189,14 @@ def check(device: str = "cpu") -> None:
     g = torch.Generator(device=device).manual_seed(1)
     a = torch.from_numpy(F.read_wav(wavs[0])).to(device)
     m1 = augmented_mel(a, ft, np.random.default_rng(1), g, [a, a, a])
+    # padding to a bucket changes only the last frame or two (reflection vs zeros at the end)
+    pad = torch.nn.functional.pad(a, (0, BUCKET - a.shape[0] % BUCKET))
+    ref = log_mel(a, ft)
+    got = log_mel(pad, ft, a.shape[0] // HOP)
+    d = float((got[:, :-2] - ref[:, :-2]).abs().max())
+    print(f"padded to a bucket: shape {tuple(got.shape)} vs {tuple(ref.shape)}, max diff before the last 2 frames {d:.2e}")
+    if got.shape != ref.shape or d > 1e-3:
+        raise SystemExit("bucketed log-mel disagrees")
     r = resample(a, 1.1)
     print(f"augmented mel {tuple(m1.shape)}; resample 1.1: {a.shape[0]} -> {r.shape[0]} samples "
           f"(rms {float(a.pow(2).mean().sqrt()):.4f} -> {float(r.pow(2).mean().sqrt()):.4f})")
@@ -161,4 +204,9 @@ def check(device: str = "cpu") -> None:
 
 
 if __name__ == "__main__":
-    check()
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--bench":
+        bench(sys.argv[2] if len(sys.argv) > 2 else ("cuda" if torch.cuda.is_available() else "cpu"))
+    else:
+        check()
