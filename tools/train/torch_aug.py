@@ -15,9 +15,9 @@ version.  The augmentation draws, in order:
     speed perturbation);
   * with probability 0.25, reverberation: an exponentially decaying noise impulse response,
     RT60 0.15-0.7 s, direct-to-reverberant ratio 3-15 dB (the generator's `rir`);
-  * with probability 0.6, noise at 5-30 dB SNR (uniform): white (0.25), pink (0.25), or babble
-    (0.5): 3-6 other training utterances summed, each at a random offset, so that no single
-    interfering talker is intelligible;
+  * with probability 0.6, noise at 5-30 dB SNR (uniform; `--online-snr` sets the range):
+    white (0.25), pink (0.25), or babble (0.5): 3-6 other training utterances summed, each at a
+    random offset, so that no single interfering talker is intelligible;
   * a level change of -10..+6 dB, clipped to [-1, 1].
 Scalar choices come from the trainer's per-step numpy generator and noise samples from a
 torch.Generator it seeds per step: the same seed gives the same views on the same device.
@@ -98,7 +98,7 @@ def _fftconv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, others: list[torch.Tensor],
-            bucket: int = BUCKET) -> tuple[torch.Tensor, int]:
+            bucket: int = BUCKET, snr_range: tuple[float, float] = (5.0, 30.0)) -> tuple[torch.Tensor, int]:
     """One fresh augmented copy of x [n] float32 (see the module docstring), zero-padded to a
     length from a fixed set, and the number of its samples that hold the utterance.  `others`
     are other utterances' audio for babble.  Scalar choices come from `rng` (no device syncs),
@@ -127,7 +127,7 @@ def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, other
                 off = int(rng.integers(0, max(1, o.shape[0])))
                 reps = o.roll(-off).repeat(n // max(1, o.shape[0]) + 1)[:n]
                 nz = nz + reps * float(rng.uniform(0.5, 1.0))
-        snr = 5 + 25 * u[5]
+        snr = snr_range[0] + (snr_range[1] - snr_range[0]) * u[5]
         ps = x[:valid].pow(2).mean() + 1e-12
         pn = nz[:valid].pow(2).mean() + 1e-12
         x = x + nz * torch.sqrt(ps / (pn * 10 ** (snr / 10)))
@@ -136,8 +136,9 @@ def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, other
 
 
 def augmented_mel(x: torch.Tensor, filters: torch.Tensor, rng: np.random.Generator, g: torch.Generator,
-                  others: list[torch.Tensor], bucket: int = BUCKET) -> torch.Tensor:
-    y, valid = augment(x.float(), rng, g, others, bucket)
+                  others: list[torch.Tensor], bucket: int = BUCKET,
+                  snr_range: tuple[float, float] = (5.0, 30.0)) -> torch.Tensor:
+    y, valid = augment(x.float(), rng, g, others, bucket, snr_range)
     return log_mel(y, filters, valid // HOP)
 
 

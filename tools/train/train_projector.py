@@ -524,13 +524,13 @@ def load_from_packs(h, tok, encoder_path, log):
 
 
 @torch.no_grad()
-def online_features(enc, audios, filters, rng, g, others):
+def online_features(enc, audios, filters, rng, g, others, snr_range=(5.0, 30.0)):
     """Fresh augmented views (tools/train/torch_aug.py) of int16 audio on DEV -> encoder
     features [frames/2, 384] float16, one padded encoder batch."""
     import torch_aug
 
     oth = [a.float() / 32768.0 for a in others]
-    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth) for a in audios]
+    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth, snr_range=snr_range) for a in audios]
     T = max(m.shape[1] for m in mels)
     x = torch.zeros(len(mels), 80, T, device=DEV)
     for b, m in enumerate(mels):
@@ -642,6 +642,8 @@ def main():
                     help="with --audio-packs: probability per utterance and step of a fresh on-device augmented "
                          "view (tools/train/torch_aug.py: speed, reverberation, white/pink/babble noise, level) "
                          "instead of a cached view")
+    ap.add_argument("--online-snr", default="5,30",
+                    help="with --online-aug: SNR range in dB (low,high) of its white/pink/babble noise")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--init-from", default=None,
                     help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
@@ -729,7 +731,9 @@ def main():
         if step < args.warmup:
             return (step + 1) / args.warmup
         if args.time_schedule and args.max_minutes:
-            pr = min(1.0, (time.time() - t_sched) / 60 / args.max_minutes)
+            # the cosine ends when --max-minutes (counted from the first step) runs out
+            left_s = max(1.0, args.max_minutes * 60 - (t_sched - t_start))
+            pr = min(1.0, (time.time() - t_sched) / left_s)
         else:
             pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
@@ -779,6 +783,7 @@ def main():
                      if args.audio_packs else os.path.relpath(data_dir, REPO))}
     loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
     mel_t = torch.from_numpy(F.mel_filters().astype(np.float32)).to(DEV) if enc is not None else None
+    snr_range = tuple(float(v) for v in args.online_snr.split(","))
     n_online = 0
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
     t_start = time.time()
@@ -798,7 +803,7 @@ def main():
                 others = [train[int(i)].audio for i in rng.integers(0, len(train), size=8)]
                 g = torch.Generator(device=DEV)
                 g.manual_seed(int(rng.integers(1 << 62)))
-                for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, g, others)):
+                for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, g, others, snr_range)):
                     views[b] = f
                 n_online += len(fresh)
         feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
