@@ -152,14 +152,15 @@ def speed(x: np.ndarray, factor: float) -> np.ndarray:
     return resample_poly(x.astype(np.float64), 100, down).astype(np.float32)
 
 
-def rir(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    rt60 = float(rng.uniform(0.15, 0.8))
+def rir(rng: np.random.Generator, rt60_s=(0.15, 0.8), drr_range_db=(0.0, 12.0)) -> tuple[np.ndarray, dict]:
+    """Exponentially decaying noise impulse response (tools/train/torch_aug.py uses it too)."""
+    rt60 = float(rng.uniform(*rt60_s))
     n = int(rt60 * SR)
     t = np.arange(n) / SR
     h = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60)      # -60 dB at rt60
     pre = int(rng.uniform(0.001, 0.01) * SR)                       # direct-to-reverb delay
     h[:pre] = 0
-    drr_db = float(rng.uniform(0, 12))                             # direct-to-reverberant ratio
+    drr_db = float(rng.uniform(*drr_range_db))                     # direct-to-reverberant ratio
     h *= 10 ** (-drr_db / 20) / np.sqrt(np.sum(h ** 2) + 1e-12)
     h[0] = 1.0
     return h.astype(np.float32), {"rt60": round(rt60, 3), "drr_db": round(drr_db, 1)}
@@ -290,6 +291,20 @@ def babble_bank(args, pool_train, joe) -> list[np.ndarray]:
     return bank
 
 
+def read_shard_manifest(path: str, cut: bool = False) -> list[dict]:
+    """The records of a shard's manifest.  A shard stopped mid-write leaves an unfinished last
+    line (no newline): it is skipped (resuming redoes that utterance), and with `cut` also
+    removed from the file so that appending starts on a fresh line."""
+    raw = open(path, "rb").read()
+    whole = raw[: raw.rfind(b"\n") + 1]
+    if len(whole) != len(raw):
+        print(f"{path}: dropping an unfinished last line ({len(raw) - len(whole)} bytes)", flush=True)
+        if cut:
+            with open(path, "wb") as f:
+                f.write(whole)
+    return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+
+
 def run_shard(args):
     t0 = time.time()
     pool = text_corpus.sentences()
@@ -303,14 +318,7 @@ def run_shard(args):
     man_path = os.path.join(args.out, f"manifest.{args.shard}.jsonl")
     done = set()
     if os.path.exists(man_path) and not args.overwrite:
-        # a run killed mid-line leaves a partial last line: cut the file back to the last whole line
-        raw = open(man_path, "rb").read()
-        whole = raw[: raw.rfind(b"\n") + 1]
-        if len(whole) != len(raw):
-            print(f"{man_path}: dropping a partial last line ({len(raw) - len(whole)} bytes)", flush=True)
-            with open(man_path, "wb") as f:
-                f.write(whole)
-        done = {json.loads(line)["id"] for line in whole.decode().splitlines()}
+        done = {r["id"] for r in read_shard_manifest(man_path, cut=True)}
         print(f"resuming shard {args.shard}: {len(done)} done", flush=True)
     joe = Joe(args.seed + args.shard)
     enc = None if args.no_feats else F.Encoder(threads=1)
@@ -353,16 +361,7 @@ def merge(args):
     for p in sorted(glob.glob(os.path.join(args.out, "manifest.*.jsonl"))):
         if os.path.basename(p) == "manifest.jsonl":
             continue
-        lines = open(p).read().split("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]):
-                    raise
-                print(f"{p}: dropped an unfinished last line (a shard stopped mid-write; resuming redoes it)")
+        recs += read_shard_manifest(p)
     recs.sort(key=lambda r: (r["split"], r["id"]))
     with open(os.path.join(args.out, "manifest.jsonl"), "w") as f:
         for r in recs:

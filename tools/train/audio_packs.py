@@ -115,25 +115,24 @@ def reaugment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def mels_of_pack(job):
-    """(pack_dir, pack name, [(uid_number, start, n)], views, seed, filters[, keep_audio]) ->
-    [(uid_number, view, mel)], plus (uid_number, -1, int16 audio) for each utterance when
-    keep_audio (train_projector.py --online-aug augments that audio on the device)."""
+    """(pack_dir, pack name, [(uid_number, start, n)], views, seed, filters, keep_audio) ->
+    {"mels": [(uid_number, view, mel)], "audio": [(uid_number, int16 samples)]}; "audio" is
+    empty unless keep_audio (train_projector.py --online-aug augments it on the device)."""
     import soundfile as sf
 
-    pack_dir, name, items, views, seed, filters = job[:6]
-    keep_audio = len(job) > 6 and job[6]
+    pack_dir, name, items, views, seed, filters, keep_audio = job
     audio, sr = sf.read(os.path.join(pack_dir, name), dtype="float32")
     if sr != F.SR:
         raise SystemExit(f"{name}: decoded at {sr} Hz, expected {F.SR}")
-    out = []
+    out, kept = [], []
     for k, start, n in items:
         x = audio[start: start + n]
         for v in range(views):
             y = x if v == 0 else reaugment(x, np.random.default_rng([seed, k, v]))
             out.append((k, v, F.log_mel(y, filters)))
         if keep_audio:
-            out.append((k, -1, np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)))
-    return out
+            kept.append((k, np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)))
+    return {"mels": out, "audio": kept}
 
 
 def main():

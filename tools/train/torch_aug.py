@@ -14,7 +14,7 @@ version.  The augmentation draws, in order:
   * speed 0.90-1.10 (steps of 0.01) by band-limited FFT resampling (tempo and pitch, like Kaldi's
     speed perturbation);
   * with probability 0.25, reverberation: an exponentially decaying noise impulse response,
-    RT60 0.15-0.7 s, direct-to-reverberant ratio 3-15 dB (the generator's `rir`);
+    RT60 0.15-0.7 s, direct-to-reverberant ratio 3-15 dB (the generator's `rir`, on the host);
   * with probability 0.6, noise at 5-30 dB SNR (uniform; `--online-snr` sets the range):
     white (0.25), pink (0.25), or babble (0.5): 3-6 other training utterances summed, each at a
     random offset, so that no single interfering talker is intelligible;
@@ -26,8 +26,15 @@ from __future__ import annotations
 
 import math
 
+import os
+import sys
+
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
+import avlm_features as F  # noqa: E402
+import make_synth_data as M  # noqa: E402  (rir: the generator's impulse responses)
 
 N_FFT, HOP, SR = 400, 160, 16000
 # Every FFT here has a length from a small fixed set, so that cuFFT reuses its cached plans: the
@@ -79,18 +86,6 @@ def _pink(n: int, g: torch.Generator, device) -> torch.Tensor:
     return y / (y.std() + 1e-12)
 
 
-def _rir(u: list[float], g: torch.Generator, device) -> torch.Tensor:
-    rt60 = 0.15 + 0.55 * u[0]
-    n = int(rt60 * SR)
-    t = torch.arange(n, device=device, dtype=torch.float32) / SR
-    h = torch.randn(n, generator=g, device=device) * torch.exp(-6.9078 * t / rt60)
-    h[: int((0.001 + 0.009 * u[1]) * SR)] = 0
-    drr_db = 3 + 12 * u[2]
-    h = h * (10 ** (-drr_db / 20) / (h.pow(2).sum().sqrt() + 1e-12))
-    h[0] = 1.0
-    return h
-
-
 def _fftconv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     n = x.shape[0] + h.shape[0] - 1
     L = 1 << (n - 1).bit_length()
@@ -104,14 +99,15 @@ def augment(x: torch.Tensor, rng: np.random.Generator, g: torch.Generator, other
     are other utterances' audio for babble.  Scalar choices come from `rng` (no device syncs),
     noise samples from the device generator `g`.  bucket=1: no padding, any speed (slow on CUDA)."""
     dev = x.device
-    u = rng.random(16).tolist()
+    u = rng.random(7).tolist()
     n0 = x.shape[0]
     x = torch.nn.functional.pad(x, (0, -(-n0 // bucket) * bucket - n0))
     factor = SPEEDS[min(len(SPEEDS) - 1, int(u[0] * len(SPEEDS)))] if bucket > 1 else 0.9 + 0.2 * u[0]
     x = resample(x, factor)
     valid = min(x.shape[0], int(round(n0 / factor)))
     if u[1] < 0.25:
-        x = _fftconv(x, _rir(u[8:11], g, dev))
+        h, _ = M.rir(rng, rt60_s=(0.15, 0.7), drr_range_db=(3.0, 15.0))
+        x = _fftconv(x, torch.from_numpy(h).to(dev))
     if u[2] < 0.6 and valid > 0:
         n = x.shape[0]
         if u[3] < 0.25:
@@ -164,11 +160,6 @@ def bench(device: str, n: int = 128, rounds: int = 4) -> None:
 def check(device: str = "cpu") -> None:
     """torch log_mel vs avlm_features.log_mel (numpy float64) on real and synthetic clips."""
     import glob
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data"))
-    import avlm_features as F
 
     filt = F.mel_filters()
     ft = torch.from_numpy(filt.astype(np.float32)).to(device)
@@ -205,8 +196,6 @@ def check(device: str = "cpu") -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) > 1 and sys.argv[1] == "--bench":
         bench(sys.argv[2] if len(sys.argv) > 2 else ("cuda" if torch.cuda.is_available() else "cpu"))
     else:

@@ -486,11 +486,10 @@ def load_from_packs(h, tok, encoder_path, log):
     index, views = h["index"], h["views"]
     mels, audio = {}, {}
     for res in h["result"].get():
-        for k, v, mel in res:
-            if v < 0:
-                audio[k] = torch.from_numpy(mel).to(DEV)      # int16 samples (--online-aug)
-            else:
-                mels[(k, v)] = mel
+        for k, v, mel in res["mels"]:
+            mels[(k, v)] = mel
+        for k, x in res["audio"]:
+            audio[k] = torch.from_numpy(x).to(DEV)      # int16 samples (--online-aug)
     h["pool"].close()
     h["pool"].join()
     log(f"decoded {len(index)} utterances x {views} view(s) in {h['jobs']} jobs into log-mel "
@@ -801,9 +800,9 @@ def main():
             fresh = [b for b in range(len(us)) if rng.random() < args.online_aug]
             if fresh:
                 others = [train[int(i)].audio for i in rng.integers(0, len(train), size=8)]
-                g = torch.Generator(device=DEV)
-                g.manual_seed(int(rng.integers(1 << 62)))
-                for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, g, others, snr_range)):
+                gen = torch.Generator(device=DEV)
+                gen.manual_seed(int(rng.integers(1 << 62)))
+                for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, gen, others, snr_range)):
                     views[b] = f
                 n_online += len(fresh)
         feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
