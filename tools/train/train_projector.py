@@ -749,6 +749,13 @@ def main():
         if ctc is not None and st.get("ctc") is not None:
             ctc.load_state_dict(st["ctc"])
         log(f"initialised from {args.init_from} (its step {st.get('step')}); fresh optimizer and schedule")
+        if heldout and not args.resume:
+            # the bar a continuation must clear, measured here on the same held-out clips
+            m.eval()
+            with torch.no_grad():
+                vl0 = val_loss(m, proj, prompt, heldout)
+            history.append({"step": 0, "val_loss": round(vl0, 4), "elapsed_s": 0.0, "start": True})
+            log(f"held-out synthetic loss of the start: {vl0:.4f}")
     if args.resume:
         if not os.path.exists(latest):
             raise SystemExit(f"--resume: {latest} not found")
