@@ -8,6 +8,9 @@ no TTS, and its decoding into log-mel spectrograms there.
     # after the data dir grew: pack only the new utterances, into 16 more packs
     .avlm/venv/bin/python tools/train/audio_packs.py pack --data .avlm/train/data_audio \\
         --out .avlm/train/packs --packs 16 --append
+    # all training utterances from number 20,000 on, 20% of the older ones, all held-out
+    .avlm/venv/bin/python tools/train/audio_packs.py subset .avlm/train/packs2 \\
+        --out .avlm/train/packs2_sub --from-id 20000 --old-frac 0.2
 
 A pack is one Opus stream (16 kHz mono, `--bitrate`, voip mode, 8 kHz bandwidth) of many
 utterances laid end to end, each padded with silence to a whole 20 ms Opus frame; index.jsonl
@@ -135,6 +138,36 @@ def mels_of_pack(job):
     return {"mels": out, "audio": kept}
 
 
+def subset(args) -> None:
+    """A packs dir over the same pack files (symlinks) whose index keeps every held-out
+    utterance, every training utterance numbered --from-id and up, and each older one with
+    probability --old-frac (random.Random(--seed), drawn in index order for the older ones)."""
+    import random
+
+    src = os.path.abspath(args.packs_dir)
+    rows = read_index(src)
+    rng = random.Random(args.seed)
+
+    def keep(r):
+        if r["split"] != "train":
+            return True
+        return int(r["id"].rsplit("-", 1)[1]) >= args.from_id or rng.random() < args.old_frac
+
+    kept = [r for r in rows if keep(r)]
+    os.makedirs(args.out, exist_ok=True)
+    for name in sorted({r["pack"] for r in kept}):
+        dst = os.path.join(args.out, name)
+        if not os.path.lexists(dst):
+            os.symlink(os.path.join(src, name), dst)
+    with open(os.path.join(args.out, "index.jsonl"), "w") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+    tr = [r for r in kept if r["split"] == "train"]
+    new = sum(int(r["id"].rsplit("-", 1)[1]) >= args.from_id for r in tr)
+    print(f"{args.out}: {len(kept)} of {len(rows)} utterances ({len(tr)} train: {new} from id "
+          f"{args.from_id} on, {len(tr) - new} older; {len(kept) - len(tr)} held-out)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -148,9 +181,18 @@ def main():
     p.add_argument("--append", action="store_true",
                    help="keep the packs and index already in --out; pack only utterances not in it, into --packs new packs")
     p.add_argument("--jobs", type=int, default=os.cpu_count())
+    p = sub.add_parser("subset", help="a packs dir over the same packs with a smaller index (recent data "
+                       "first: a continuation that avoids re-fitting utterances seen for many epochs)")
+    p.add_argument("packs_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--from-id", type=int, required=True, help="keep every training utterance with this number or more")
+    p.add_argument("--old-frac", type=float, default=0.2, help="keep each older training utterance with this probability")
+    p.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
     if args.cmd == "pack":
         pack(args)
+    elif args.cmd == "subset":
+        subset(args)
 
 
 if __name__ == "__main__":
