@@ -65,7 +65,9 @@ pub fn short_decode_server_config(name: &str, max_new_tokens: usize) -> ServerCo
     let src = repo_root().join(".avlm/bundles/default");
     let manifest = std::fs::read_to_string(src.join("avlm.toml"))
         .expect("default bundle (run tools/setup.sh)");
-    let dir = std::env::temp_dir().join(format!("avlm-test-bundle-{name}-{}", std::process::id()));
+    // under the build's own tmp dir (not /tmp): it goes with the checkout's target/
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("avlm-test-bundle-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = manifest
         .replace(
