@@ -148,10 +148,11 @@ def subset(args) -> None:
     rows = read_index(src)
     rng = random.Random(args.seed)
 
+    def recent(r):      # ids are "<split>-<number>"
+        return int(r["id"].rsplit("-", 1)[1]) >= args.from_id
+
     def keep(r):
-        if r["split"] != "train":
-            return True
-        return int(r["id"].rsplit("-", 1)[1]) >= args.from_id or rng.random() < args.old_frac
+        return r["split"] != "train" or recent(r) or rng.random() < args.old_frac
 
     kept = [r for r in rows if keep(r)]
     os.makedirs(args.out, exist_ok=True)
@@ -163,7 +164,7 @@ def subset(args) -> None:
         for r in kept:
             f.write(json.dumps(r) + "\n")
     tr = [r for r in kept if r["split"] == "train"]
-    new = sum(int(r["id"].rsplit("-", 1)[1]) >= args.from_id for r in tr)
+    new = sum(map(recent, tr))
     print(f"{args.out}: {len(kept)} of {len(rows)} utterances ({len(tr)} train: {new} from id "
           f"{args.from_id} on, {len(tr) - new} older; {len(kept) - len(tr)} held-out)")
 
