@@ -166,6 +166,15 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
                 continue;
             }
             partials += 1;
+            // stable + unstable reads as one text: no words glued together.
+            assert!(
+                p.stable_text.is_empty()
+                    || p.unstable_text.is_empty()
+                    || p.unstable_text.starts_with(' '),
+                "partial {:?} + {:?} glues two words",
+                p.stable_text,
+                p.unstable_text
+            );
             let words: Vec<String> = p
                 .stable_text
                 .split_whitespace()

@@ -81,7 +81,9 @@ struct Agreement {
 }
 
 impl Agreement {
-    /// Folds in a new hypothesis; returns (stable, unstable) text.
+    /// Folds in a new hypothesis; returns (stable, unstable) text, such that
+    /// `stable + unstable` reads as the whole partial transcript: the
+    /// unstable words start with a space when they follow stable ones.
     fn update(&mut self, words: Vec<String>) -> (String, String) {
         let agreed = words
             .iter()
@@ -106,7 +108,10 @@ impl Agreement {
                 .take_while(|(a, b)| a == b)
                 .count()
         };
-        let unstable = words[tail_from..].join(" ");
+        let mut unstable = words[tail_from..].join(" ");
+        if !self.committed.is_empty() && !unstable.is_empty() {
+            unstable.insert(0, ' ');
+        }
         self.previous = words;
         (self.committed.join(" "), unstable)
     }
@@ -342,20 +347,20 @@ mod tests {
         );
         assert_eq!(
             a.update(words("the cat sat on")),
-            ("the cat".into(), "sat on".into())
+            ("the cat".into(), " sat on".into())
         );
         assert_eq!(
             a.update(words("the cat sat on the")),
-            ("the cat sat on".into(), "the".into())
+            ("the cat sat on".into(), " the".into())
         );
         // A decode that disagrees with committed words does not undo them.
         assert_eq!(
             a.update(words("a cat sat")),
-            ("the cat sat on".into(), "a cat sat".into())
+            ("the cat sat on".into(), " a cat sat".into())
         );
         assert_eq!(
             a.update(words("the cat sat on the mat")),
-            ("the cat sat on".into(), "the mat".into())
+            ("the cat sat on".into(), " the mat".into())
         );
         assert_eq!(
             a.update(words("the cat sat on the mat")),
