@@ -231,6 +231,14 @@ def read_manifest(data_dir):
 
 
 DEV = torch.device("cpu")   # --device
+# --tune-encoder-top K (a pilot: the tuned blocks are not part of the bundle yet): utterance
+# features are the encoder's hidden state before its top K blocks, and ENC_TOP = (encoder, first
+# tuned block) turns them into features inside the loss, with gradients for those blocks.
+ENC_TOP = None
+
+
+def enc_top(f: torch.Tensor) -> torch.Tensor:
+    return f if ENC_TOP is None else ENC_TOP[0].top(f, ENC_TOP[1])
 
 
 class Utt:
@@ -326,7 +334,7 @@ def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None):
 
 
 def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
-    stacked = [F.stack4(f.to(DEV).float()) for f in feats_list]   # (slicing + reshape: works on tensors)
+    stacked = [F.stack4(enc_top(f.to(DEV).float())) for f in feats_list]   # (slicing + reshape: works on tensors)
     audio = list(proj(torch.cat(stacked, 0)).split([x.shape[0] for x in stacked]))
     seqs, tgt_pos, tgt_ids = [], [], []
     P, S = len(prompt.pre_ids), len(prompt.suf_ids)
@@ -354,7 +362,7 @@ def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
 def greedy(m, proj, prompt, feats, max_new=64):
     if isinstance(feats, np.ndarray):
         feats = torch.from_numpy(feats)
-    a = proj(F.stack4(feats.to(DEV).float()))
+    a = proj(F.stack4(enc_top(feats.to(DEV).float())))
     x = torch.cat([prompt.pre, a, prompt.suf], 0)[None]
     out = m(inputs_embeds=x, use_cache=True)
     past, ids = out.past_key_values, []
@@ -429,7 +437,11 @@ def evaluate(m, proj, prompt, tok, heldout, log, tag, limit=None):
     res["synthetic_decode_s"] = round(time.time() - t0, 1)
     real = []
     for name, wav, ref in real_clips():
-        feats = real_clip_encoder().features(F.read_wav(wav))
+        if ENC_TOP is None:
+            feats = real_clip_encoder().features(F.read_wav(wav))
+        else:   # the hidden state below the tuned blocks, from the torch twin
+            with torch.no_grad():
+                feats = ENC_TOP[0].features_batch([F.log_mel(F.read_wav(wav), F.mel_filters())], DEV)[0]
         hyp = text_corpus.normalize(tok_decode(tok, greedy(m, proj, prompt, feats)))
         real.append({"id": name, "ref": ref, "hyp": hyp})
     if real:
@@ -478,9 +490,9 @@ def start_pack_decoding(pack_dir, views, seed, workers, keep_audio=False):
             "result": pool.map_async(AP.mels_of_pack, jobs, chunksize=1)}
 
 
-def load_from_packs(h, tok, encoder_path, log):
+def load_from_packs(h, tok, encoder_path, log, upto=None):
     """Collect the log-mels of start_pack_decoding, then features from the torch twin of the
-    encoder on DEV, kept there."""
+    encoder on DEV, kept there (the hidden state after `upto` blocks, if given)."""
     from whisper_torch import WhisperEncoder, load_weights
 
     index, views = h["index"], h["views"]
@@ -497,7 +509,8 @@ def load_from_packs(h, tok, encoder_path, log):
     t = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    enc = WhisperEncoder(load_weights(encoder_path)).to(DEV)
+    w = load_weights(encoder_path)
+    enc = (WhisperEncoder(w) if upto is None else WhisperEncoder(w, upto=upto)).to(DEV)
     feats = {}
     keys = sorted(mels, key=lambda kv: mels[kv].shape[1])
     step = 8 if DEV.type == "cpu" else 128
@@ -573,7 +586,7 @@ def small_state(st):
         if isinstance(x, list):
             return [cpu(v) for v in x]
         return x
-    return {k: cpu(st[k]) for k in ("step", "best", "history", "args", "projector", "lora", "ctc")}
+    return {k: cpu(st.get(k)) for k in ("step", "best", "history", "args", "projector", "lora", "ctc", "enc_top")}
 
 
 def export(args, work, small=None):
@@ -644,6 +657,10 @@ def main():
     ap.add_argument("--online-snr", default="5,30",
                     help="with --online-aug: SNR range in dB (low,high) of its white/pink/babble noise")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--tune-encoder-top", type=int, default=0,
+                    help="with --audio-packs: also train the Whisper encoder's top K blocks and final LN (a pilot; "
+                         "they are kept in the checkpoints, not yet in the bundle files)")
+    ap.add_argument("--encoder-lr", type=float, default=None, help="--tune-encoder-top's lr (default: --lr)")
     ap.add_argument("--init-from", default=None,
                     help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
     ap.add_argument("--time-schedule", action="store_true",
@@ -656,7 +673,7 @@ def main():
                          "~1.5x faster on CPUs with AVX512-BF16/AMX; evaluation is always float32)")
     args = ap.parse_args()
 
-    global DEV
+    global DEV, ENC_TOP
     DEV = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -670,6 +687,8 @@ def main():
 
     if args.online_aug and not args.audio_packs:
         raise SystemExit("--online-aug needs --audio-packs (it augments the decoded audio)")
+    if args.tune_encoder_top and not args.audio_packs:
+        raise SystemExit("--tune-encoder-top needs --audio-packs (features are computed at load time)")
     packs = (start_pack_decoding(args.audio_packs, args.views, args.seed, args.workers, keep_audio=args.online_aug > 0)
              if args.audio_packs else None)
     tok = load_tokenizer()
@@ -682,7 +701,19 @@ def main():
     t = time.time()
     enc = None
     if args.audio_packs:
-        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log)
+        upto = None
+        if args.tune_encoder_top:
+            from whisper_torch import N_LAYERS, WhisperEncoder, load_weights
+
+            if not 0 < args.tune_encoder_top <= N_LAYERS:
+                raise SystemExit(f"--tune-encoder-top must be 1..{N_LAYERS}")
+            upto = N_LAYERS - args.tune_encoder_top
+            top = WhisperEncoder(load_weights(args.encoder), upto=upto).to(DEV)
+            tuned = set(top.top_names(upto))
+            for k, p in top.w.items():
+                p.requires_grad_(k in tuned)
+            ENC_TOP = (top, upto)
+        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log, upto)
     else:
         recs = read_manifest(data_dir)
         train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
@@ -716,6 +747,9 @@ def main():
     groups = [{"params": list(proj.parameters()), "lr": args.lr}]
     if lora_params:
         groups.append({"params": lora_params, "lr": args.lora_lr or args.lr})
+    top_params = [p for p in ENC_TOP[0].parameters() if p.requires_grad] if ENC_TOP else []
+    if top_params:
+        groups.append({"params": top_params, "lr": args.encoder_lr or args.lr})
     ctc = None
     if args.ctc_weight > 0:
         ctc = CTCAux(m.get_input_embeddings().weight.detach())
@@ -724,7 +758,7 @@ def main():
     base_lrs = [g["lr"] for g in groups]
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
     log(f"trainable parameters: {n_train_params} (projector {sum(p.numel() for p in proj.parameters())}, "
-        f"LoRA {sum(p.numel() for p in lora_params)})")
+        f"LoRA {sum(p.numel() for p in lora_params)}, encoder top {sum(p.numel() for p in top_params)})")
 
     def lr_factor(step):
         if step < args.warmup:
@@ -737,6 +771,11 @@ def main():
             pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
 
+    def load_enc_top(st):
+        if ENC_TOP and st.get("enc_top"):
+            for k, v in st["enc_top"].items():
+                ENC_TOP[0].w[k].data.copy_(v)
+
     step, best, history = 0, float("inf"), []
     t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
@@ -748,6 +787,7 @@ def main():
                 p.data.copy_(v)
         if ctc is not None and st.get("ctc") is not None:
             ctc.load_state_dict(st["ctc"])
+        load_enc_top(st)
         log(f"initialised from {args.init_from} (its step {st.get('step')}); fresh optimizer and schedule")
         if heldout and not args.resume:
             # the bar a continuation must clear, measured here on the same held-out clips
@@ -770,6 +810,7 @@ def main():
             if st.get("ctc") is None:
                 raise SystemExit("checkpoint has no CTC head: resume with the same --ctc-weight")
             ctc.load_state_dict(st["ctc"])
+        load_enc_top(st)
         opt.load_state_dict(st["opt"])
         step, best, history = st["step"], st["best"], st.get("history", [])
         torch.set_rng_state(st["torch_rng"])
@@ -781,6 +822,8 @@ def main():
         return {"step": step, "best": best, "history": history, "args": vars(args),
                 "projector": proj.state_dict(), "lora": [p.detach().clone() for p in lora_params] if lora_params else None,
                 "ctc": ctc.state_dict() if ctc is not None else None,
+                "enc_top": ({k: v.detach().clone() for k, v in ENC_TOP[0].w.items() if v.requires_grad}
+                            if ENC_TOP else None),
                 "opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}
 
     meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",

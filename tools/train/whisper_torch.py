@@ -49,8 +49,15 @@ def load_weights(path: str) -> dict[str, np.ndarray]:
 
 
 class WhisperEncoder(torch.nn.Module):
-    def __init__(self, w: dict[str, np.ndarray]):
+    """`upto` < N_LAYERS stops after that many blocks and skips the final LN: the hidden state that
+    `top` (with `first` = upto) carries on from, for tuning the top blocks (train_projector.py
+    --tune-encoder-top)."""
+
+    def __init__(self, w: dict[str, np.ndarray], upto: int = N_LAYERS):
         super().__init__()
+        if not 0 <= upto <= N_LAYERS:
+            raise ValueError(f"upto must be 0..{N_LAYERS}, got {upto}")
+        self.upto = upto
         self.w = torch.nn.ParameterDict()
         for k, v in w.items():
             self.w[k.replace("/", "__")] = torch.nn.Parameter(torch.from_numpy(np.asarray(v, np.float32).copy()),
@@ -72,21 +79,40 @@ class WhisperEncoder(torch.nn.Module):
             valid = torch.arange(T // 2, device=mel.device)[None] < torch.tensor(frames, device=mel.device)[:, None] // 2
             mask = torch.zeros(B, 1, 1, T // 2, device=mel.device, dtype=x.dtype)
             mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
-        for i in range(N_LAYERS):
-            a = f"layer_{i}/self_attention/"
-            h = TF.layer_norm(x, (D,), self.p(a + "layer_norm/gamma"), self.p(a + "layer_norm/beta"), 1e-5)
-            qkv = h @ self.p(a + "linear_0/weight_t") + self.p(a + "linear_0/bias")
-            q, k, v = (t.reshape(B, -1, HEADS, D // HEADS).transpose(1, 2) for t in qkv.split(D, -1))
-            s = (q * 0.125) @ k.transpose(-1, -2)
-            if mask is not None:
-                s = s + mask
-            ctx = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, -1, D)
-            x = x + ctx @ self.p(a + "linear_1/weight_t") + self.p(a + "linear_1/bias")
-            f = f"layer_{i}/ffn/"
-            h = TF.layer_norm(x, (D,), self.p(f + "layer_norm/gamma"), self.p(f + "layer_norm/beta"), 1e-5)
-            h = TF.gelu(h @ self.p(f + "linear_0/weight_t") + self.p(f + "linear_0/bias"))
-            x = x + h @ self.p(f + "linear_1/weight_t") + self.p(f + "linear_1/bias")
+        for i in range(self.upto):
+            x = self._block(x, i, mask)
+        if self.upto < N_LAYERS:
+            return x
         return TF.layer_norm(x, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)
+
+    def _block(self, x: torch.Tensor, i: int, mask: torch.Tensor | None) -> torch.Tensor:
+        B = x.shape[0]
+        a = f"layer_{i}/self_attention/"
+        h = TF.layer_norm(x, (D,), self.p(a + "layer_norm/gamma"), self.p(a + "layer_norm/beta"), 1e-5)
+        qkv = h @ self.p(a + "linear_0/weight_t") + self.p(a + "linear_0/bias")
+        q, k, v = (t.reshape(B, -1, HEADS, D // HEADS).transpose(1, 2) for t in qkv.split(D, -1))
+        s = (q * 0.125) @ k.transpose(-1, -2)
+        if mask is not None:
+            s = s + mask
+        ctx = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, -1, D)
+        x = x + ctx @ self.p(a + "linear_1/weight_t") + self.p(a + "linear_1/bias")
+        f = f"layer_{i}/ffn/"
+        h = TF.layer_norm(x, (D,), self.p(f + "layer_norm/gamma"), self.p(f + "layer_norm/beta"), 1e-5)
+        h = TF.gelu(h @ self.p(f + "linear_0/weight_t") + self.p(f + "linear_0/bias"))
+        return x + h @ self.p(f + "linear_1/weight_t") + self.p(f + "linear_1/bias")
+
+    def top_names(self, first: int) -> list[str]:
+        """Parameter keys of blocks first..N_LAYERS-1 and the final LN."""
+        pre = tuple(f"encoder__layer_{i}__" for i in range(first, N_LAYERS)) + ("encoder__layer_norm__",)
+        return [k for k in self.w.keys() if k.startswith(pre)]
+
+    def top(self, x: torch.Tensor, first: int) -> torch.Tensor:
+        """One utterance's hidden state after `first` blocks [T, D] -> its features [T, D], with
+        gradients for the top blocks' parameters (when they require them)."""
+        y = x[None]
+        for i in range(first, N_LAYERS):
+            y = self._block(y, i, None)
+        return TF.layer_norm(y, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)[0]
 
     def features_batch(self, mels: list[np.ndarray], device) -> list[torch.Tensor]:
         """Each mel [80, frames] (frames even, avlm_features.log_mel) -> features [frames/2, 384]."""
