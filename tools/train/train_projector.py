@@ -324,17 +324,18 @@ class CTCAux(nn.Module):
                            blank=self.emb.shape[0], reduction="mean", zero_infinity=True)
 
 
-def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None):
+def batch_loss(m, proj, prompt, utts, feats_list, bf16=False, ctc=None, top_done=False):
     """Summed token NLL over the target tokens of a batch (right-padded, no mask needed: causal),
     the number of target tokens, and the auxiliary CTC loss (None without `ctc`).
     bf16: autocast the matmuls to bfloat16 (training speed only; parameters, the loss and every
-    evaluation stay float32)."""
+    evaluation stay float32).  top_done: the features already went through ENC_TOP."""
     with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=bf16):
-        return _batch_loss(m, proj, prompt, utts, feats_list, ctc)
+        return _batch_loss(m, proj, prompt, utts, feats_list, ctc, top_done)
 
 
-def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None):
-    stacked = [F.stack4(enc_top(f.to(DEV).float())) for f in feats_list]   # (slicing + reshape: works on tensors)
+def _batch_loss(m, proj, prompt, utts, feats_list, ctc=None, top_done=False):
+    top = (lambda f: f) if top_done else enc_top
+    stacked = [F.stack4(top(f.to(DEV).float())) for f in feats_list]   # (slicing + reshape: works on tensors)
     audio = list(proj(torch.cat(stacked, 0)).split([x.shape[0] for x in stacked]))
     seqs, tgt_pos, tgt_ids = [], [], []
     P, S = len(prompt.pre_ids), len(prompt.suf_ids)
@@ -855,12 +856,14 @@ def main():
                 for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, gen, others, snr_range)):
                     views[b] = f
                 n_online += len(fresh)
+        if ENC_TOP is not None:   # SpecAugment masks features, not the hidden state below the tuned blocks
+            views = [enc_top(f.to(DEV).float()) for f in views]
         feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
         fac = lr_factor(step)
         for g, b in zip(opt.param_groups, base_lrs):
             g["lr"] = b * fac
         m.train()
-        loss, n, ctc_loss = batch_loss(m, proj, prompt, us, feats, bf16=args.bf16, ctc=ctc)
+        loss, n, ctc_loss = batch_loss(m, proj, prompt, us, feats, bf16=args.bf16, ctc=ctc, top_done=ENC_TOP is not None)
         opt.zero_grad(set_to_none=True)
         total = loss / n + (args.ctc_weight * ctc_loss if ctc_loss is not None else 0.0)
         total.backward()
