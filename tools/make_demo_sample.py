@@ -24,18 +24,12 @@ import wave
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "data"))
 import kokoro_voices as K  # noqa: E402
 
-RATE = 16000
-UTTERANCES = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Streaming servers should report speech while the person is still talking.",
-    "Seven bright lanterns were hung along the narrow harbour wall.",
-]
-# Silence before each utterance, and after the last one, in seconds.
-GAPS = [0.8, 1.2, 1.5]
-TAIL = 1.0
+# The same sentences, gaps and rate as the test media (only the voice differs).
+from make_test_media import GAPS, RATE, TAIL, UTTERANCES  # noqa: E402
 
 
 def resample(x: np.ndarray, sr: int) -> np.ndarray:
