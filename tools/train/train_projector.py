@@ -491,9 +491,10 @@ def start_pack_decoding(pack_dir, views, seed, workers, keep_audio=False):
             "result": pool.map_async(AP.mels_of_pack, jobs, chunksize=1)}
 
 
-def load_from_packs(h, tok, encoder_path, log, upto=None):
+def load_from_packs(h, tok, encoder_path, log, enc=None):
     """Collect the log-mels of start_pack_decoding, then features from the torch twin of the
-    encoder on DEV, kept there (the hidden state after `upto` blocks, if given)."""
+    encoder on DEV, kept there; `enc`, if given, is that twin (--tune-encoder-top's, which stops
+    below the tuned blocks)."""
     from whisper_torch import WhisperEncoder, load_weights
 
     index, views = h["index"], h["views"]
@@ -510,8 +511,8 @@ def load_from_packs(h, tok, encoder_path, log, upto=None):
     t = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    w = load_weights(encoder_path)
-    enc = (WhisperEncoder(w) if upto is None else WhisperEncoder(w, upto=upto)).to(DEV)
+    if enc is None:
+        enc = WhisperEncoder(load_weights(encoder_path)).to(DEV)
     feats = {}
     keys = sorted(mels, key=lambda kv: mels[kv].shape[1])
     step = 8 if DEV.type == "cpu" else 128
@@ -702,7 +703,7 @@ def main():
     t = time.time()
     enc = None
     if args.audio_packs:
-        upto = None
+        top = None
         if args.tune_encoder_top:
             from whisper_torch import N_LAYERS, WhisperEncoder, load_weights
 
@@ -714,7 +715,7 @@ def main():
             for k, p in top.w.items():
                 p.requires_grad_(k in tuned)
             ENC_TOP = (top, upto)
-        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log, upto)
+        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log, top)
     else:
         recs = read_manifest(data_dir)
         train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
