@@ -2,7 +2,8 @@
 //! deterministic (ties go to the lower token id, then the earlier beam).
 
 use crate::cache::KvCache;
-use crate::error::Result;
+use crate::ctc::{CtcPrefixScorer, CtcState};
+use crate::error::{LlmError, Result};
 use crate::model::Llama;
 
 /// When to stop.
@@ -63,13 +64,31 @@ pub struct BeamConfig {
 
 struct Beam {
     tokens: Vec<u32>,
+    /// Sum of the LLM's log-probabilities of `tokens`.
     log_prob: f32,
+    /// What the search ranks by: `log_prob`, or with a CTC guide the
+    /// weighted sum of it and the CTC prefix score.
+    score: f32,
+    ctc: Option<CtcState>,
     cache: KvCache,
     logits: Vec<f32>,
 }
 
-fn normalised(log_prob: f32, len: usize, penalty: f32) -> f32 {
-    log_prob / (len.max(1) as f32).powf(penalty)
+/// A CTC head steering a beam search (joint CTC/attention decoding):
+/// hypotheses rank by `(1 - weight) * log P_llm + weight * log P_ctc`, where
+/// `P_ctc` is the CTC probability of the prefix (of the whole labelling once
+/// a stop token ends it). The LLM alone proposes the candidate tokens.
+pub struct CtcGuide<'a> {
+    pub scorer: &'a CtcPrefixScorer,
+    /// In `[0, 1]`.
+    pub weight: f32,
+    /// The CTC state of the tokens the cache already holds after the prompt
+    /// (a forced prefix), usually `scorer.initial()`.
+    pub start: CtcState,
+}
+
+fn normalised(score: f32, len: usize, penalty: f32) -> f32 {
+    score / (len.max(1) as f32).powf(penalty)
 }
 
 /// Beam search from the prompt in `cache` (whose next-token logits are
@@ -81,6 +100,28 @@ pub fn beam_search(
     logits: Vec<f32>,
     config: &BeamConfig,
 ) -> Result<Generation> {
+    joint_beam_search(model, cache, logits, config, None)
+}
+
+/// One candidate continuation: (score, beam index, token, LLM log-prob, CTC state).
+type Candidate = (f32, usize, u32, f32, Option<CtcState>);
+
+/// [`beam_search`], optionally steered by a CTC head (`guide`).
+pub fn joint_beam_search(
+    model: &Llama,
+    cache: &KvCache,
+    logits: Vec<f32>,
+    config: &BeamConfig,
+    guide: Option<CtcGuide<'_>>,
+) -> Result<Generation> {
+    if let Some(g) = &guide {
+        if !(0.0..=1.0).contains(&g.weight) {
+            return Err(LlmError::InvalidInput(format!(
+                "CTC weight {} outside [0, 1]",
+                g.weight
+            )));
+        }
+    }
     let width = config.width.max(1);
     let prompt_len = cache.len();
     let capacity = prompt_len + config.stop.max_new_tokens + 1;
@@ -89,35 +130,68 @@ pub fn beam_search(
     let mut beams = vec![Beam {
         tokens: Vec::new(),
         log_prob: 0.0,
+        score: 0.0,
+        ctc: guide.as_ref().map(|g| g.start.clone()),
         cache: first,
         logits,
     }];
-    let mut finished: Vec<Generation> = Vec::new();
+    // (hypothesis, score)
+    let mut finished: Vec<(Generation, f32)> = Vec::new();
+    let joint = |llm: f32, ctc: f32, w: f32| (1.0 - w) * llm + w * ctc;
     for step in 0..config.stop.max_new_tokens {
-        // (score, beam index, token)
-        let mut candidates: Vec<(f32, usize, u32)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         for (b, beam) in beams.iter().enumerate() {
             let lp = Llama::log_softmax(&beam.logits);
             let mut order: Vec<u32> = (0..lp.len() as u32).collect();
-            // The width best tokens of this beam, ties to the lower id.
+            // The 2 x width best tokens of this beam by the LLM, ties to the lower id.
             order.sort_by(|&x, &y| lp[y as usize].total_cmp(&lp[x as usize]).then(x.cmp(&y)));
-            for &t in order.iter().take(width * 2) {
-                candidates.push((beam.log_prob + lp[t as usize], b, t));
+            order.truncate(width * 2);
+            match (&guide, &beam.ctc) {
+                (Some(g), Some(state)) => {
+                    let words: Vec<u32> = order
+                        .iter()
+                        .copied()
+                        .filter(|t| !config.stop.stop_tokens.contains(t))
+                        .collect();
+                    let mut extended = g.scorer.extend(state, &words)?.into_iter();
+                    for &t in &order {
+                        let llm = beam.log_prob + lp[t as usize];
+                        if config.stop.stop_tokens.contains(&t) {
+                            let ctc = g.scorer.final_score(state);
+                            candidates.push((joint(llm, ctc, g.weight), b, t, llm, None));
+                        } else {
+                            let next = extended.next().expect("one state per candidate");
+                            let score = joint(llm, next.prefix, g.weight);
+                            candidates.push((score, b, t, llm, Some(next)));
+                        }
+                    }
+                }
+                _ => {
+                    for &t in &order {
+                        let llm = beam.log_prob + lp[t as usize];
+                        candidates.push((llm, b, t, llm, None));
+                    }
+                }
             }
         }
+        // A labelling the audio cannot hold (more tokens than CTC frames) is dropped.
+        candidates.retain(|c| c.0 > f32::NEG_INFINITY);
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        let mut chosen: Vec<(f32, usize, u32)> = Vec::new();
+        let mut chosen: Vec<Candidate> = Vec::new();
         for c in candidates {
             if chosen.len() == width {
                 break;
             }
             if config.stop.stop_tokens.contains(&c.2) {
                 let parent = &beams[c.1];
-                finished.push(Generation {
-                    tokens: parent.tokens.clone(),
-                    log_prob: c.0,
-                    stopped: true,
-                });
+                finished.push((
+                    Generation {
+                        tokens: parent.tokens.clone(),
+                        log_prob: c.3,
+                        stopped: true,
+                    },
+                    c.0,
+                ));
             } else {
                 chosen.push(c);
             }
@@ -127,7 +201,7 @@ pub fn beam_search(
         if finished.len() >= width && !chosen.is_empty() {
             let worst_finished = finished
                 .iter()
-                .map(|g| normalised(g.log_prob, g.tokens.len() + 1, config.length_penalty))
+                .map(|(g, s)| normalised(*s, g.tokens.len() + 1, config.length_penalty))
                 .fold(f32::INFINITY, f32::min);
             let best_live = normalised(
                 chosen[0].0,
@@ -149,7 +223,7 @@ pub fn beam_search(
         }
         let mut parents: Vec<Option<Beam>> = beams.into_iter().map(Some).collect();
         let mut next = Vec::with_capacity(chosen.len());
-        for (score, b, t) in chosen {
+        for (score, b, t, log_prob, ctc) in chosen {
             uses[b] -= 1;
             let (mut tokens, cache) = if uses[b] == 0 {
                 let p = parents[b]
@@ -171,7 +245,9 @@ pub fn beam_search(
             };
             next.push(Beam {
                 tokens,
-                log_prob: score,
+                log_prob,
+                score,
+                ctc,
                 cache,
                 logits,
             });
@@ -179,29 +255,32 @@ pub fn beam_search(
         beams = next;
     }
     for beam in beams {
-        finished.push(Generation {
-            tokens: beam.tokens,
-            log_prob: beam.log_prob,
-            stopped: false,
-        });
+        finished.push((
+            Generation {
+                tokens: beam.tokens,
+                log_prob: beam.log_prob,
+                stopped: false,
+            },
+            beam.score,
+        ));
     }
     let best = finished
         .into_iter()
         .enumerate()
-        .max_by(|(ia, a), (ib, b)| {
+        .max_by(|(ia, (a, sa)), (ib, (b, sb))| {
             let sa = normalised(
-                a.log_prob,
+                *sa,
                 a.tokens.len() + usize::from(a.stopped),
                 config.length_penalty,
             );
             let sb = normalised(
-                b.log_prob,
+                *sb,
                 b.tokens.len() + usize::from(b.stopped),
                 config.length_penalty,
             );
             sa.total_cmp(&sb).then(ib.cmp(ia))
         })
-        .map(|(_, g)| g);
+        .map(|(_, (g, _))| g);
     Ok(best.unwrap_or(Generation {
         tokens: Vec::new(),
         log_prob: 0.0,

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod ctc;
 pub mod error;
 pub mod generate;
 pub mod lora;
@@ -17,8 +18,11 @@ mod weights;
 
 pub use cache::KvCache;
 pub use config::{LlamaConfig, RopeScaling, RopeStyle};
+pub use ctc::{CtcHead, CtcPrefixScorer, CtcState};
 pub use error::LlmError;
-pub use generate::{beam_search, greedy, BeamConfig, Generation, StopCriteria};
+pub use generate::{
+    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Generation, StopCriteria,
+};
 pub use lora::Lora;
 pub use model::{Llama, WeightMode};
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

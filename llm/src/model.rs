@@ -276,6 +276,11 @@ impl Llama {
         KvCache::new(&self.config, capacity, &self.device)
     }
 
+    /// The token embedding matrix `[vocab, hidden]` (f32).
+    pub fn token_embeddings(&self) -> &Tensor {
+        &self.embed
+    }
+
     /// Embeddings of `ids`: `[n, hidden]`.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {

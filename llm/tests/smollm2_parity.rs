@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use avlm_llm::{beam_search, greedy, BeamConfig, Llama, StopCriteria, Tokenizer, WeightMode};
+use avlm_llm::{
+    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, CtcHead, Llama, StopCriteria,
+    Tokenizer, WeightMode,
+};
 use candle_core::Device;
 use serde_json::Value;
 
@@ -318,6 +321,85 @@ fn beam_width_one_is_greedy_and_width_four_returns_its_best() {
     );
 }
 
+/// Joint CTC/attention decoding on the real model with a CTC head whose
+/// "audio" spells out a chosen token sequence: one frame per token (the
+/// token's own embedding, scaled) with a blank frame between. The sequence
+/// starts with the LLM's second choice, so the LLM alone prefers another.
+#[test]
+fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
+    use candle_core::Tensor;
+    let m = model(WeightMode::F32);
+    let prompt = ids(&golden()["prompts"][0]["ids"]);
+    let mut cache = m.new_cache(prompt.len() + 20).unwrap();
+    let logits = Llama::last_logits(&m.forward(&prompt, &mut cache, false).unwrap()).unwrap();
+    // The target: a first token the LLM ranks second or lower, then its
+    // greedy continuation; the first such sequence the synthetic audio below
+    // spells exactly (a token whose embedding points more along another
+    // token's than its own cannot be spelled this way).
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let (target, audio, head) = order[1..6]
+        .iter()
+        .find_map(|&first| {
+            let target = continuation(m, &cache, first, 6);
+            let (audio, head) = spelled(m, &target);
+            let lp = head.log_probs(m, &audio).unwrap();
+            let blank = lp[0].len() - 1;
+            let read: Vec<u32> = lp
+                .iter()
+                .map(|row| {
+                    (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap()
+                })
+                .filter(|&b| b != blank)
+                .map(|b| b as u32)
+                .collect();
+            (read == target).then_some((target, audio, head))
+        })
+        .expect("one of the LLM's next 5 choices gives a sequence the synthetic audio spells");
+
+    let scorer = head.scorer(m, &audio).unwrap();
+    let config = BeamConfig {
+        width: 4,
+        length_penalty: 0.0,
+        stop: StopCriteria {
+            max_new_tokens: target.len(),
+            stop_tokens: vec![2],
+        },
+    };
+    let plain = beam_search(m, &cache, logits.clone(), &config).unwrap();
+    let guide = |weight| CtcGuide {
+        scorer: &scorer,
+        weight,
+        start: scorer.initial(),
+    };
+    let zero = joint_beam_search(m, &cache, logits.clone(), &config, Some(guide(0.0))).unwrap();
+    assert_eq!(zero, plain, "CTC weight 0 is the LLM's beam search");
+    let joint = joint_beam_search(m, &cache, logits.clone(), &config, Some(guide(0.7))).unwrap();
+    assert_eq!(joint.tokens, target, "plain beam: {:?}", plain.tokens);
+    assert_ne!(plain.tokens[0], target[0], "the LLM alone starts otherwise");
+    // The reported log_prob stays the LLM's own score of the tokens.
+    let mut rescore = m.new_cache(prompt.len() + 20).unwrap();
+    let mut seq = prompt.clone();
+    seq.extend(&joint.tokens);
+    let all: Vec<Vec<f32>> = m
+        .forward(&seq, &mut rescore, true)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let llm: f32 = (0..target.len())
+        .map(|k| Llama::log_softmax(&all[prompt.len() - 1 + k])[seq[prompt.len() + k] as usize])
+        .sum();
+    assert!(
+        (llm - joint.log_prob).abs() < 1e-3,
+        "{llm} vs {}",
+        joint.log_prob
+    );
+    let bad = joint_beam_search(m, &cache, logits, &config, Some(guide(1.5))).unwrap_err();
+    assert!(bad.to_string().contains("outside [0, 1]"), "{bad}");
+}
+
 #[test]
 fn lora_adapters_merge_as_the_reference_merges_them() {
     let dir = root().join("tests/golden/lora");
@@ -342,4 +424,100 @@ fn lora_adapters_merge_as_the_reference_merges_them() {
     let mut cache = base.new_cache(16).unwrap();
     let plain = Llama::last_logits(&base.forward(&prompt, &mut cache, false).unwrap()).unwrap();
     assert!(max_abs(&plain, &reference) > 100.0 * F32_LOGIT_TOL);
+}
+
+/// `first`, then the LLM's greedy continuation, `len` tokens in all.
+fn continuation(m: &Llama, prompt: &avlm_llm::KvCache, first: u32, len: usize) -> Vec<u32> {
+    let mut c = m.new_cache(prompt.len() + len + 1).unwrap();
+    c.copy_prefix_from(prompt, prompt.len()).unwrap();
+    let mut out = vec![first];
+    let mut next = Llama::last_logits(&m.forward(&[first], &mut c, false).unwrap()).unwrap();
+    while out.len() < len {
+        let t = Llama::argmax(&next);
+        out.push(t);
+        next = Llama::last_logits(&m.forward(&[t], &mut c, false).unwrap()).unwrap();
+    }
+    out
+}
+
+/// CTC "audio" spelling `tokens`: per token a frame whose dot product with
+/// that token's embedding beats every other token's by a wide margin (found
+/// by perceptron steps from the embedding's own direction), then a blank frame
+/// along a unit direction orthogonal to all token frames, which the head's
+/// blank weights point along.
+fn spelled(m: &Llama, tokens: &[u32]) -> (candle_core::Tensor, CtcHead) {
+    use candle_core::Tensor;
+    let table = m.token_embeddings();
+    let hidden = table.dim(1).unwrap();
+    let row = |t: u32| -> Vec<f32> { table.get(t as usize).unwrap().to_vec1().unwrap() };
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let mut frames_tok: Vec<Vec<f32>> = Vec::new();
+    for &t in tokens {
+        let e = row(t);
+        let mut x = e.clone();
+        for _ in 0..300 {
+            let xt = Tensor::from_vec(x.clone(), (hidden, 1), &Device::Cpu).unwrap();
+            let logits: Vec<f32> = table
+                .matmul(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (rival, best) = logits
+                .iter()
+                .enumerate()
+                .filter(|&(v, _)| v != t as usize)
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |acc, (v, &l)| if l > acc.1 { (v, l) } else { acc },
+                );
+            let margin = logits[t as usize] - best;
+            if margin > 0.05 * dot(&x, &x).sqrt() {
+                // Scale to a margin of 20 nats over the runner-up.
+                let k = 20.0 / margin;
+                x.iter_mut().for_each(|v| *v *= k);
+                break;
+            }
+            let r = row(rival as u32);
+            let d: Vec<f32> = e.iter().zip(&r).map(|(a, b)| a - b).collect();
+            let n = dot(&d, &d).sqrt();
+            x.iter_mut().zip(&d).for_each(|(v, dv)| *v += 0.5 * dv / n);
+        }
+        frames_tok.push(x);
+    }
+    let mut basis: Vec<Vec<f32>> = Vec::new();
+    for f in &frames_tok {
+        let mut v = f.clone();
+        for b in &basis {
+            let k = dot(&v, b);
+            v.iter_mut().zip(b).for_each(|(x, y)| *x -= k * y);
+        }
+        let n = dot(&v, &v).sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        basis.push(v);
+    }
+    let mut u: Vec<f32> = (0..hidden)
+        .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+        .collect();
+    for b in &basis {
+        let k = dot(&u, b);
+        u.iter_mut().zip(b).for_each(|(x, y)| *x -= k * y);
+    }
+    let n = dot(&u, &u).sqrt();
+    u.iter_mut().for_each(|x| *x /= n);
+    let mut frames = Vec::new();
+    for f in &frames_tok {
+        frames.extend(f);
+        frames.extend(u.iter().map(|x| 8.0 * x));
+    }
+    let audio = Tensor::from_vec(frames, (2 * tokens.len(), hidden), &Device::Cpu).unwrap();
+    let head = CtcHead::from_parts(
+        u.iter().map(|x| x * 8.0).collect(),
+        0.0,
+        hidden,
+        &Device::Cpu,
+    )
+    .unwrap();
+    (audio, head)
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use avlm_encoders::{EncoderError, WhisperEncoder};
-use avlm_llm::{Llama, LlmError, Tokenizer, WeightMode};
+use avlm_llm::{CtcHead, Llama, LlmError, Tokenizer, WeightMode};
 use avlm_projector::{Projector, ProjectorConfig, ProjectorError};
 use candle_core::Device;
 
@@ -54,6 +54,8 @@ pub struct LoadedBundle {
     pub tokenizer: Tokenizer,
     /// Token ids of the decoding stop strings.
     pub stop_ids: Vec<u32>,
+    /// The CTC head of joint decoding, when `decoding.ctc_weight` > 0.
+    pub ctc: Option<CtcHead>,
 }
 
 impl LoadedBundle {
@@ -161,6 +163,23 @@ impl LoadedBundle {
                 "decoding.beam_width and max_new_tokens must be at least 1".into(),
             ));
         }
+        let decoding = &manifest.decoding;
+        if !(0.0..=1.0).contains(&decoding.ctc_weight) {
+            return Err(BundleError::Manifest(format!(
+                "decoding.ctc_weight is {}; it must be in [0, 1]",
+                decoding.ctc_weight
+            )));
+        }
+        let ctc = match (&decoding.ctc_head, decoding.ctc_weight > 0.0) {
+            (Some(p), true) => Some(CtcHead::load(&at(p), hidden, &device)?),
+            (None, true) => {
+                return Err(BundleError::Manifest(
+                    "decoding.ctc_weight > 0 needs decoding.ctc_head (the CTC head's weights)"
+                        .into(),
+                ))
+            }
+            (_, false) => None,
+        };
         Ok(LoadedBundle {
             dir: dir.to_path_buf(),
             manifest,
@@ -169,6 +188,7 @@ impl LoadedBundle {
             llm,
             tokenizer,
             stop_ids,
+            ctc,
         })
     }
 
@@ -178,7 +198,7 @@ impl LoadedBundle {
         let audio = m.audio.as_ref().map(|a| (a.window, a.normalize_waveform));
         let c = self.llm.config();
         format!(
-            "bundle {name:?} at {dir}\n  {desc}\n  audio encoder: {enc} ({mels} mel bands -> width {dim}, window {audio:?})\n  projector: {proj:?}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam}, length penalty {lp}, up to {new} new tokens",
+            "bundle {name:?} at {dir}\n  {desc}\n  audio encoder: {enc} ({mels} mel bands -> width {dim}, window {audio:?})\n  projector: {proj:?}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam}, length penalty {lp}, up to {new} new tokens{ctc}",
             name = m.name,
             dir = self.dir.display(),
             desc = m.description,
@@ -194,6 +214,14 @@ impl LoadedBundle {
             beam = m.decoding.beam_width,
             lp = m.decoding.length_penalty,
             new = m.decoding.max_new_tokens,
+            ctc = match (&self.ctc, &m.decoding.ctc_head) {
+                (Some(_), Some(p)) => format!(
+                    ", joint CTC/attention (CTC weight {}, head {})",
+                    m.decoding.ctc_weight,
+                    p.display()
+                ),
+                _ => String::new(),
+            },
         )
     }
 }

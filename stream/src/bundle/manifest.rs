@@ -30,6 +30,8 @@
 //! length_penalty = 1.0
 //! max_new_tokens = 64
 //! max_tokens_per_audio_s = 6.0  # optional: also at most 8 + 6 per audio second
+//! # ctc_head = "ctc.safetensors" # optional: joint CTC/attention beam search
+//! # ctc_weight = 0.5             # (1 - w) * LLM + w * CTC; 0 = the LLM alone
 //! stop = ["<|im_end|>", "<|endoftext|>"]
 //! ```
 
@@ -169,6 +171,15 @@ pub struct Decoding {
     /// Token strings that end a hypothesis.
     #[serde(default)]
     pub stop: Vec<String>,
+    /// A CTC head over the projected audio (`ctc.blank_w`, `ctc.blank_b`;
+    /// token classes are the LLM's embeddings) for joint CTC/attention
+    /// decoding: the beam search ranks hypotheses by
+    /// `(1 - ctc_weight) * log P_llm + ctc_weight * log P_ctc`.
+    #[serde(default)]
+    pub ctc_head: Option<PathBuf>,
+    /// In `[0, 1]`; 0 decodes with the LLM alone (the head is not used).
+    #[serde(default)]
+    pub ctc_weight: f32,
 }
 
 impl Decoding {
@@ -191,6 +202,8 @@ impl Default for Decoding {
             max_new_tokens: default_new_tokens(),
             max_tokens_per_audio_s: 0.0,
             stop: Vec::new(),
+            ctc_head: None,
+            ctc_weight: 0.0,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use avlm_encoders::mel::{LogMel, HOP};
 use avlm_encoders::whisper::MAX_FRAMES;
 use avlm_encoders::MelSpectrogram;
-use avlm_llm::{beam_search, greedy, BeamConfig, Llama, StopCriteria};
+use avlm_llm::{beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Llama, StopCriteria};
 use candle_core::Tensor;
 
 use crate::bundle::manifest::EncoderWindow;
@@ -191,9 +191,14 @@ impl AsrPipeline {
         let llm = &self.bundle.llm;
         let decoding = &self.bundle.manifest.decoding;
         let rest = if self.suffix_ids.is_empty() {
-            audio
+            audio.clone()
         } else {
             Tensor::cat(&[&audio, &llm.embed_tokens(&self.suffix_ids)?], 0).map_err(tensor)?
+        };
+        // The CTC head scores the audio alone (not the prompt around it).
+        let ctc = match &self.bundle.ctc {
+            Some(head) => Some(head.scorer(llm, &audio)?),
+            None => None,
         };
         let prompt_tokens = self.prefix_ids.len() + rest.dim(0).map_err(tensor)?;
         let budget = decoding
@@ -213,19 +218,23 @@ impl AsrPipeline {
             stop_tokens: self.bundle.stop_ids.clone(),
         };
         let t = Instant::now();
-        let generation = if decoding.beam_width <= 1 {
-            greedy(llm, &mut cache, logits, &stop)?
-        } else {
-            beam_search(
-                llm,
-                &cache,
-                logits,
-                &BeamConfig {
-                    width: decoding.beam_width,
-                    length_penalty: decoding.length_penalty,
-                    stop,
-                },
-            )?
+        let beam = |stop| BeamConfig {
+            width: decoding.beam_width,
+            length_penalty: decoding.length_penalty,
+            stop,
+        };
+        let generation = match &ctc {
+            Some(scorer) => {
+                let start = scorer.advance(scorer.initial(), forced)?;
+                let guide = CtcGuide {
+                    scorer,
+                    weight: decoding.ctc_weight,
+                    start,
+                };
+                joint_beam_search(llm, &cache, logits, &beam(stop), Some(guide))?
+            }
+            None if decoding.beam_width <= 1 => greedy(llm, &mut cache, logits, &stop)?,
+            None => beam_search(llm, &cache, logits, &beam(stop))?,
         };
         times.decode = t.elapsed();
         let mut tokens = forced.to_vec();

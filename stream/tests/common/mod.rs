@@ -28,6 +28,10 @@ pub fn quick_bundle(name: &str) -> PathBuf {
             "\"lora.safetensors\"",
             &format!("\"{}\"", src.join("lora.safetensors").display()),
         )
+        .replace(
+            "\"ctc.safetensors\"",
+            &format!("\"{}\"", src.join("ctc.safetensors").display()),
+        )
         .replace("max_new_tokens = 64", "max_new_tokens = 6");
     assert!(manifest.contains("max_new_tokens = 6"));
     std::fs::write(dir.join("avlm.toml"), manifest).unwrap();

@@ -83,6 +83,10 @@ pub fn short_decode_server_config(name: &str, max_new_tokens: usize) -> ServerCo
             &format!("\"{}\"", src.join("lora.safetensors").display()),
         )
         .replace(
+            "\"ctc.safetensors\"",
+            &format!("\"{}\"", src.join("ctc.safetensors").display()),
+        )
+        .replace(
             "max_new_tokens = 64",
             &format!("max_new_tokens = {max_new_tokens}"),
         );

@@ -1,0 +1,420 @@
+//! A CTC head over projected audio, for joint CTC/attention decoding
+//! (Watanabe et al., "Hybrid CTC/Attention Architecture for End-to-End
+//! Speech Recognition", 2017).
+//!
+//! The head scores each projected audio vector `x_t` against the LLM's own
+//! token embeddings: the logit of token `v` is `x_t · E_v`, and one extra
+//! class, the blank, has logit `x_t · w + b`. Its only weights are `w` and
+//! `b` (file: safetensors with `ctc.blank_w` `[hidden]` and `ctc.blank_b`
+//! `[]` or `[1]`). [`CtcPrefixScorer`] gives the CTC probability that the
+//! audio's labelling starts with a token prefix, which a beam search adds to
+//! the LLM's score so hypotheses must stay consistent with the audio
+//! (curbing the LLM's inventions).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{LlmError, Result};
+use crate::model::Llama;
+
+/// Frames scored at once when normalising (bounds the `[frames, vocab]` block).
+const CHUNK: usize = 64;
+
+/// The trained blank class of a CTC head.
+#[derive(Debug, Clone)]
+pub struct CtcHead {
+    blank_w: Tensor,
+    blank_b: f32,
+    hidden: usize,
+}
+
+impl CtcHead {
+    /// Reads a head from a safetensors file; `hidden` is the LLM's width.
+    pub fn load(path: &Path, hidden: usize, device: &Device) -> Result<Self> {
+        let io = |reason: String| LlmError::Io {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bad = |what: String| LlmError::BadWeights(format!("{}: {what}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
+        let mut w = None;
+        let mut b = None;
+        for (name, t) in
+            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| io(e.to_string()))?
+        {
+            match name.as_str() {
+                "ctc.blank_w" => w = Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+                "ctc.blank_b" => {
+                    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    if v.len() != 1 {
+                        return Err(bad(format!(
+                            "ctc.blank_b has {} values, expected 1",
+                            v.len()
+                        )));
+                    }
+                    b = Some(v[0]);
+                }
+                _ => {}
+            }
+        }
+        let w = w.ok_or_else(|| bad("tensor ctc.blank_w missing".into()))?;
+        let b = b.ok_or_else(|| bad("tensor ctc.blank_b missing".into()))?;
+        Self::from_parts(w, b, hidden, device).map_err(|e| match e {
+            LlmError::BadWeights(m) => bad(m),
+            other => other,
+        })
+    }
+
+    /// A head from its blank weights.
+    pub fn from_parts(
+        blank_w: Vec<f32>,
+        blank_b: f32,
+        hidden: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if blank_w.len() != hidden {
+            return Err(LlmError::BadWeights(format!(
+                "ctc.blank_w has {} values, the LLM's width is {hidden}",
+                blank_w.len()
+            )));
+        }
+        if !blank_b.is_finite() || blank_w.iter().any(|v| !v.is_finite()) {
+            return Err(LlmError::BadWeights(
+                "CTC head weights are not finite".into(),
+            ));
+        }
+        Ok(CtcHead {
+            blank_w: Tensor::from_vec(blank_w, (hidden, 1), device)?,
+            blank_b,
+            hidden,
+        })
+    }
+
+    /// Log-probabilities `[frames, vocab + 1]` (blank last) of `audio`
+    /// `[frames, hidden]`: what the scorer uses, whole (tests, inspection).
+    pub fn log_probs(&self, llm: &Llama, audio: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let audio = self.check(llm, audio)?;
+        let emb_t = llm.token_embeddings().t()?;
+        let logits = audio.matmul(&emb_t)?.to_vec2::<f32>()?;
+        let blank = self.blank_logits(&audio)?;
+        Ok(logits
+            .into_iter()
+            .zip(blank)
+            .map(|(mut row, b)| {
+                row.push(b);
+                let lse = log_sum_exp(&row);
+                row.iter_mut().for_each(|v| *v -= lse);
+                row
+            })
+            .collect())
+    }
+
+    /// The prefix scorer of one utterance's projected audio `[frames, hidden]`.
+    pub fn scorer(&self, llm: &Llama, audio: &Tensor) -> Result<CtcPrefixScorer> {
+        let audio = self.check(llm, audio)?;
+        let frames = audio.dim(0)?;
+        let emb_t = llm.token_embeddings().t()?;
+        let blank = self.blank_logits(&audio)?;
+        let mut lse = Vec::with_capacity(frames);
+        for start in (0..frames).step_by(CHUNK) {
+            let n = CHUNK.min(frames - start);
+            let rows = audio
+                .narrow(0, start, n)?
+                .matmul(&emb_t)?
+                .to_vec2::<f32>()?;
+            for (k, mut row) in rows.into_iter().enumerate() {
+                row.push(blank[start + k]);
+                lse.push(log_sum_exp(&row));
+            }
+        }
+        let blank_lp = blank.iter().zip(&lse).map(|(b, l)| b - l).collect();
+        Ok(CtcPrefixScorer {
+            audio,
+            embeddings: llm.token_embeddings().clone(),
+            lse,
+            blank_lp,
+        })
+    }
+
+    fn check(&self, llm: &Llama, audio: &Tensor) -> Result<Tensor> {
+        let (frames, hidden) = audio.dims2()?;
+        if hidden != self.hidden || hidden != llm.config().hidden_size {
+            return Err(LlmError::InvalidInput(format!(
+                "audio of width {hidden}; the CTC head has {} and the LLM {}",
+                self.hidden,
+                llm.config().hidden_size
+            )));
+        }
+        if frames == 0 {
+            return Err(LlmError::InvalidInput("no audio frames to score".into()));
+        }
+        Ok(audio.to_dtype(DType::F32)?.contiguous()?)
+    }
+
+    fn blank_logits(&self, audio: &Tensor) -> Result<Vec<f32>> {
+        let b = audio
+            .matmul(&self.blank_w)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(b.into_iter().map(|v| v + self.blank_b).collect())
+    }
+}
+
+/// CTC prefix probabilities over one utterance.
+pub struct CtcPrefixScorer {
+    /// `[frames, hidden]` f32.
+    audio: Tensor,
+    /// The LLM's `[vocab, hidden]` token embeddings.
+    embeddings: Tensor,
+    /// Per frame: log of the softmax normaliser over vocab + blank.
+    lse: Vec<f32>,
+    blank_lp: Vec<f32>,
+}
+
+/// The CTC state of a token prefix: per frame `t`, the log-probabilities
+/// that frames `0..=t` read the prefix ending in its last token (`r_n`) or
+/// in a blank (`r_b`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CtcState {
+    r_n: Vec<f32>,
+    r_b: Vec<f32>,
+    last: Option<u32>,
+    /// log P(the labelling starts with this prefix).
+    pub prefix: f32,
+}
+
+impl CtcPrefixScorer {
+    pub fn frames(&self) -> usize {
+        self.lse.len()
+    }
+
+    /// The state of the empty prefix.
+    pub fn initial(&self) -> CtcState {
+        let mut acc = 0.0;
+        let r_b = self
+            .blank_lp
+            .iter()
+            .map(|lp| {
+                acc += lp;
+                acc
+            })
+            .collect();
+        CtcState {
+            r_n: vec![f32::NEG_INFINITY; self.frames()],
+            r_b,
+            last: None,
+            prefix: 0.0,
+        }
+    }
+
+    /// The states of `state`'s prefix extended by each of `tokens` (none of
+    /// them an end token: see [`CtcPrefixScorer::final_score`]).
+    pub fn extend(&self, state: &CtcState, tokens: &[u32]) -> Result<Vec<CtcState>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let frames = self.frames();
+        let ids = Tensor::new(tokens, self.audio.device())?;
+        let emb = self.embeddings.index_select(&ids, 0)?;
+        // [frames, k]: log-probability of each candidate at each frame.
+        let cols = self.audio.matmul(&emb.t()?)?.to_vec2::<f32>()?;
+        let either: Vec<f32> = state
+            .r_n
+            .iter()
+            .zip(&state.r_b)
+            .map(|(&n, &b)| log_add(n, b))
+            .collect();
+        let mut out = Vec::with_capacity(tokens.len());
+        for (k, &token) in tokens.iter().enumerate() {
+            let lp = |t: usize| cols[t][k] - self.lse[t];
+            // A repeated token needs a blank between the two.
+            let phi = if state.last == Some(token) {
+                &state.r_b
+            } else {
+                &either
+            };
+            let mut r_n = vec![f32::NEG_INFINITY; frames];
+            let mut r_b = vec![f32::NEG_INFINITY; frames];
+            if state.last.is_none() {
+                r_n[0] = lp(0);
+            }
+            let mut prefix = r_n[0];
+            for t in 1..frames {
+                let lp_t = lp(t);
+                r_n[t] = log_add(r_n[t - 1], phi[t - 1]) + lp_t;
+                r_b[t] = log_add(r_n[t - 1], r_b[t - 1]) + self.blank_lp[t];
+                prefix = log_add(prefix, phi[t - 1] + lp_t);
+            }
+            out.push(CtcState {
+                r_n,
+                r_b,
+                last: Some(token),
+                prefix,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `state` advanced through `tokens` one at a time (a forced prefix).
+    pub fn advance(&self, mut state: CtcState, tokens: &[u32]) -> Result<CtcState> {
+        for &t in tokens {
+            state = self
+                .extend(&state, &[t])?
+                .pop()
+                .expect("one state per token");
+        }
+        Ok(state)
+    }
+
+    /// log P(the whole labelling is exactly `state`'s prefix).
+    pub fn final_score(&self, state: &CtcState) -> f32 {
+        let last = self.frames() - 1;
+        log_add(state.r_n[last], state.r_b[last])
+    }
+}
+
+fn log_add(a: f32, b: f32) -> f32 {
+    if a == f32::NEG_INFINITY {
+        return b;
+    }
+    if b == f32::NEG_INFINITY {
+        return a;
+    }
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    hi + (lo - hi).exp().ln_1p()
+}
+
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
+    max + sum.ln() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scorer over explicit per-frame probabilities of a 2-token vocabulary
+    /// plus blank (audio = one-hot frames, embeddings = log-probs).
+    fn scorer(probs: &[[f32; 3]]) -> CtcPrefixScorer {
+        let dev = Device::Cpu;
+        let frames = probs.len();
+        // audio row t = log p(t, ·); embeddings = identity over the first two
+        // classes; the blank's log-prob is kept apart.
+        let mut audio = Vec::new();
+        for p in probs {
+            audio.extend([p[0].ln(), p[1].ln()]);
+        }
+        let audio = Tensor::from_vec(audio, (frames, 2), &dev).unwrap();
+        let embeddings = Tensor::from_vec(vec![1f32, 0., 0., 1.], (2, 2), &dev).unwrap();
+        CtcPrefixScorer {
+            audio,
+            embeddings,
+            lse: vec![0.0; frames],
+            blank_lp: probs.iter().map(|p| p[2].ln()).collect(),
+        }
+    }
+
+    /// Probability of labelling `label` by summing over every alignment.
+    fn brute_force(probs: &[[f32; 3]], label: &[u32]) -> f64 {
+        let frames = probs.len();
+        let mut total = 0.0;
+        for code in 0..3usize.pow(frames as u32) {
+            let mut c = code;
+            let path: Vec<usize> = (0..frames)
+                .map(|_| {
+                    let v = c % 3;
+                    c /= 3;
+                    v
+                })
+                .collect();
+            let mut collapsed = Vec::new();
+            let mut prev = None;
+            for &s in &path {
+                if s != 2 && Some(s) != prev {
+                    collapsed.push(s as u32);
+                }
+                prev = Some(s);
+            }
+            if collapsed == label {
+                total += path
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &s)| f64::from(probs[t][s]))
+                    .product::<f64>();
+            }
+        }
+        total
+    }
+
+    const PROBS: [[f32; 3]; 5] = [
+        [0.6, 0.1, 0.3],
+        [0.2, 0.3, 0.5],
+        [0.1, 0.7, 0.2],
+        [0.5, 0.2, 0.3],
+        [0.3, 0.3, 0.4],
+    ];
+
+    #[test]
+    fn final_scores_match_summing_every_alignment() {
+        let s = scorer(&PROBS);
+        for label in [
+            vec![],
+            vec![0],
+            vec![1],
+            vec![0, 1],
+            vec![0, 0],
+            vec![1, 0, 1],
+            vec![0, 1, 0, 1],
+        ] {
+            let st = s.advance(s.initial(), &label).unwrap();
+            let want = brute_force(&PROBS, &label);
+            let got = f64::from(s.final_score(&st)).exp();
+            assert!((got - want).abs() < 1e-5, "{label:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn prefix_scores_sum_the_labellings_that_start_with_the_prefix() {
+        let s = scorer(&PROBS);
+        // Every labelling of 5 frames has at most 5 tokens.
+        let mut all: Vec<Vec<u32>> = vec![vec![]];
+        for len in 1..=5 {
+            for code in 0..2usize.pow(len) {
+                all.push((0..len).map(|i| ((code >> i) & 1) as u32).collect());
+            }
+        }
+        for prefix in [vec![0u32], vec![1], vec![0, 1], vec![1, 1], vec![0, 1, 0]] {
+            let want: f64 = all
+                .iter()
+                .filter(|l| l.starts_with(&prefix))
+                .map(|l| brute_force(&PROBS, l))
+                .sum();
+            let got = f64::from(s.advance(s.initial(), &prefix).unwrap().prefix).exp();
+            assert!((got - want).abs() < 1e-5, "{prefix:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_labelling_longer_than_the_audio_is_impossible() {
+        let s = scorer(&PROBS[..2]);
+        let st = s.advance(s.initial(), &[0, 1, 0]).unwrap();
+        assert_eq!(st.prefix, f32::NEG_INFINITY);
+        assert_eq!(s.final_score(&st), f32::NEG_INFINITY);
+        // A repeat needs a blank between: two frames cannot read "0 0".
+        let st = s.advance(s.initial(), &[0, 0]).unwrap();
+        assert_eq!(s.final_score(&st), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn a_blank_head_of_the_wrong_width_is_refused() {
+        let err = CtcHead::from_parts(vec![0.0; 3], 0.0, 4, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("3 values"), "{err}");
+        let err = CtcHead::from_parts(vec![f32::NAN; 4], 0.0, 4, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("not finite"), "{err}");
+    }
+}
