@@ -2,7 +2,8 @@
 //! stack-4 projector, SmolLM2 on spliced embeddings, greedy decoding)
 //! against an independent Python reference of the same chain
 //! (tools/golden/make_transcribe_golden.py: numpy mel and projector,
-//! onnxruntime, numpy LLaMA). Golden: tests/golden/transcribe.
+//! onnxruntime, numpy LLaMA), and the bundle's CTC head against its float64
+//! reference. Golden: tests/golden/transcribe.
 
 use std::path::{Path, PathBuf};
 
@@ -62,8 +63,26 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
             "the default bundle's LoRA changed: regenerate the golden (tools/golden/make_transcribe_golden.py)"
         );
     }
+    if let Some(ctc) = golden["bundle"]["ctc_head"].as_object() {
+        assert_eq!(
+            sha256_hex(&bundle_dir.join(ctc["file"].as_str().unwrap())),
+            ctc["sha256"].as_str().unwrap(),
+            "the default bundle's CTC head changed: regenerate the golden (tools/golden/make_transcribe_golden.py)"
+        );
+    }
     avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
-    let mut pipeline = AsrPipeline::new(LoadedBundle::load(&bundle_dir, 1).unwrap()).unwrap();
+    let mut bundle = LoadedBundle::load(&bundle_dir, 1).unwrap();
+    // The reference decodes greedily: so does this check of the chain (the
+    // bundle's joint CTC/attention search is checked piecewise: its CTC head
+    // here, the search in avlm-llm's tests).
+    let ctc = bundle.ctc.take();
+    assert_eq!(
+        ctc.is_some(),
+        golden["bundle"]["ctc_head"].is_object(),
+        "the golden and the bundle disagree on having a CTC head"
+    );
+    bundle.manifest.decoding.beam_width = 1;
+    let mut pipeline = AsrPipeline::new(bundle).unwrap();
 
     for clip in golden["clips"].as_array().unwrap() {
         let name = clip["name"].as_str().unwrap();
@@ -117,6 +136,10 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
         eprintln!("{name}: projected audio embeddings max abs error {err:.2e}");
         assert!(err <= 1e-3, "{name}: projected audio differs by {err}");
 
+        if let Some(head) = &ctc {
+            check_ctc(name, clip, head, pipeline.bundle(), &embeds);
+        }
+
         let t = pipeline.transcribe(&samples).unwrap();
         let expected = ids(&clip["generated_ids"]);
         let margins: Vec<f64> = clip["margins"]
@@ -147,4 +170,58 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
         }
         assert!(t.tokens.len() >= expected.len(), "{name}: stopped early");
     }
+}
+
+/// The CTC head on the projected audio against the float64 reference: the
+/// best class of every row (where the reference's margin is not a near tie),
+/// its log-probability, and the log-probability of the greedy tokens as the
+/// whole labelling (the reference sums alignments with the textbook forward;
+/// the server's prefix-score recursion must agree).
+fn check_ctc(
+    name: &str,
+    clip: &Value,
+    head: &avlm_llm::CtcHead,
+    bundle: &LoadedBundle,
+    embeds: &candle_core::Tensor,
+) {
+    let f64s = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let best_ref = f64s(&clip["ctc_best_path"]);
+    let margins = f64s(&clip["ctc_best_margins"]);
+    let best_lp = f64s(&clip["ctc_best_log_probs"]);
+    let lp = head.log_probs(&bundle.llm, embeds).unwrap();
+    assert_eq!(lp.len(), best_ref.len(), "{name}: CTC rows");
+    let mut worst = 0.0f64;
+    for (g, row) in lp.iter().enumerate() {
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+            .unwrap();
+        if margins[g] > 1e-2 {
+            assert_eq!(best as f64, best_ref[g], "{name}: CTC best class of row {g}");
+        }
+        worst = worst.max((f64::from(row[best_ref[g] as usize]) - best_lp[g]).abs());
+    }
+    let ids: Vec<u32> = clip["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let scorer = head.scorer(&bundle.llm, embeds).unwrap();
+    let state = scorer.advance(scorer.initial(), &ids).unwrap();
+    let ours = f64::from(scorer.final_score(&state));
+    let reference = clip["ctc_log_prob_generated"].as_f64().unwrap();
+    eprintln!(
+        "{name}: CTC best-class log-prob max error {worst:.2e}; log P(greedy labelling) {ours:.4} vs reference {reference:.4}"
+    );
+    assert!(worst < 2e-3, "{name}: CTC log-probs differ by {worst}");
+    assert!(
+        (ours - reference).abs() <= 1e-3 * reference.abs().max(1.0),
+        "{name}: CTC labelling log-prob {ours} vs {reference}"
+    );
 }

@@ -23,6 +23,10 @@ The chain, per clip (16-bit 16 kHz mono WAV, samples = int16 / 32768):
   6. Greedy decode with the float64 reference from those embeddings: at most
      32 new tokens, stopping BEFORE emitting a stop id (<|im_end|>=2,
      <|endoftext|>=0, from the bundle's decoding.stop).
+  7. With a CTC head (decoding.ctc_head): its float64 log-probabilities over
+     [token_embd rows, blank] per audio row, the best class per row, and the
+     CTC log-probability of the greedy ids as the whole labelling (textbook
+     forward over the blank-extended labels).
 
 Writes (OUT, default tests/golden/transcribe/):
   golden.json
@@ -32,8 +36,8 @@ Writes (OUT, default tests/golden/transcribe/):
 golden.json layout:
   reference, versions, chain            how it was made
   bundle {dir, manifest_sha256, projector: {file, sha256, metadata},
-          encoder: {file, sha256}, llm: {file, sha256}, template, prompt_prefix,
-          prompt_suffix, stack_k}
+          encoder: {file, sha256}, llm: {file, sha256}, lora, ctc_head,
+          template, prompt_prefix, prompt_suffix, stack_k}
   decoding {max_new_tokens, stop_tokens, stop_ids}
   clips[] {name, wav, wav_sha256, n_samples, mel_frames (even, after the
            fix), mel_frames_dropped (0/1), T, G, features_max_abs,
@@ -42,7 +46,9 @@ golden.json layout:
            prompt_len (= len(prefix)+G+len(suffix)), prompt_last_top5
            [[id, logit], ...], generated_ids (stop id excluded), text,
            stopped_on (stop id or null), margins (top1-top2 per step taken,
-           including the final step that chose the stop id), min_margin}
+           including the final step that chose the stop id), min_margin,
+           and with a CTC head: ctc_best_path, ctc_best_margins,
+           ctc_best_log_probs (per audio row), ctc_log_prob_generated}
 
 Usage: .avlm/venv/bin/python tools/golden/make_transcribe_golden.py [--bundle DIR] [--out DIR]
 The bundle defaults to .avlm/bundles/default and is created with
@@ -157,6 +163,38 @@ def project(x, w, prefix):
     return h @ W2.T + b2
 
 
+def ctc_log_probs(audio_embeds, tok_embd, blank_w, blank_b):
+    """[G, V+1] float64 log-probabilities of the CTC head (blank last): token logits are dot
+    products with the LLM's token embeddings, the blank's is audio . blank_w + blank_b."""
+    logits = np.concatenate([audio_embeds @ tok_embd.T, (audio_embeds @ blank_w + blank_b)[:, None]], 1)
+    mx = logits.max(1, keepdims=True)
+    return logits - (mx + np.log(np.exp(logits - mx).sum(1, keepdims=True)))
+
+
+def ctc_labelling_log_prob(lp, labels):
+    """log P(labelling == labels) by the textbook CTC forward over the blank-extended
+    label sequence (float64), independent of the server's prefix-score recursion."""
+    blank = lp.shape[1] - 1
+    ext = [blank]
+    for t in labels:
+        ext += [int(t), blank]
+    S, T = len(ext), lp.shape[0]
+    a = np.full(S, -np.inf)
+    a[0] = lp[0, ext[0]]
+    if S > 1:
+        a[1] = lp[0, ext[1]]
+    for t in range(1, T):
+        prev = a.copy()
+        for s in range(S):
+            terms = [prev[s]]
+            if s >= 1:
+                terms.append(prev[s - 1])
+            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                terms.append(prev[s - 2])
+            a[s] = np.logaddexp.reduce(terms) + lp[t, ext[s]]
+    return float(np.logaddexp(a[-1], a[-2]) if S > 1 else a[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default=DEFAULT_BUNDLE,
@@ -213,6 +251,13 @@ def main(argv=None) -> int:
                     w = getattr(layer, attr)
                     setattr(layer, attr, w + scale * (b.astype(np.float64) @ a.astype(np.float64)))
         lora = {"file": man["llm"]["lora"], "sha256": sha256(lora_path), "scale": scale}
+    ctc = None
+    if man["decoding"].get("ctc_head"):
+        ctc_path = rel(man["decoding"]["ctc_head"])
+        ct, cmeta = B.read_safetensors(ctc_path)
+        ctc_w = ct["ctc.blank_w"].astype(np.float64).reshape(-1)
+        ctc_b = float(ct["ctc.blank_b"].reshape(-1)[0])
+        ctc = {"file": man["decoding"]["ctc_head"], "sha256": sha256(ctc_path), "metadata": cmeta}
     t_load = time.time() - t0
     prefix_ids = R.encode(ti, p_text)
     suffix_ids = R.encode(ti, s_text)
@@ -245,6 +290,17 @@ def main(argv=None) -> int:
         lg = res["prompt_last_logits"]
         top5 = np.argsort(-lg, kind="stable")[:5]
         text = R.decode(ti, res["ids"])
+        ctc_rec = {}
+        if ctc is not None:
+            lp = ctc_log_probs(audio_embeds, m.tok_embd, ctc_w, ctc_b)
+            best = lp.argmax(1)
+            srt = np.sort(lp, 1)
+            ctc_rec = {
+                "ctc_best_path": [int(i) for i in best],
+                "ctc_best_margins": [float(v) for v in srt[:, -1] - srt[:, -2]],
+                "ctc_best_log_probs": [float(v) for v in srt[:, -1]],
+                "ctc_log_prob_generated": ctc_labelling_log_prob(lp, res["ids"]),
+            }
 
         feats_file, emb_file = f"{name}.features.bin", f"{name}.audio_embeds.bin"
         write_f32(os.path.join(args.out, feats_file), feats)
@@ -272,7 +328,7 @@ def main(argv=None) -> int:
             "stopped_on": res["stopped_on"],
             "margins": res["margins"],
             "min_margin": float(min(res["margins"])),
-        })
+        } | ctc_rec)
         timings[name] = (t_front, t_llm)
         print(f"{name}: samples={len(audio)} mel={mel.shape[1]} (dropped {dropped}) T={T} G={G} "
               f"prompt={embeds.shape[0]} | {len(res['ids'])} tokens, stop={res['stopped_on']}, "
@@ -293,6 +349,8 @@ def main(argv=None) -> int:
             "LoRA (when the bundle has one): W_q += scale * B_q @ A_q, W_v += scale * B_v @ A_v, float64",
             "embeds = token_embd[prefix_ids] ++ audio_embeds ++ token_embd[suffix_ids]",
             "greedy argmax (lowest id on ties), <= min(32, max_new_tokens, 8 + ceil(max_tokens_per_audio_s * seconds)), stop before a stop id",
+            "CTC head (when the bundle has one): log_softmax([audio_embeds @ token_embd^T, audio_embeds @ blank_w + blank_b]) "
+            "-> best path per frame, and log P(labelling == generated_ids) by the standard CTC forward (float64)",
         ],
         "bundle": {
             "dir": show_path(bundle),
@@ -302,6 +360,7 @@ def main(argv=None) -> int:
             "encoder": {"file": man["audio"]["encoder"], "sha256": sha256(enc_path)},
             "llm": {"file": man["llm"]["weights"], "sha256": sha256(gguf_path)},
             "lora": lora,
+            "ctc_head": ctc,
             "template": template,
             "prompt_prefix": p_text,
             "prompt_suffix": s_text,
