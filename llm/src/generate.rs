@@ -175,7 +175,11 @@ pub fn joint_beam_search(
             }
         }
         // A labelling the audio cannot hold (more tokens than CTC frames) is dropped.
+        let is_word = |c: &Candidate| !config.stop.stop_tokens.contains(&c.2);
+        let words_before = candidates.iter().any(is_word);
         candidates.retain(|c| c.0 > f32::NEG_INFINITY);
+        // The CTC head ruled out every continuation by a token.
+        let blocked = words_before && !candidates.iter().any(is_word);
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut chosen: Vec<Candidate> = Vec::new();
         for c in candidates {
@@ -213,7 +217,12 @@ pub fn joint_beam_search(
             }
         }
         if chosen.is_empty() {
-            beams.clear();
+            // Either finished hypotheses beat every live one (drop them), or
+            // the CTC head allows no continuation (the audio has no frames
+            // left for another token): the live beams end here as they are.
+            if !blocked {
+                beams.clear();
+            }
             break;
         }
         // Children take their parent's cache; a parent with several children is copied.

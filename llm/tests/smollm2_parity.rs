@@ -396,6 +396,31 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
         "{llm} vs {}",
         joint.log_prob
     );
+    // Audio of two frames spelling one token: no labelling longer than two
+    // tokens fits, and the search ends with what fits instead of nothing.
+    let (short_audio, short_head) = spelled(m, &target[..1]);
+    let short = short_head.scorer(m, &short_audio).unwrap();
+    let long = BeamConfig {
+        stop: StopCriteria {
+            max_new_tokens: 6,
+            stop_tokens: vec![2],
+        },
+        ..config.clone()
+    };
+    let fit = joint_beam_search(
+        m,
+        &cache,
+        logits.clone(),
+        &long,
+        Some(CtcGuide {
+            scorer: &short,
+            weight: 0.7,
+            start: short.initial(),
+        }),
+    )
+    .unwrap();
+    assert_eq!(fit.tokens.first(), Some(&target[0]), "{:?}", fit.tokens);
+    assert!(fit.tokens.len() <= 2, "{:?}", fit.tokens);
     let bad = joint_beam_search(m, &cache, logits, &config, Some(guide(1.5))).unwrap_err();
     assert!(bad.to_string().contains("outside [0, 1]"), "{bad}");
 }

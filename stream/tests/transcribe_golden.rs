@@ -202,7 +202,10 @@ fn check_ctc(
             .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
             .unwrap();
         if margins[g] > 1e-2 {
-            assert_eq!(best as f64, best_ref[g], "{name}: CTC best class of row {g}");
+            assert_eq!(
+                best as f64, best_ref[g],
+                "{name}: CTC best class of row {g}"
+            );
         }
         worst = worst.max((f64::from(row[best_ref[g] as usize]) - best_lp[g]).abs());
     }

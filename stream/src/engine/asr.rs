@@ -223,9 +223,15 @@ impl AsrPipeline {
             length_penalty: decoding.length_penalty,
             stop,
         };
-        let generation = match &ctc {
-            Some(scorer) => {
-                let start = scorer.advance(scorer.initial(), forced)?;
+        // A forced prefix the CTC head rules out (longer than the audio's
+        // frames) cannot steer anything: the LLM decodes alone then.
+        let guided = match &ctc {
+            Some(scorer) => Some((scorer, scorer.advance(scorer.initial(), forced)?))
+                .filter(|(_, start)| start.prefix > f32::NEG_INFINITY),
+            None => None,
+        };
+        let generation = match guided {
+            Some((scorer, start)) => {
                 let guide = CtcGuide {
                     scorer,
                     weight: decoding.ctc_weight,
