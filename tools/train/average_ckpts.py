@@ -5,10 +5,10 @@
         NAME=a.pt[,b.pt,...] ... [--out-dir DIR --write NAME]
 
 Each NAME=... is one candidate: the mean of the checkpoints' projector, LoRA (A and B each
-averaged) and nothing else; a single file scores that checkpoint alone. The held-out loss is
+averaged) and CTC head (written with the rest; the held-out loss does not use it); a single file scores that checkpoint alone. The held-out loss is
 next-token cross-entropy on the held-out utterances of the packs (their audio as packed, no
 augmentation), the trainer's `val_loss`, so it compares with the numbers in a run's train.log.
-With --write NAME, that candidate's bundle-format projector.safetensors and lora.safetensors go to
+With --write NAME, that candidate's bundle-format projector.safetensors, lora.safetensors and ctc.safetensors go to
 --out-dir, with its held-out loss and sources in the metadata.
 """
 from __future__ import annotations
@@ -101,8 +101,14 @@ def main():
             os.makedirs(args.out_dir, exist_ok=True)
             meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
                     "val_loss": f"{vl:.4f}", "average_of": json.dumps(paths), "steps": json.dumps(steps)}
-            T.save_outputs(args.out_dir, "", proj, m, meta)
-            log(f"wrote {args.out_dir}/projector.safetensors" + (" and lora.safetensors" if lora else ""))
+            ctc = None
+            if all(s.get("ctc") is not None for s in states):
+                ctc = T.CTCAux(m.get_input_embeddings().weight.detach())
+                ctc.load_state_dict({k: sum(s["ctc"][k].float() for s in states) / len(states)
+                                     for k in states[0]["ctc"]})
+            T.save_outputs(args.out_dir, "", proj, m, meta, ctc)
+            log(f"wrote {args.out_dir}/projector.safetensors" + (", lora.safetensors" if lora else "")
+                + (", ctc.safetensors" if ctc is not None else ""))
 
 
 if __name__ == "__main__":

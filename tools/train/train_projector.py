@@ -11,8 +11,9 @@ recipe in miniature.
     .avlm/venv/bin/python tools/train/train_projector.py --eval-only [--projector P] [--lora L]
 
 Loss: next-token cross-entropy on the transcript tokens, plus (--ctc-weight, default 0.5) a
-training-only CTC loss that scores each projected audio vector against SmolLM2's token
-embeddings (class CTCAux); the bundle gets only the projector (and LoRA).
+CTC loss that scores each projected audio vector against SmolLM2's token embeddings (class
+CTCAux); the bundle gets the projector, LoRA and that CTC head, which the server uses for
+joint CTC/attention decoding (decoding.ctc_head).
 
 Data: the manifest written by tools/data/make_synth_data.py (split "train" for
 training; "heldout_voice" / "heldout_joe" for validation loss and WER).
@@ -36,6 +37,9 @@ Outputs (under --work, default .avlm/train):
         GGUF/llama.cpp order: HF's q rows permuted back the way convert_hf_to_gguf permutes
         them), lora.layers.{i}.v_proj.A [r, 576], ...v_proj.B [192, r]; metadata "scale" =
         alpha / r; the server merges W += scale * B @ A.
+  ctc.safetensors                         the CTC head of the best checkpoint (if --ctc-weight > 0):
+        ctc.blank_w [576], ctc.blank_b [1]; the bundle's decoding.ctc_head for joint
+        CTC/attention decoding (token classes are SmolLM2's embeddings).
   train.log, loss.jsonl, eval/*.json      logs, per-step losses, evaluation results
 WER: corpus-level word edit distance / reference words, after lower-casing and stripping
 punctuation (tools/data/text_corpus.normalize).  The real clips are only ever evaluated,
@@ -301,10 +305,11 @@ class Prompt:
 
 
 class CTCAux(nn.Module):
-    """Training-only auxiliary CTC head on the projector outputs: token logits are dot products
-    with SmolLM2's (frozen, tied) token embeddings, plus one learned blank class.  It pulls each
-    projected audio vector toward the embedding of the token being spoken, which shortens the
-    long loss plateau of a frozen-LLM start.  Not part of the bundle; the server never sees it."""
+    """Auxiliary CTC head on the projector outputs: token logits are dot products with SmolLM2's
+    (frozen, tied) token embeddings, plus one learned blank class.  It pulls each projected
+    audio vector toward the embedding of the token being spoken, which shortens the long loss
+    plateau of a frozen-LLM start.  Its blank class goes to the bundle (ctc.safetensors): the
+    server's joint CTC/attention decoding scores hypotheses with it (llm/src/ctc.rs)."""
 
     def __init__(self, emb: torch.Tensor):
         super().__init__()
@@ -562,10 +567,19 @@ def write_atomic(path, data: bytes):
     os.replace(tmp, path)
 
 
-def save_outputs(prefix_dir, name_suffix, proj, m, meta):
-    """Bundle-format projector (and LoRA) safetensors."""
+def ctc_tensors(ctc):
+    """The bundle's ctc.safetensors tensors (decoding.ctc_head): the blank class only; the
+    token classes are the LLM's own embeddings."""
+    return {"ctc.blank_w": ctc.blank_w.detach().float().cpu().numpy().reshape(-1),
+            "ctc.blank_b": ctc.blank_b.detach().float().cpu().numpy().reshape(1)}
+
+
+def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
+    """Bundle-format projector (and LoRA, and the CTC head for joint decoding) safetensors."""
     p = os.path.join(prefix_dir, f"projector{name_suffix}.safetensors")
     write_atomic(p, safetensors_bytes(proj.tensors(), meta))
+    if ctc is not None:
+        write_atomic(os.path.join(prefix_dir, f"ctc{name_suffix}.safetensors"), safetensors_bytes(ctc_tensors(ctc), meta))
     lt = lora_tensors(m)
     if lt:
         lmeta = dict(meta)
@@ -599,7 +613,7 @@ def export(args, work, small=None):
     import shutil
 
     os.makedirs(args.export_dir, exist_ok=True)
-    for name in ("projector.safetensors", "lora.safetensors", "train.log", "loss.jsonl"):
+    for name in ("projector.safetensors", "lora.safetensors", "ctc.safetensors", "train.log", "loss.jsonl"):
         src = os.path.join(work, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(args.export_dir, name + ".tmp"))
@@ -630,7 +644,7 @@ def main():
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = projector only")
     ap.add_argument("--lora-alpha", type=float, default=16.0)
     ap.add_argument("--ctc-weight", type=float, default=0.5,
-                    help="weight of the training-only auxiliary CTC loss on projector outputs (0: off, "
+                    help="weight of the auxiliary CTC loss on projector outputs (its head also serves joint decoding; 0: off, "
                          "the plain recipe; 0.5 broke the frozen-LLM loss plateau ~2x sooner in the first runs)")
     ap.add_argument("--specaug", type=float, default=0.5, help="probability of SpecAugment per utterance")
     ap.add_argument("--seed", type=int, default=20261126)
@@ -900,10 +914,10 @@ def main():
             st = state()
             save_ckpt(os.path.join(ck_dir, f"step_{step:06d}.pt"), st)
             save_ckpt(latest, st)
-            save_outputs(ck_dir, f"-step_{step:06d}", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"))
+            save_outputs(ck_dir, f"-step_{step:06d}", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"), ctc)
             if is_best:
                 save_ckpt(os.path.join(ck_dir, "best.pt"), st)
-                save_outputs(work, "", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"))
+                save_outputs(work, "", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"), ctc)
             export(args, work, small_state(st))
             old = sorted(glob.glob(os.path.join(ck_dir, "step_*.pt")))[:-args.keep_ckpts]
             for p in old:
