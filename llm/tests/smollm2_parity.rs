@@ -322,12 +322,11 @@ fn beam_width_one_is_greedy_and_width_four_returns_its_best() {
 }
 
 /// Joint CTC/attention decoding on the real model with a CTC head whose
-/// "audio" spells out a chosen token sequence: one frame per token (the
-/// token's own embedding, scaled) with a blank frame between. The sequence
-/// starts with the LLM's second choice, so the LLM alone prefers another.
+/// "audio" spells out a chosen token sequence: one frame per token (see
+/// `spelled`) with a blank frame between. The sequence starts with a token
+/// the LLM does not rank first, so the LLM alone prefers another.
 #[test]
 fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
-    use candle_core::Tensor;
     let m = model(WeightMode::F32);
     let prompt = ids(&golden()["prompts"][0]["ids"]);
     let mut cache = m.new_cache(prompt.len() + 20).unwrap();

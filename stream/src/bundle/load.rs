@@ -158,9 +158,13 @@ impl LoadedBundle {
             })?;
             stop_ids.push(id);
         }
-        if manifest.decoding.beam_width == 0 || manifest.decoding.max_new_tokens == 0 {
+        if manifest.decoding.beam_width == 0
+            || manifest.decoding.max_new_tokens == 0
+            || manifest.decoding.partial_beam_width == Some(0)
+        {
             return Err(BundleError::Manifest(
-                "decoding.beam_width and max_new_tokens must be at least 1".into(),
+                "decoding.beam_width, partial_beam_width and max_new_tokens must be at least 1"
+                    .into(),
             ));
         }
         let decoding = &manifest.decoding;
@@ -198,7 +202,7 @@ impl LoadedBundle {
         let audio = m.audio.as_ref().map(|a| (a.window, a.normalize_waveform));
         let c = self.llm.config();
         format!(
-            "bundle {name:?} at {dir}\n  {desc}\n  audio encoder: {enc} ({mels} mel bands -> width {dim}, window {audio:?})\n  projector: {proj:?}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam}, length penalty {lp}, up to {new} new tokens{ctc}",
+            "bundle {name:?} at {dir}\n  {desc}\n  audio encoder: {enc} ({mels} mel bands -> width {dim}, window {audio:?})\n  projector: {proj:?}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam} (partials {pbeam}), length penalty {lp}, up to {new} new tokens{ctc}",
             name = m.name,
             dir = self.dir.display(),
             desc = m.description,
@@ -212,6 +216,7 @@ impl LoadedBundle {
             kv = c.kv_bytes_per_token(),
             ctx = m.llm.max_context,
             beam = m.decoding.beam_width,
+            pbeam = m.decoding.partial_beam_width.unwrap_or(m.decoding.beam_width),
             lp = m.decoding.length_penalty,
             new = m.decoding.max_new_tokens,
             ctc = match (&self.ctc, &m.decoding.ctc_head) {

@@ -27,6 +27,7 @@
 //! transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
 //! [decoding]
 //! beam_width = 1
+//! # partial_beam_width = 1      # optional: partial re-decodes (default: beam_width)
 //! length_penalty = 1.0
 //! max_new_tokens = 64
 //! max_tokens_per_audio_s = 6.0  # optional: also at most 8 + 6 per audio second
@@ -158,6 +159,11 @@ pub struct Prompts {
 pub struct Decoding {
     #[serde(default = "one")]
     pub beam_width: usize,
+    /// Beam width of the partial re-decodes of an open segment (their text
+    /// is provisional; a narrower beam keeps them cheap and frequent).
+    /// Unset: `beam_width`.
+    #[serde(default)]
+    pub partial_beam_width: Option<usize>,
     #[serde(default = "one_f")]
     pub length_penalty: f32,
     #[serde(default = "default_new_tokens")]
@@ -198,6 +204,7 @@ impl Default for Decoding {
     fn default() -> Self {
         Decoding {
             beam_width: 1,
+            partial_beam_width: None,
             length_penalty: 1.0,
             max_new_tokens: default_new_tokens(),
             max_tokens_per_audio_s: 0.0,

@@ -174,6 +174,24 @@ impl AsrPipeline {
         samples: &[f32],
         forced: &[u32],
     ) -> Result<Transcript, BundleError> {
+        let width = self.bundle.manifest.decoding.beam_width;
+        self.decode(samples, forced, width)
+    }
+
+    /// A provisional transcript of an open segment's audio so far, decoded
+    /// with `decoding.partial_beam_width`.
+    pub fn transcribe_partial(&mut self, samples: &[f32]) -> Result<Transcript, BundleError> {
+        let d = &self.bundle.manifest.decoding;
+        let width = d.partial_beam_width.unwrap_or(d.beam_width);
+        self.decode(samples, &[], width)
+    }
+
+    fn decode(
+        &mut self,
+        samples: &[f32],
+        forced: &[u32],
+        width: usize,
+    ) -> Result<Transcript, BundleError> {
         let mut times = StageTimes::default();
         let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
             return Ok(Transcript {
@@ -219,7 +237,7 @@ impl AsrPipeline {
         };
         let t = Instant::now();
         let beam = |stop| BeamConfig {
-            width: decoding.beam_width,
+            width,
             length_penalty: decoding.length_penalty,
             stop,
         };
@@ -239,7 +257,7 @@ impl AsrPipeline {
                 };
                 joint_beam_search(llm, &cache, logits, &beam(stop), Some(guide))?
             }
-            None if decoding.beam_width <= 1 => greedy(llm, &mut cache, logits, &stop)?,
+            None if width <= 1 => greedy(llm, &mut cache, logits, &stop)?,
             None => beam_search(llm, &cache, logits, &beam(stop))?,
         };
         times.decode = t.elapsed();

@@ -26,6 +26,8 @@ struct Job {
     samples: Vec<f32>,
     /// Text the answer must start with (already committed to the client).
     forced: String,
+    /// A provisional re-decode of an open segment (`decoding.partial_beam_width`).
+    partial: bool,
     /// Skips the work when the session already went away.
     cancelled: Box<dyn Fn() -> bool + Send>,
     reply: Reply,
@@ -74,10 +76,14 @@ impl Engine {
                     // One job's failure, even a panic, must not take the model
                     // thread (and every other session's transcription) down.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pipeline
-                            .encode_answer(&job.forced)
-                            .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
-                            .map_err(|e| e.to_string())
+                        if job.partial {
+                            pipeline.transcribe_partial(&job.samples)
+                        } else {
+                            pipeline
+                                .encode_answer(&job.forced)
+                                .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
+                        }
+                        .map_err(|e| e.to_string())
                     }))
                     .unwrap_or_else(|_| Err("the model panicked on this utterance".to_string()));
                     if let Ok(t) = &result {
@@ -112,11 +118,40 @@ impl Engine {
         cancelled: impl Fn() -> bool + Send + 'static,
         reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
     ) -> Result<(), SubmitError> {
+        self.queue(samples, forced, false, Box::new(cancelled), Box::new(reply))
+    }
+
+    /// Queues a provisional re-decode of an open segment's audio so far
+    /// (decoded with `decoding.partial_beam_width`); blocks while the queue is full.
+    pub fn submit_partial(
+        &self,
+        samples: Vec<f32>,
+        cancelled: impl Fn() -> bool + Send + 'static,
+        reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
+    ) -> Result<(), SubmitError> {
+        self.queue(
+            samples,
+            String::new(),
+            true,
+            Box::new(cancelled),
+            Box::new(reply),
+        )
+    }
+
+    fn queue(
+        &self,
+        samples: Vec<f32>,
+        forced: String,
+        partial: bool,
+        cancelled: Box<dyn Fn() -> bool + Send>,
+        reply: Reply,
+    ) -> Result<(), SubmitError> {
         let job = Job {
             samples,
             forced,
-            cancelled: Box::new(cancelled),
-            reply: Box::new(reply),
+            partial,
+            cancelled,
+            reply,
         };
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),

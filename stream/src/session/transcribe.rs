@@ -212,9 +212,8 @@ impl Transcriber {
         let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
         let (agreement, out) = (self.agreement.clone(), self.out.clone());
         self.engine
-            .submit(
+            .submit_partial(
                 samples,
-                String::new(),
                 move || tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation,
                 move |result| {
                     let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
