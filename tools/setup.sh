@@ -79,11 +79,12 @@ if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
   convert_whisper "$BASE_DIR" "$STATE/models/whisper-base-encoder.onnx"
 fi
 
-# The default model bundle: manifest + the committed trained projector and LoRA beside the models.
+# The default model bundle: manifest + the committed trained projector, LoRA and CTC head beside the models.
 BUNDLE="$STATE/bundles/default"
 if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $BUNDLE/avlm.toml ]] \
   || ! cmp -s "$ROOT/weights/default/projector.safetensors" "$BUNDLE/projector.safetensors" \
-  || ! cmp -s "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors"; then
+  || ! cmp -s "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors" \
+  || ! cmp -s "$ROOT/weights/default/ctc.safetensors" "$BUNDLE/ctc.safetensors"; then
   log "writing the default model bundle in $BUNDLE"
   "$PY" "$ROOT/tools/bundle/make_default_bundle.py" "$BUNDLE" >/dev/null
 fi

@@ -8,8 +8,9 @@ Writes:
                                     models are expected at BUNDLE_DIR/../../models/)
   BUNDLE_DIR/projector.safetensors  the audio projector, audio.fc1 / audio.fc2
   BUNDLE_DIR/lora.safetensors       LoRA r8 adapters on q/v of SmolLM2 (merged at load)
+  BUNDLE_DIR/ctc.safetensors        the CTC head's blank class, for joint CTC/attention decoding
 
-The projector and LoRA are the trained ones committed in weights/default/ (see
+The projector, LoRA and CTC head are the trained ones committed in weights/default/ (see
 weights/default/MODEL_CARD.md for how they were made: tools/train/).
 
 --untrained writes instead a deterministic, seeded stand-in projector with
@@ -55,6 +56,7 @@ TENSORS = [
 METADATA = {"avlm": "untrained seeded init", "seed": str(SEED)}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAINED = os.path.join(ROOT, "weights", "default")
+TRAINED_FILES = ("projector.safetensors", "lora.safetensors", "ctc.safetensors")
 
 # Written verbatim.  The \n inside the prompt are TOML basic-string escapes.
 MANIFEST = r'''# avlm model bundle: default (Whisper tiny.en encoder + SmolLM2-135M-Instruct)
@@ -88,9 +90,7 @@ max_context = 2048
 transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
 
 [decoding]
-beam_width = 1
-length_penalty = 1.0
-max_new_tokens = 64
+@DECODING@max_new_tokens = 64
 max_tokens_per_audio_s = 6.0
 stop = ["<|im_end|>", "<|endoftext|>"]
 '''
@@ -146,20 +146,32 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# Joint CTC/attention beam search with the trained CTC head (MODEL_CARD.md: "Decoding").
+TRAINED_DECODING = """beam_width = 4
+partial_beam_width = 1
+length_penalty = 1.0
+ctc_head = "ctc.safetensors"
+ctc_weight = 0.3
+"""
+GREEDY_DECODING = """beam_width = 1
+length_penalty = 1.0
+"""
+
+
 def manifest_text(trained: bool) -> str:
     if trained:
-        return (MANIFEST.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v: trained (weights/default/MODEL_CARD.md).")
-                .replace("@LORA@", 'lora = "lora.safetensors"\n'))
-    return MANIFEST.replace("@WEIGHTS@", "Projector: untrained seeded init.").replace("@LORA@", "")
+        return (MANIFEST.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v + CTC head: trained (weights/default/MODEL_CARD.md).")
+                .replace("@LORA@", 'lora = "lora.safetensors"\n').replace("@DECODING@", TRAINED_DECODING))
+    return (MANIFEST.replace("@WEIGHTS@", "Projector: untrained seeded init.").replace("@LORA@", "")
+            .replace("@DECODING@", GREEDY_DECODING))
 
 
 def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str]:
     os.makedirs(bundle_dir, exist_ok=True)
     manifest = os.path.join(bundle_dir, "avlm.toml")
     projector = os.path.join(bundle_dir, "projector.safetensors")
-    lora = os.path.join(bundle_dir, "lora.safetensors")
     if trained:
-        for name in ("projector.safetensors", "lora.safetensors"):
+        for name in TRAINED_FILES:
             src = os.path.join(TRAINED, name)
             if not os.path.exists(src):
                 raise SystemExit(f"{src} missing: the trained weights are part of the repository")
@@ -167,8 +179,9 @@ def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str
             os.replace(os.path.join(bundle_dir, name + ".tmp"), os.path.join(bundle_dir, name))
     else:
         _write(projector, safetensors_bytes(projector_weights(), METADATA))
-        if os.path.exists(lora):
-            os.remove(lora)
+        for name in TRAINED_FILES[1:]:
+            if os.path.exists(os.path.join(bundle_dir, name)):
+                os.remove(os.path.join(bundle_dir, name))
     _write(manifest, manifest_text(trained).encode("utf-8"))
     return manifest, projector
 
@@ -198,7 +211,7 @@ def main(argv=None) -> int:
     print(f"wrote {manifest}")
     print(f"wrote {projector} ({os.path.getsize(projector)} bytes; "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in back.items()) + ")"
-          + ("" if not trained else f" and {os.path.join(args[0], 'lora.safetensors')}"))
+          + ("" if not trained else ", lora.safetensors and ctc.safetensors"))
     return 0
 
 
