@@ -25,6 +25,15 @@ fn variant(name: &str, edit: impl Fn(String) -> String) -> PathBuf {
     dir
 }
 
+/// `manifest` with the value of the line starting with `key` replaced.
+fn set_line(manifest: &str, key: &str, value: &str) -> String {
+    let start = manifest
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} line"));
+    let end = start + manifest[start..].find('\n').unwrap();
+    format!("{}{key}{value}{}", &manifest[..start], &manifest[end..])
+}
+
 fn load_err(dir: &Path) -> String {
     match LoadedBundle::load(dir, 1) {
         Ok(_) => panic!("{} loaded", dir.display()),
@@ -83,11 +92,7 @@ fn joint_decoding_settings_are_checked_at_load() {
         "{}",
         load_err(&no_head)
     );
-    let weight = variant("joint-weight", |m| {
-        let start = m.find("ctc_weight = ").unwrap();
-        let end = start + m[start..].find('\n').unwrap();
-        format!("{}ctc_weight = 1.5{}", &m[..start], &m[end..])
-    });
+    let weight = variant("joint-weight", |m| set_line(&m, "ctc_weight = ", "1.5"));
     assert!(
         load_err(&weight).contains("[0, 1]"),
         "{}",
@@ -102,16 +107,9 @@ fn joint_decoding_settings_are_checked_at_load() {
         load_err(&partial)
     );
     // A head of the wrong width: the projector's weights are no CTC head.
+    let lora = root().join(".avlm/bundles/default/lora.safetensors");
     let wrong = variant("joint-wrong-head", |m| {
-        let start = m.find("ctc_head = \"").unwrap();
-        let end = start + m[start..].find('\n').unwrap();
-        let lora = root().join(".avlm/bundles/default/lora.safetensors");
-        format!(
-            "{}ctc_head = \"{}\"{}",
-            &m[..start],
-            lora.display(),
-            &m[end..]
-        )
+        set_line(&m, "ctc_head = ", &format!("\"{}\"", lora.display()))
     });
     let err = load_err(&wrong);
     assert!(
@@ -119,10 +117,6 @@ fn joint_decoding_settings_are_checked_at_load() {
         "{err}"
     );
     // Weight 0: the head is not even loaded.
-    let off = variant("joint-off", |m| {
-        let start = m.find("ctc_weight = ").unwrap();
-        let end = start + m[start..].find('\n').unwrap();
-        format!("{}ctc_weight = 0.0{}", &m[..start], &m[end..])
-    });
+    let off = variant("joint-off", |m| set_line(&m, "ctc_weight = ", "0.0"));
     assert!(LoadedBundle::load(&off, 1).unwrap().ctc.is_none());
 }

@@ -56,6 +56,15 @@ def heldout_utts(pack_dir, tok):
     return utts
 
 
+def load_for_heldout(pack_dir, threads):
+    """(tokenizer, LLM, prompt, held-out utterances of `pack_dir`) on the CPU."""
+    torch.set_num_threads(threads)
+    T.DEV = torch.device("cpu")
+    tok = T.load_tokenizer()
+    m = T.load_llm(log)
+    return tok, m, T.Prompt(m, tok), heldout_utts(pack_dir, tok)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("candidates", nargs="+", help="NAME=a.pt[,b.pt,...]")
@@ -77,12 +86,7 @@ def main():
     if args.write and not args.out_dir:
         ap.error("--write needs --out-dir")
 
-    torch.set_num_threads(args.threads)
-    T.DEV = torch.device("cpu")
-    tok = T.load_tokenizer()
-    m = T.load_llm(log)
-    prompt = T.Prompt(m, tok)
-    heldout = heldout_utts(args.audio_packs, tok)
+    tok, m, prompt, heldout = load_for_heldout(args.audio_packs, args.threads)
     log(f"{len(heldout)} held-out utterances from {args.audio_packs}")
     proj = T.Projector()
     lora = T.add_lora(m, args.lora_rank, args.lora_alpha) if args.lora_rank > 0 else []

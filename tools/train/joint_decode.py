@@ -27,13 +27,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "data"))
 import avlm_features as F  # noqa: E402
 import text_corpus  # noqa: E402
 import train_projector as T  # noqa: E402
-from average_ckpts import heldout_utts  # noqa: E402
+from average_ckpts import load_for_heldout, log  # noqa: E402
 
 NEG = -1e30
-
-
-def log(*a):
-    print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
 class CTCPrefix:
@@ -142,12 +138,7 @@ def main():
     ap.add_argument("--no-plain", action="store_true", help="skip greedy and plain beam")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    T.DEV = torch.device("cpu")
-    tok = T.load_tokenizer()
-    m = T.load_llm(log)
-    prompt = T.Prompt(m, tok)
-    heldout = heldout_utts(args.audio_packs, tok)
+    tok, m, prompt, heldout = load_for_heldout(args.audio_packs, args.threads)
     if args.limit:
         heldout = [heldout[int(i)] for i in np.linspace(0, len(heldout) - 1, args.limit).round()]
     st = torch.load(args.ckpt, weights_only=False, map_location="cpu")
