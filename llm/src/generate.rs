@@ -137,7 +137,14 @@ pub fn joint_beam_search(
     }];
     // (hypothesis, score)
     let mut finished: Vec<(Generation, f32)> = Vec::new();
-    let joint = |llm: f32, ctc: f32, w: f32| (1.0 - w) * llm + w * ctc;
+    // Weight 0 is the LLM alone even where the CTC score is -inf (0 * -inf is NaN).
+    let joint = |llm: f32, ctc: f32, w: f32| {
+        if w == 0.0 {
+            llm
+        } else {
+            (1.0 - w) * llm + w * ctc
+        }
+    };
     for step in 0..config.stop.max_new_tokens {
         let mut candidates: Vec<Candidate> = Vec::new();
         for (b, beam) in beams.iter().enumerate() {
