@@ -253,20 +253,29 @@ pub fn joint_beam_search(
                 (p.tokens.clone(), c)
             };
             tokens.push(t);
-            let mut cache = cache;
-            let logits = if last_step {
-                Vec::new()
-            } else {
-                Llama::last_logits(&model.forward(&[t], &mut cache, false)?)?
-            };
             next.push(Beam {
                 tokens,
                 log_prob,
                 score,
                 ctc,
                 cache,
-                logits,
+                logits: Vec::new(),
             });
+        }
+        if !last_step {
+            // All live beams step together: one batched forward per token.
+            let ids: Vec<u32> = next
+                .iter()
+                .map(|b| *b.tokens.last().expect("pushed"))
+                .collect();
+            let mut caches: Vec<&mut KvCache> = next.iter_mut().map(|b| &mut b.cache).collect();
+            let logits = model.forward_batch(&ids, &mut caches)?;
+            for (i, beam) in next.iter_mut().enumerate() {
+                beam.logits = logits
+                    .get(i)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
+            }
         }
         beams = next;
     }

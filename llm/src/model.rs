@@ -343,6 +343,105 @@ impl Llama {
         Ok(self.lm_head.forward(&x, one)?.squeeze(0)?)
     }
 
+    /// One decode step for several sequences at once: `ids[i]` runs after
+    /// what `caches[i]` holds. All caches must hold the same number of
+    /// positions (the live hypotheses of a beam search do). Returns logits
+    /// `[ids.len(), vocab]`. The matmuls see all rows together, so each weight
+    /// is read from memory once per step instead of once per sequence; the
+    /// attention runs per sequence over its own cache.
+    pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if ids.len() != caches.len() {
+            return Err(LlmError::InvalidInput(format!(
+                "{} tokens for {} caches",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        let Some(first) = caches.first() else {
+            return Err(LlmError::InvalidInput("no sequences to run".into()));
+        };
+        let pos = first.len();
+        if let Some(c) = caches.iter().find(|c| c.len() != pos) {
+            return Err(LlmError::InvalidInput(format!(
+                "batched step over caches of different lengths ({pos} and {})",
+                c.len()
+            )));
+        }
+        if ids.len() == 1 {
+            return self.forward(ids, caches[0], false);
+        }
+        for c in caches.iter() {
+            c.reserve(1)?;
+        }
+        let (cos, sin) = self.rope_tables(pos, 1)?;
+        let eps = self.config.rms_norm_eps as f32;
+        // [batch, hidden]: one row per sequence, so every Linear is one matmul.
+        let mut x = self.embed_tokens(ids)?.to_dtype(DType::F32)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let a = self.attention_batch(i, layer, &h, &cos, &sin, caches)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = layer.w_gate.forward(&h, true)?.silu()?;
+            let up = layer.w_up.forward(&h, true)?;
+            x = (x + layer.w_down.forward(&(gate * up)?, true)?)?;
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&x, true)?)
+    }
+
+    /// [`Llama::attention`] for one new position of each of `caches`; `h` is
+    /// `[batch, hidden]`.
+    fn attention_batch(
+        &self,
+        index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let batch = h.dim(0)?;
+        // [batch, heads, 1, head_dim]: with one position, the head split is a reshape.
+        let heads =
+            |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((batch, n, 1, c.head_dim))?) };
+        let q = heads(layer.wq.forward(h, true)?, c.num_heads)?;
+        let k = heads(layer.wk.forward(h, true)?, c.num_kv_heads)?;
+        let v = heads(layer.wv.forward(h, true)?, c.num_kv_heads)?;
+        let (q, k) = match c.rope_style {
+            RopeStyle::Interleaved => (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            ),
+            RopeStyle::HalfSplit => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+        };
+        let group = c.num_heads / c.num_kv_heads;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut outs = Vec::with_capacity(batch);
+        for (b, cache) in caches.iter_mut().enumerate() {
+            let (k_all, v_all) = cache.append(index, &k.narrow(0, b, 1)?, &v.narrow(0, b, 1)?)?;
+            let qb = q
+                .narrow(0, b, 1)?
+                .reshape((1, c.num_kv_heads, group, c.head_dim))?;
+            let scores = (qb.matmul(&k_all.t()?)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            outs.push(
+                probs
+                    .matmul(&v_all)?
+                    .reshape((1, c.num_heads * c.head_dim))?,
+            );
+        }
+        let out = Tensor::cat(&outs, 0)?;
+        Ok(layer.wo.forward(&out, true)?)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

@@ -222,6 +222,73 @@ fn prefill_then_decode_equals_one_full_forward() {
     }
 }
 
+/// One batched decode step over several caches equals a separate one-token
+/// forward on each, and leaves each cache as that forward would.
+fn check_batched_step(mode: WeightMode, tol: f32) {
+    let m = model(mode);
+    let prompt = ids(&golden()["prompts"][1]["ids"]);
+    // Three sequences with different histories of the same length.
+    let histories: [&[u32]; 3] = [&[42, 43, 44], &[7, 8, 9], &[1000, 2000, 3000]];
+    let steps: [u32; 3] = [45, 10, 4000];
+    let fresh = |h: &[u32]| {
+        let mut c = m.new_cache(prompt.len() + 8).unwrap();
+        m.forward(&prompt, &mut c, false).unwrap();
+        m.forward(h, &mut c, false).unwrap();
+        c
+    };
+    let mut batched: Vec<_> = histories.iter().map(|h| fresh(h)).collect();
+    let mut single: Vec<_> = histories.iter().map(|h| fresh(h)).collect();
+    let mut refs: Vec<&mut avlm_llm::KvCache> = batched.iter_mut().collect();
+    let rows: Vec<Vec<f32>> = m
+        .forward_batch(&steps, &mut refs)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (i, cache) in single.iter_mut().enumerate() {
+        let one = Llama::last_logits(&m.forward(&[steps[i]], cache, false).unwrap()).unwrap();
+        let err = max_abs(&rows[i], &one);
+        assert!(
+            err <= tol,
+            "{mode:?} row {i}: batched step differs by {err}"
+        );
+        assert_eq!(batched[i].len(), cache.len());
+        // The caches hold the same keys and values: the next step agrees too.
+        let a = Llama::last_logits(&m.forward(&[11], &mut batched[i], false).unwrap()).unwrap();
+        let b = Llama::last_logits(&m.forward(&[11], cache, false).unwrap()).unwrap();
+        let err = max_abs(&a, &b);
+        assert!(
+            err <= tol,
+            "{mode:?} row {i}: step after the batch differs by {err}"
+        );
+    }
+}
+
+#[test]
+fn batched_decode_step_equals_separate_steps() {
+    check_batched_step(WeightMode::F32, 1e-4);
+    // Quantized kernels quantise the activations row by row, batched or not.
+    check_batched_step(WeightMode::Quantized, 1e-3);
+    // Mixed: a batch of one-token steps takes the Q8_0 step weights, as one step does.
+    check_batched_step(WeightMode::Mixed, 1e-3);
+}
+
+#[test]
+fn batched_step_rejects_mismatched_inputs() {
+    let m = model(WeightMode::F32);
+    let mut a = m.new_cache(8).unwrap();
+    let mut b = m.new_cache(8).unwrap();
+    m.forward(&[1, 2], &mut a, false).unwrap();
+    m.forward(&[1], &mut b, false).unwrap();
+    let err = m.forward_batch(&[3, 4], &mut [&mut a, &mut b]).unwrap_err();
+    assert!(err.to_string().contains("different lengths"), "{err}");
+    let err = m.forward_batch(&[3], &mut [&mut a, &mut b]).unwrap_err();
+    assert!(err.to_string().contains("1 tokens for 2 caches"), "{err}");
+    assert!(m.forward_batch(&[], &mut []).is_err());
+    // Nothing was written to either cache.
+    assert_eq!((a.len(), b.len()), (2, 1));
+}
+
 #[test]
 fn kv_bytes_per_token_formula_matches_the_allocated_cache() {
     let m = model(WeightMode::F32);

@@ -15,11 +15,20 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 /// One LLM speed measurement.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LlmSpeed {
     pub prefill_tps: f64,
     pub decode_tps: f64,
+    /// Tokens/s of a beam search's decode step over `BEAM` hypotheses: one
+    /// one-token forward per hypothesis, and one batched forward for all.
+    #[serde(default)]
+    pub beam_sequential_tps: f64,
+    #[serde(default)]
+    pub beam_batched_tps: f64,
 }
+
+/// Hypotheses of the beam-step measurement (the default bundle's beam width).
+pub const BEAM: usize = 4;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -63,9 +72,43 @@ pub fn measure_llm(
         logits = Llama::last_logits(&llm.forward(&[next], &mut cache, false)?)?;
     }
     let decode = t.elapsed();
+    // A beam search's step: BEAM hypotheses after the same prompt, each
+    // fed its own token, first one forward at a time, then all in one.
+    let steps = (new / BEAM).max(1);
+    let beam_caches = || -> anyhow::Result<Vec<avlm_llm::KvCache>> {
+        let mut first = llm.new_cache(prompt + steps + 1)?;
+        llm.forward(&ids, &mut first, false)?;
+        (0..BEAM)
+            .map(|_| {
+                let mut c = llm.new_cache(prompt + steps + 1)?;
+                c.copy_prefix_from(&first, prompt)?;
+                Ok(c)
+            })
+            .collect()
+    };
+    let token = |step: usize, b: usize| ids[(step * BEAM + b) % ids.len()];
+    let mut caches = beam_caches()?;
+    let t = Instant::now();
+    for step in 0..steps {
+        for (b, cache) in caches.iter_mut().enumerate() {
+            llm.forward(&[token(step, b)], cache, false)?;
+        }
+    }
+    let sequential = t.elapsed();
+    let mut caches = beam_caches()?;
+    let t = Instant::now();
+    for step in 0..steps {
+        let tokens: Vec<u32> = (0..BEAM).map(|b| token(step, b)).collect();
+        let mut refs: Vec<&mut avlm_llm::KvCache> = caches.iter_mut().collect();
+        llm.forward_batch(&tokens, &mut refs)?;
+    }
+    let batched = t.elapsed();
+    let beam_tokens = (steps * BEAM) as f64;
     Ok(LlmSpeed {
         prefill_tps: prompt as f64 / median(prefill).as_secs_f64(),
         decode_tps: new as f64 / decode.as_secs_f64(),
+        beam_sequential_tps: beam_tokens / sequential.as_secs_f64(),
+        beam_batched_tps: beam_tokens / batched.as_secs_f64(),
     })
 }
 
@@ -209,8 +252,13 @@ pub fn llm_table(
         gguf.display()
     );
     println!(
-        "{:<26} {:>8} {:>14} {:>14} {:>20}",
-        "engine", "threads", "prefill tok/s", "decode tok/s", "vs llama.cpp (p / d)"
+        "{:<26} {:>8} {:>14} {:>14} {:>20} {:>34}",
+        "engine",
+        "threads",
+        "prefill tok/s",
+        "decode tok/s",
+        "vs llama.cpp (p / d)",
+        format!("beam-{BEAM} step tok/s: 1 by 1 / batch"),
     );
     for &t in threads {
         let measured = match python.as_deref() {
@@ -223,6 +271,7 @@ pub fn llm_table(
             .map(|a| LlmSpeed {
                 prefill_tps: a.1,
                 decode_tps: a.2,
+                ..LlmSpeed::default()
             });
         let reference = measured.as_ref().ok().copied().or(anchor);
         for (label, mode) in [
@@ -241,8 +290,14 @@ pub fn llm_table(
                     )
                 })
                 .unwrap_or_else(|| "-".into());
+            let beam = format!(
+                "{:.1} / {:.1} ({:.2}x)",
+                s.beam_sequential_tps,
+                s.beam_batched_tps,
+                s.beam_batched_tps / s.beam_sequential_tps
+            );
             println!(
-                "{label:<26} {t:>8} {:>14.1} {:>14.1} {ratio:>20}",
+                "{label:<26} {t:>8} {:>14.1} {:>14.1} {ratio:>20} {beam:>34}",
                 s.prefill_tps, s.decode_tps
             );
         }
