@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use avlm_stream::bundle::manifest::{LlmWeightMode, Manifest};
 use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::engine::{AsrPipeline, StageTimes};
 use serde_json::Value;
@@ -71,7 +72,12 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
         );
     }
     avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
-    let mut bundle = LoadedBundle::load(&bundle_dir, 1).unwrap();
+    // The reference computes in float64 from the dequantized weights: so
+    // does this check, whatever weight mode the bundle runs in (mixed or q8
+    // steps are checked against the reference in avlm-llm's parity tests).
+    let mut manifest = Manifest::read(&bundle_dir).unwrap();
+    manifest.llm.weight_mode = LlmWeightMode::F32;
+    let mut bundle = LoadedBundle::load_with(&bundle_dir, manifest, 1).unwrap();
     // The reference decodes greedily: so does this check of the chain (the
     // bundle's joint CTC/attention search is checked piecewise: its CTC head
     // here, the search in avlm-llm's tests).

@@ -82,7 +82,7 @@ hidden = 576
 [llm]
 weights = "../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 format = "gguf"
-weight_mode = "f32"
+weight_mode = "mixed"         # f32 prompts (exact), Q8_0 one-token and beam steps (4x fewer bytes per step)
 @LORA@tokenizer = "gguf"
 max_context = 2048
 

@@ -63,6 +63,12 @@ impl LoadedBundle {
     /// ONNX Runtime must be initialised first.
     pub fn load(dir: &Path, threads: usize) -> Result<Self, BundleError> {
         let manifest = Manifest::read(dir).map_err(BundleError::Manifest)?;
+        Self::load_with(dir, manifest, threads)
+    }
+
+    /// [`LoadedBundle::load`] with a manifest the caller read (and perhaps
+    /// changed) itself; its relative paths are relative to `dir`.
+    pub fn load_with(dir: &Path, manifest: Manifest, threads: usize) -> Result<Self, BundleError> {
         let at = |p: &Path| dir.join(p);
         let audio = manifest.audio.clone().ok_or_else(|| {
             BundleError::Manifest("no [audio] section: this server transcribes audio".into())
