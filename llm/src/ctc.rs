@@ -4,9 +4,14 @@
 //!
 //! The head scores each projected audio vector `x_t` against the LLM's own
 //! token embeddings: the logit of token `v` is `x_t · E_v`, and one extra
-//! class, the blank, has logit `x_t · w + b`. Its only weights are `w` and
-//! `b` (file: safetensors with `ctc.blank_w` `[hidden]` and `ctc.blank_b`
-//! `[]` or `[1]`). [`CtcPrefixScorer`] gives the CTC probability that the
+//! class, the blank, has logit `x_t · w + b` (file: safetensors with
+//! `ctc.blank_w` `[hidden]` and `ctc.blank_b` `[]` or `[1]`). Optionally,
+//! residual context blocks transform the audio first
+//! (`tools/train/train_ctc_head.py`): block `i` adds
+//! `fc2(relu(fc1(unfold_k(layer_norm(x)))))`, where `unfold_k` puts each frame
+//! next to its `k / 2` neighbours on either side (zeros past the ends); tensors
+//! `ctc.blocks.{i}.{norm,fc1,fc2}.{weight,bias}`, PyTorch layout.
+//! [`CtcPrefixScorer`] gives the CTC probability that the
 //! audio's labelling starts with a token prefix, which a beam search adds to
 //! the LLM's score so hypotheses must stay consistent with the audio
 //! (curbing the LLM's inventions).
@@ -21,12 +26,110 @@ use crate::model::Llama;
 /// Frames scored at once when normalising (bounds the `[frames, vocab]` block).
 const CHUNK: usize = 64;
 
-/// The trained blank class of a CTC head.
+/// The trained parts of a CTC head: its blank class and any context blocks.
 #[derive(Debug, Clone)]
 pub struct CtcHead {
     blank_w: Tensor,
     blank_b: f32,
     hidden: usize,
+    blocks: Vec<ContextBlock>,
+}
+
+/// One residual context block (see the module docs).
+#[derive(Debug, Clone)]
+struct ContextBlock {
+    norm_w: Tensor,
+    norm_b: Tensor,
+    /// `[kernel * hidden, inner]` (transposed from PyTorch's `[out, in]`).
+    fc1_t: Tensor,
+    fc1_b: Tensor,
+    /// `[inner, hidden]`.
+    fc2_t: Tensor,
+    fc2_b: Tensor,
+    kernel: usize,
+}
+
+/// PyTorch's LayerNorm epsilon, which the trainer uses.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+impl ContextBlock {
+    /// Reads block `i` from `tensors` (`ctc.blocks.{i}.…`); `hidden` is the
+    /// LLM's width.
+    fn from_tensors(
+        i: usize,
+        tensors: &mut std::collections::HashMap<String, Tensor>,
+        hidden: usize,
+    ) -> Result<Self> {
+        let mut take = |part: &str| -> Result<Tensor> {
+            let name = format!("ctc.blocks.{i}.{part}");
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| LlmError::BadWeights(format!("tensor {name} missing")))?;
+            Ok(t.to_dtype(DType::F32)?)
+        };
+        let norm_w = take("norm.weight")?;
+        let norm_b = take("norm.bias")?;
+        let fc1 = take("fc1.weight")?;
+        let fc1_b = take("fc1.bias")?;
+        let fc2 = take("fc2.weight")?;
+        let fc2_b = take("fc2.bias")?;
+        let (inner, window) = fc1.dims2()?;
+        let shape_err = |what: String| LlmError::BadWeights(format!("ctc.blocks.{i}: {what}"));
+        if !window.is_multiple_of(hidden) || (window / hidden).is_multiple_of(2) {
+            return Err(shape_err(format!(
+                "fc1.weight is [{inner}, {window}]; its input must be an odd number of frames of width {hidden}"
+            )));
+        }
+        if norm_w.dims() != [hidden] || norm_b.dims() != [hidden] {
+            return Err(shape_err(format!(
+                "norm is {:?} / {:?}, expected [{hidden}]",
+                norm_w.dims(),
+                norm_b.dims()
+            )));
+        }
+        if fc1_b.dims() != [inner] || fc2.dims() != [hidden, inner] || fc2_b.dims() != [hidden] {
+            return Err(shape_err(format!(
+                "fc1.bias {:?}, fc2.weight {:?}, fc2.bias {:?}; expected [{inner}], [{hidden}, {inner}], [{hidden}]",
+                fc1_b.dims(),
+                fc2.dims(),
+                fc2_b.dims()
+            )));
+        }
+        for t in [&norm_w, &norm_b, &fc1, &fc1_b, &fc2, &fc2_b] {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(shape_err("weights are not finite".into()));
+            }
+        }
+        Ok(ContextBlock {
+            norm_w,
+            norm_b,
+            fc1_t: fc1.t()?.contiguous()?,
+            fc1_b,
+            fc2_t: fc2.t()?.contiguous()?,
+            fc2_b,
+            kernel: window / hidden,
+        })
+    }
+
+    /// `x + fc2(relu(fc1(unfold(layer_norm(x)))))` for `x` `[frames, hidden]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (frames, hidden) = x.dims2()?;
+        let h = candle_nn::ops::layer_norm(x, &self.norm_w, &self.norm_b, LAYER_NORM_EPS as f32)?;
+        let half = self.kernel / 2;
+        let pad = Tensor::zeros((half, hidden), DType::F32, x.device())?;
+        let padded = Tensor::cat(&[&pad, &h, &pad], 0)?;
+        let window: Vec<Tensor> = (0..self.kernel)
+            .map(|k| padded.narrow(0, k, frames))
+            .collect::<candle_core::Result<_>>()?;
+        let window = Tensor::cat(&window, 1)?;
+        let inner = window
+            .matmul(&self.fc1_t)?
+            .broadcast_add(&self.fc1_b)?
+            .relu()?;
+        let out = inner.matmul(&self.fc2_t)?.broadcast_add(&self.fc2_b)?;
+        Ok((x + out)?)
+    }
 }
 
 impl CtcHead {
@@ -38,32 +141,54 @@ impl CtcHead {
         };
         let bad = |what: String| LlmError::BadWeights(format!("{}: {what}", path.display()));
         let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
-        let mut w = None;
-        let mut b = None;
-        for (name, t) in
-            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| io(e.to_string()))?
-        {
-            match name.as_str() {
-                "ctc.blank_w" => w = Some(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
-                "ctc.blank_b" => {
-                    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                    if v.len() != 1 {
-                        return Err(bad(format!(
-                            "ctc.blank_b has {} values, expected 1",
-                            v.len()
-                        )));
-                    }
-                    b = Some(v[0]);
-                }
-                _ => {}
-            }
+        let mut tensors: std::collections::HashMap<String, Tensor> =
+            candle_core::safetensors::load_buffer(&bytes, device)
+                .map_err(|e| io(e.to_string()))?
+                .into_iter()
+                .collect();
+        let w: Vec<f32> = tensors
+            .remove("ctc.blank_w")
+            .ok_or_else(|| bad("tensor ctc.blank_w missing".into()))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let b: Vec<f32> = tensors
+            .remove("ctc.blank_b")
+            .ok_or_else(|| bad("tensor ctc.blank_b missing".into()))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if b.len() != 1 {
+            return Err(bad(format!(
+                "ctc.blank_b has {} values, expected 1",
+                b.len()
+            )));
         }
-        let w = w.ok_or_else(|| bad("tensor ctc.blank_w missing".into()))?;
-        let b = b.ok_or_else(|| bad("tensor ctc.blank_b missing".into()))?;
-        Self::from_parts(w, b, hidden, device).map_err(|e| match e {
+        let relabel = |e: LlmError| match e {
             LlmError::BadWeights(m) => bad(m),
             other => other,
-        })
+        };
+        let mut head = Self::from_parts(w, b[0], hidden, device).map_err(relabel)?;
+        let mut i = 0;
+        while tensors
+            .keys()
+            .any(|k| k.starts_with(&format!("ctc.blocks.{i}.")))
+        {
+            head.blocks
+                .push(ContextBlock::from_tensors(i, &mut tensors, hidden).map_err(relabel)?);
+            i += 1;
+        }
+        if let Some(extra) = tensors.keys().find(|k| k.starts_with("ctc.blocks.")) {
+            return Err(bad(format!(
+                "tensor {extra} does not belong to blocks 0..{i}"
+            )));
+        }
+        Ok(head)
+    }
+
+    /// Context blocks in front of the scoring (0: the audio is scored as is).
+    pub fn context_blocks(&self) -> usize {
+        self.blocks.len()
     }
 
     /// A head from its blank weights.
@@ -88,11 +213,13 @@ impl CtcHead {
             blank_w: Tensor::from_vec(blank_w, (hidden, 1), device)?,
             blank_b,
             hidden,
+            blocks: Vec::new(),
         })
     }
 
     /// Log-probabilities `[frames, vocab + 1]` (blank last) of `audio`
-    /// `[frames, hidden]`: what the scorer uses, whole (tests, inspection).
+    /// `[frames, hidden]` (projected audio, before any context blocks): what
+    /// the scorer uses, whole (tests, inspection).
     pub fn log_probs(&self, llm: &Llama, audio: &Tensor) -> Result<Vec<Vec<f32>>> {
         let audio = self.check(llm, audio)?;
         let emb_t = llm.token_embeddings().t()?;
@@ -149,7 +276,11 @@ impl CtcHead {
         if frames == 0 {
             return Err(LlmError::InvalidInput("no audio frames to score".into()));
         }
-        Ok(audio.to_dtype(DType::F32)?.contiguous()?)
+        let mut x = audio.to_dtype(DType::F32)?.contiguous()?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
     }
 
     fn blank_logits(&self, audio: &Tensor) -> Result<Vec<f32>> {
@@ -415,6 +546,138 @@ mod tests {
         let err = CtcHead::from_parts(vec![0.0; 3], 0.0, 4, &Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("3 values"), "{err}");
         let err = CtcHead::from_parts(vec![f32::NAN; 4], 0.0, 4, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("not finite"), "{err}");
+    }
+
+    /// A block with small seeded weights: `hidden` 3, kernel 3, inner 4.
+    fn block_tensors(seed: u32) -> std::collections::HashMap<String, Tensor> {
+        let dev = Device::Cpu;
+        let mut state = seed;
+        let mut next = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let t = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape, &dev).unwrap();
+        let mut m = std::collections::HashMap::new();
+        m.insert("ctc.blocks.0.norm.weight".into(), t(next(3), &[3]));
+        m.insert("ctc.blocks.0.norm.bias".into(), t(next(3), &[3]));
+        m.insert("ctc.blocks.0.fc1.weight".into(), t(next(36), &[4, 9]));
+        m.insert("ctc.blocks.0.fc1.bias".into(), t(next(4), &[4]));
+        m.insert("ctc.blocks.0.fc2.weight".into(), t(next(12), &[3, 4]));
+        m.insert("ctc.blocks.0.fc2.bias".into(), t(next(3), &[3]));
+        m
+    }
+
+    #[test]
+    fn a_context_block_matches_its_definition_computed_by_hand() {
+        let tensors = block_tensors(7);
+        let get = |n: &str| -> Vec<f32> {
+            tensors[&format!("ctc.blocks.0.{n}")]
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (nw, nb, w1, b1, w2, b2) = (
+            get("norm.weight"),
+            get("norm.bias"),
+            get("fc1.weight"),
+            get("fc1.bias"),
+            get("fc2.weight"),
+            get("fc2.bias"),
+        );
+        let block = ContextBlock::from_tensors(0, &mut tensors.clone(), 3).unwrap();
+        assert_eq!(block.kernel, 3);
+        let x: Vec<[f32; 3]> = vec![
+            [0.5, -1.0, 2.0],
+            [1.5, 0.25, -0.5],
+            [-2.0, 1.0, 0.0],
+            [0.1, 0.2, 0.3],
+        ];
+        let flat: Vec<f32> = x.iter().flatten().copied().collect();
+        let got: Vec<Vec<f32>> = block
+            .forward(&Tensor::from_vec(flat, (4, 3), &Device::Cpu).unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        // By hand: layer norm per frame, then a window of frames t-1, t, t+1
+        // (zeros past the ends), fc1, relu, fc2, plus the input.
+        let norm: Vec<[f64; 3]> = x
+            .iter()
+            .map(|r| {
+                let mean = r.iter().map(|&v| f64::from(v)).sum::<f64>() / 3.0;
+                let var = r
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / 3.0;
+                let mut o = [0.0; 3];
+                for j in 0..3 {
+                    o[j] = (f64::from(r[j]) - mean) / (var + 1e-5).sqrt() * f64::from(nw[j])
+                        + f64::from(nb[j]);
+                }
+                o
+            })
+            .collect();
+        for t in 0..4 {
+            let mut window = [0.0f64; 9];
+            for k in 0..3 {
+                let s = t as isize + k as isize - 1;
+                if (0..4).contains(&s) {
+                    window[k * 3..k * 3 + 3].copy_from_slice(&norm[s as usize]);
+                }
+            }
+            let inner: Vec<f64> = (0..4)
+                .map(|o| {
+                    let v = (0..9)
+                        .map(|i| f64::from(w1[o * 9 + i]) * window[i])
+                        .sum::<f64>()
+                        + f64::from(b1[o]);
+                    v.max(0.0)
+                })
+                .collect();
+            for j in 0..3 {
+                let want = f64::from(x[t][j])
+                    + (0..4)
+                        .map(|i| f64::from(w2[j * 4 + i]) * inner[i])
+                        .sum::<f64>()
+                    + f64::from(b2[j]);
+                assert!(
+                    (f64::from(got[t][j]) - want).abs() < 1e-5,
+                    "frame {t} dim {j}: {} vs {want}",
+                    got[t][j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_context_blocks_are_refused_with_the_tensor_named() {
+        let mut missing = block_tensors(1);
+        missing.remove("ctc.blocks.0.fc2.bias");
+        let err = ContextBlock::from_tensors(0, &mut missing, 3).unwrap_err();
+        assert!(
+            err.to_string().contains("ctc.blocks.0.fc2.bias missing"),
+            "{err}"
+        );
+        // A window of an even number of frames has no centre.
+        let mut even = block_tensors(1);
+        even.insert(
+            "ctc.blocks.0.fc1.weight".into(),
+            Tensor::zeros((4, 6), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = ContextBlock::from_tensors(0, &mut even, 3).unwrap_err();
+        assert!(err.to_string().contains("odd number of frames"), "{err}");
+        let mut nan = block_tensors(1);
+        nan.insert(
+            "ctc.blocks.0.norm.bias".into(),
+            Tensor::from_vec(vec![0.0f32, f32::NAN, 0.0], 3, &Device::Cpu).unwrap(),
+        );
+        let err = ContextBlock::from_tensors(0, &mut nan, 3).unwrap_err();
         assert!(err.to_string().contains("not finite"), "{err}");
     }
 }
