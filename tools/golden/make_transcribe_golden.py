@@ -163,9 +163,27 @@ def project(x, w, prefix):
     return h @ W2.T + b2
 
 
-def ctc_log_probs(audio_embeds, tok_embd, blank_w, blank_b):
+def ctc_context(x, blocks):
+    """The CTC head's residual context blocks (tools/train/train_ctc_head.py), float64:
+    x + fc2(relu(fc1(window of the layer-normed frames t-k//2 .. t+k//2, zeros past the ends)))."""
+    for b in blocks:
+        mu = x.mean(1, keepdims=True)
+        var = ((x - mu) ** 2).mean(1, keepdims=True)
+        h = (x - mu) / np.sqrt(var + 1e-5) * b["norm.weight"] + b["norm.bias"]
+        k = b["fc1.weight"].shape[1] // x.shape[1]
+        pad = np.zeros((k // 2, x.shape[1]))
+        hp = np.concatenate([pad, h, pad], 0)
+        win = np.concatenate([hp[i:i + x.shape[0]] for i in range(k)], 1)
+        inner = np.maximum(win @ b["fc1.weight"].T + b["fc1.bias"], 0.0)
+        x = x + inner @ b["fc2.weight"].T + b["fc2.bias"]
+    return x
+
+
+def ctc_log_probs(audio_embeds, tok_embd, blank_w, blank_b, blocks=()):
     """[G, V+1] float64 log-probabilities of the CTC head (blank last): token logits are dot
-    products with the LLM's token embeddings, the blank's is audio . blank_w + blank_b."""
+    products with the LLM's token embeddings, the blank's is audio . blank_w + blank_b, after
+    the head's context blocks (if any)."""
+    audio_embeds = ctc_context(audio_embeds, blocks)
     logits = np.concatenate([audio_embeds @ tok_embd.T, (audio_embeds @ blank_w + blank_b)[:, None]], 1)
     mx = logits.max(1, keepdims=True)
     return logits - (mx + np.log(np.exp(logits - mx).sum(1, keepdims=True)))
@@ -257,6 +275,11 @@ def main(argv=None) -> int:
         ct, cmeta = B.read_safetensors(ctc_path)
         ctc_w = ct["ctc.blank_w"].astype(np.float64).reshape(-1)
         ctc_b = float(ct["ctc.blank_b"].reshape(-1)[0])
+        ctc_blocks = []
+        while f"ctc.blocks.{len(ctc_blocks)}.fc1.weight" in ct:
+            i = len(ctc_blocks)
+            ctc_blocks.append({n: ct[f"ctc.blocks.{i}.{n}"].astype(np.float64)
+                               for n in ("norm.weight", "norm.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")})
         ctc = {"file": man["decoding"]["ctc_head"], "sha256": sha256(ctc_path), "metadata": cmeta}
     t_load = time.time() - t0
     prefix_ids = R.encode(ti, p_text)
@@ -292,7 +315,7 @@ def main(argv=None) -> int:
         text = R.decode(ti, res["ids"])
         ctc_rec = {}
         if ctc is not None:
-            lp = ctc_log_probs(audio_embeds, m.tok_embd, ctc_w, ctc_b)
+            lp = ctc_log_probs(audio_embeds, m.tok_embd, ctc_w, ctc_b, ctc_blocks)
             best = lp.argmax(1)
             srt = np.sort(lp, 1)
             ctc_rec = {
@@ -349,7 +372,8 @@ def main(argv=None) -> int:
             "LoRA (when the bundle has one): W_q += scale * B_q @ A_q, W_v += scale * B_v @ A_v, float64",
             "embeds = token_embd[prefix_ids] ++ audio_embeds ++ token_embd[suffix_ids]",
             "greedy argmax (lowest id on ties), <= min(32, max_new_tokens, 8 + ceil(max_tokens_per_audio_s * seconds)), stop before a stop id",
-            "CTC head (when the bundle has one): log_softmax([audio_embeds @ token_embd^T, audio_embeds @ blank_w + blank_b]) "
+            "CTC head (when the bundle has one): x = audio_embeds through its context blocks (ctc_context; none: x = audio_embeds), "
+            "log_softmax([x @ token_embd^T, x @ blank_w + blank_b]) "
             "-> best path per frame, and log P(labelling == generated_ids) by the standard CTC forward (float64)",
         ],
         "bundle": {
