@@ -141,9 +141,13 @@ async fn an_hour_stream_keeps_memory_and_decode_time_flat() {
         (last / first - 1.0) * 100.0
     );
     assert!(growth <= 1.10, "memory grew {:.1}%", (growth - 1.0) * 100.0);
+    // Growth is what a long stream must not show (state that accumulates);
+    // the first segments run slower while caches and the allocator warm up
+    // (13% here alone, 26% with another process loading a model), so only
+    // an increase fails.
     assert!(
-        (last / first - 1.0).abs() <= 0.20,
-        "model time per segment went from {first:.3} s to {last:.3} s"
+        last / first - 1.0 <= 0.20,
+        "model time per segment grew from {first:.3} s to {last:.3} s"
     );
     server.shutdown().await.unwrap();
 }

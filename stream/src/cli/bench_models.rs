@@ -190,9 +190,11 @@ pub fn llama_cpp(
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(match out.status.code() {
-            Some(code) => format!("failed (exit {code})"),
-            None => "crashed".into(),
+        use std::os::unix::process::ExitStatusExt;
+        return Err(match (out.status.code(), out.status.signal()) {
+            (Some(code), _) => format!("failed (exit {code})"),
+            (None, Some(sig)) => format!("crashed (signal {sig})"),
+            (None, None) => "crashed".into(),
         });
     }
     serde_json::from_slice(out.stdout.trim_ascii()).map_err(|e| format!("bad output: {e}"))
