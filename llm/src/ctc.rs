@@ -146,18 +146,14 @@ impl CtcHead {
                 .map_err(|e| io(e.to_string()))?
                 .into_iter()
                 .collect();
-        let w: Vec<f32> = tensors
-            .remove("ctc.blank_w")
-            .ok_or_else(|| bad("tensor ctc.blank_w missing".into()))?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let b: Vec<f32> = tensors
-            .remove("ctc.blank_b")
-            .ok_or_else(|| bad("tensor ctc.blank_b missing".into()))?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let mut values = |name: &str| -> Result<Vec<f32>> {
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("tensor {name} missing")))?;
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
+        let w = values("ctc.blank_w")?;
+        let b = values("ctc.blank_b")?;
         if b.len() != 1 {
             return Err(bad(format!(
                 "ctc.blank_b has {} values, expected 1",

@@ -269,12 +269,12 @@ pub fn joint_beam_search(
                 .map(|b| *b.tokens.last().expect("pushed"))
                 .collect();
             let mut caches: Vec<&mut KvCache> = next.iter_mut().map(|b| &mut b.cache).collect();
-            let logits = model.forward_batch(&ids, &mut caches)?;
-            for (i, beam) in next.iter_mut().enumerate() {
-                beam.logits = logits
-                    .get(i)?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1()?;
+            let rows: Vec<Vec<f32>> = model
+                .forward_batch(&ids, &mut caches)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2()?;
+            for (beam, logits) in next.iter_mut().zip(rows) {
+                beam.logits = logits;
             }
         }
         beams = next;

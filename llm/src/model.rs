@@ -412,16 +412,7 @@ impl Llama {
         let q = heads(layer.wq.forward(h, true)?, c.num_heads)?;
         let k = heads(layer.wk.forward(h, true)?, c.num_kv_heads)?;
         let v = heads(layer.wv.forward(h, true)?, c.num_kv_heads)?;
-        let (q, k) = match c.rope_style {
-            RopeStyle::Interleaved => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            ),
-            RopeStyle::HalfSplit => (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            ),
-        };
+        let (q, k) = self.rope(&q, &k, cos, sin)?;
         let group = c.num_heads / c.num_kv_heads;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(batch);
@@ -464,16 +455,7 @@ impl Llama {
         let q = heads(layer.wq.forward(h, one)?, c.num_heads)?;
         let k = heads(layer.wk.forward(h, one)?, c.num_kv_heads)?;
         let v = heads(layer.wv.forward(h, one)?, c.num_kv_heads)?;
-        let (q, k) = match c.rope_style {
-            RopeStyle::Interleaved => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            ),
-            RopeStyle::HalfSplit => (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            ),
-        };
+        let (q, k) = self.rope(&q, &k, cos, sin)?;
         let (k_all, v_all) = cache.append(index, &k, &v)?;
 
         let group = c.num_heads / c.num_kv_heads;
@@ -494,6 +476,15 @@ impl Llama {
             .transpose(1, 2)?
             .reshape((1, seq, c.num_heads * c.head_dim))?;
         Ok(layer.wo.forward(&out, one)?)
+    }
+
+    /// Rotary position embedding of queries and keys `[batch, heads, seq, head_dim]`.
+    fn rope(&self, q: &Tensor, k: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
+        let rope = match self.config.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
+            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope,
+        };
+        Ok((rope(q, cos, sin)?, rope(k, cos, sin)?))
     }
 
     /// cos/sin `[seq, head_dim / 2]` for positions `pos..pos + seq`.
