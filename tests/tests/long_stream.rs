@@ -141,10 +141,11 @@ async fn an_hour_stream_keeps_memory_and_decode_time_flat() {
         (last / first - 1.0) * 100.0
     );
     assert!(growth <= 1.10, "memory grew {:.1}%", (growth - 1.0) * 100.0);
-    // Growth is what a long stream must not show (state that accumulates);
-    // the first segments run slower while caches and the allocator warm up
-    // (13% here alone, 26% with another process loading a model), so only
-    // an increase fails.
+    // Growth is what a long stream must not show (state that accumulates).
+    // A drop is the machine, not the stream: on the shared 2-core VM one run's
+    // 120 segments took 1.1-1.5 s each for 96 segments, then 0.95-1.07 s for
+    // the last 24 with nothing in the stream changed (-18% first 5 to last 5;
+    // -26% in a CI run), so only an increase fails.
     assert!(
         last / first - 1.0 <= 0.20,
         "model time per segment grew from {first:.3} s to {last:.3} s"
