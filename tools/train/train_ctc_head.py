@@ -40,6 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "data"))
 import avlm_features as F  # noqa: E402
 import text_corpus  # noqa: E402
+import joint_decode as JD  # noqa: E402
 import train_projector as T  # noqa: E402
 
 
@@ -95,11 +96,11 @@ def batch_audio(proj, feats_list):
     return x, G
 
 
-def ctc_loss(head, x, G, utts):
-    lp = head.log_probs(head.context(x))                  # [T, N, V+1]
+def ctc_loss(head, lp, G, utts, reduction="mean"):
+    """CTC loss of the head's log-probabilities lp [T, N, V+1] against the transcripts."""
     tg = [torch.tensor(u.target[:-1]) for u in utts]
     return TF.ctc_loss(lp, torch.cat(tg), torch.tensor(G), torch.tensor([len(t) for t in tg]),
-                       blank=head.emb.shape[0], reduction="mean", zero_infinity=True)
+                       blank=head.emb.shape[0], reduction=reduction, zero_infinity=True)
 
 
 @torch.no_grad()
@@ -110,18 +111,10 @@ def heldout_eval(head, proj, tok, heldout, batch=16):
     for i in range(0, len(heldout), batch):
         us = heldout[i:i + batch]
         x, G = batch_audio(proj, [u.feats for u in us])
-        ctx = head.context(x)
-        lp = head.log_probs(ctx)
-        tg = [torch.tensor(u.target[:-1]) for u in us]
-        losses.append(float(TF.ctc_loss(lp, torch.cat(tg), torch.tensor(G), torch.tensor([len(t) for t in tg]),
-                                        blank=blank, reduction="sum", zero_infinity=True)))
-        best = lp.argmax(-1)                              # [T, N]
+        lp = head.log_probs(head.context(x))
+        losses.append(float(ctc_loss(head, lp, G, us, reduction="sum")))
         for b, u in enumerate(us):
-            ids, prev = [], None
-            for t in best[: G[b], b].tolist():
-                if t != blank and t != prev:
-                    ids.append(t)
-                prev = t
+            ids = JD.ctc_greedy(lp[: G[b], b].numpy(), blank)
             pairs.append((u.text, text_corpus.normalize(T.tok_decode(tok, ids))))
     return sum(losses) / len(heldout), T.wer(pairs)[0]
 
@@ -237,7 +230,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = args.lr * fac
         x, G = batch_audio(proj, feats)
-        loss = ctc_loss(head, x, G, us)
+        loss = ctc_loss(head, head.log_probs(head.context(x)), G, us)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
