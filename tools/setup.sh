@@ -79,12 +79,20 @@ if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
   convert_whisper "$BASE_DIR" "$STATE/models/whisper-base-encoder.onnx"
 fi
 
-# The default model bundle: manifest + the committed trained projector, LoRA and CTC head beside the models.
+# The default model bundle: manifest + the committed trained projector, LoRA and CTC head beside the
+# models, and (when weights/default has encoder_top.safetensors) the encoder with its tuned top blocks.
 BUNDLE="$STATE/bundles/default"
+differs() { # committed file, bundle copy: true when they differ (both absent counts as the same)
+  [[ -e $1 || -e $2 ]] && ! cmp -s "$1" "$2"
+}
+TUNED_ENC="$STATE/models/whisper-tiny.en-encoder.default-top.onnx"
 if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $BUNDLE/avlm.toml ]] \
-  || ! cmp -s "$ROOT/weights/default/projector.safetensors" "$BUNDLE/projector.safetensors" \
-  || ! cmp -s "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors" \
-  || ! cmp -s "$ROOT/weights/default/ctc.safetensors" "$BUNDLE/ctc.safetensors"; then
+  || differs "$ROOT/weights/default/projector.safetensors" "$BUNDLE/projector.safetensors" \
+  || differs "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors" \
+  || differs "$ROOT/weights/default/ctc.safetensors" "$BUNDLE/ctc.safetensors" \
+  || differs "$ROOT/weights/default/encoder_top.safetensors" "$BUNDLE/encoder_top.safetensors" \
+  || { [[ -f $ROOT/weights/default/encoder_top.safetensors ]] \
+    && [[ ! -f $TUNED_ENC || $STATE/models/whisper-tiny.en-encoder.onnx -nt $TUNED_ENC ]]; }; then
   log "writing the default model bundle in $BUNDLE"
   "$PY" "$ROOT/tools/bundle/make_default_bundle.py" "$BUNDLE" >/dev/null
 fi

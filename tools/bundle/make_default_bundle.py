@@ -57,6 +57,12 @@ METADATA = {"avlm": "untrained seeded init", "seed": str(SEED)}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAINED = os.path.join(ROOT, "weights", "default")
 TRAINED_FILES = ("projector.safetensors", "lora.safetensors", "ctc.safetensors")
+# Optional: tuned top blocks of the Whisper encoder (train_projector.py --tune-encoder-top). When
+# weights/default holds it, the bundle's encoder is the base ONNX with those initializers
+# replaced (tools/bundle/patch_encoder.py), written beside the base one in the models folder.
+ENCODER_TOP = "encoder_top.safetensors"
+BASE_ENCODER = "whisper-tiny.en-encoder.onnx"
+TUNED_ENCODER = "whisper-tiny.en-encoder.default-top.onnx"
 
 # Written verbatim.  The \n inside the prompt are TOML basic-string escapes.
 MANIFEST = r'''# avlm model bundle: default (Whisper tiny.en encoder + SmolLM2-135M-Instruct)
@@ -158,9 +164,13 @@ length_penalty = 1.0
 """
 
 
-def manifest_text(trained: bool) -> str:
+def manifest_text(trained: bool, tuned_encoder: bool = False) -> str:
     if trained:
-        return (MANIFEST.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v + CTC head: trained (weights/default/MODEL_CARD.md).")
+        text = MANIFEST if not tuned_encoder else MANIFEST.replace(
+            f'encoder = "../../models/{BASE_ENCODER}"', f'encoder = "../../models/{TUNED_ENCODER}"').replace(
+            "Whisper tiny.en encoder (ONNX, from CTranslate2 weights)",
+            "Whisper tiny.en encoder (ONNX, from CTranslate2 weights; top blocks tuned)")
+        return (text.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v + CTC head: trained (weights/default/MODEL_CARD.md).")
                 .replace("@LORA@", 'lora = "lora.safetensors"\n').replace("@DECODING@", TRAINED_DECODING))
     return (MANIFEST.replace("@WEIGHTS@", "Projector: untrained seeded init.").replace("@LORA@", "")
             .replace("@DECODING@", GREEDY_DECODING))
@@ -177,12 +187,25 @@ def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str
                 raise SystemExit(f"{src} missing: the trained weights are part of the repository")
             shutil.copyfile(src, os.path.join(bundle_dir, name + ".tmp"))
             os.replace(os.path.join(bundle_dir, name + ".tmp"), os.path.join(bundle_dir, name))
-    else:
+    tuned = trained and os.path.exists(os.path.join(TRAINED, ENCODER_TOP))
+    if tuned:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from patch_encoder import patch_encoder
+
+        models = os.path.join(bundle_dir, "..", "..", "models")
+        base = os.path.join(models, BASE_ENCODER)
+        if not os.path.exists(base):
+            raise SystemExit(f"{base} missing: tools/setup.sh converts it first")
+        patch_encoder(base, os.path.join(TRAINED, ENCODER_TOP), os.path.join(models, TUNED_ENCODER))
+        shutil.copyfile(os.path.join(TRAINED, ENCODER_TOP), os.path.join(bundle_dir, ENCODER_TOP))
+    elif os.path.exists(os.path.join(bundle_dir, ENCODER_TOP)):
+        os.remove(os.path.join(bundle_dir, ENCODER_TOP))
+    if not trained:
         _write(projector, safetensors_bytes(projector_weights(), METADATA))
         for name in TRAINED_FILES[1:]:
             if os.path.exists(os.path.join(bundle_dir, name)):
                 os.remove(os.path.join(bundle_dir, name))
-    _write(manifest, manifest_text(trained).encode("utf-8"))
+    _write(manifest, manifest_text(trained, tuned).encode("utf-8"))
     return manifest, projector
 
 

@@ -8,12 +8,12 @@
 # PACKS_DIR (default .avlm/train/packs) comes from tools/train/audio_packs.py pack; INIT_CKPT
 # (default .avlm/train/ckpt/latest.pt) is the projector/LoRA/CTC state to start from.
 # Writes .xfer/p1 .. .xfer/pN (git-ignored through .git/info/exclude); piece 1 also holds the
-# wheels the GPU image lacks (gguf, soundfile, cffi, pycparser, from .avlm/gpu/wheels).
+# wheels the GPU image lacks (gguf, soundfile, cffi, pycparser, from .avlm/gpu/wheels) go in the last.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PACKS=${1:-.avlm/train/packs}
 INIT=${2:-.avlm/train/ckpt/latest.pt}
-CHUNK_MB=${CHUNK_MB:-60}
+CHUNK_MB=${CHUNK_MB:-44}   # + the working tree (~19 MB) must stay under the 64 MiB a call carries
 PY=.avlm/venv/bin/python
 P=.avlm/gpu/payload
 rm -rf "$P" .avlm/gpu/chunk_* .xfer
@@ -38,6 +38,7 @@ for c in .avlm/gpu/chunk_*; do
     mv "$c" ".xfer/p$i/"
     i=$((i + 1))
 done
-mkdir -p .xfer/p1/wheels
-cp .avlm/gpu/wheels/*.whl .xfer/p1/wheels/
+# the wheels go with the last piece: the first already carries the most (a piece of CHUNK_MB)
+mkdir -p ".xfer/p$((i - 1))/wheels"
+cp .avlm/gpu/wheels/*.whl ".xfer/p$((i - 1))/wheels/"
 du -sh "$P" .xfer/p*

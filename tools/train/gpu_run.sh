@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device side of a GPU training run (see tools/train/README.md, "On a GPU machine").
 # The payload made by tools/train/gpu_pack.sh arrives in pieces, one per call, as .xfer/pN/:
-#   tools/train/gpu_run.sh stage N              # keep piece N in $STAGE (piece 1 also checks the machine)
+#   tools/train/gpu_run.sh stage N              # keep piece N in $STAGE (piece 1 also checks the machine,
+#                                               # the last installs the wheels it carries)
 #   tools/train/gpu_run.sh train MINUTES [ARGS]  # join the pieces, train for MINUTES, results in $OUT
 set -euo pipefail
 STAGE=${STAGE:-/tmp/avlm-stage}
@@ -24,8 +25,11 @@ stage)
     if [ "$n" = 1 ]; then
         nvidia-smi -L || true
         echo "cpus $(nproc); $(free -g | awk '/Mem/ {print $2 " GiB memory"}'); $(df -h /tmp | awk 'NR==2 {print $4 " free in /tmp"}')"
+        python3 -c 'import sys, torch, transformers, scipy, safetensors; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "", "transformers", transformers.__version__)'
+    fi
+    if [ -d "$STAGE/wheels" ] && [ ! -f /tmp/site/.avlm-wheels ]; then    # the piece that carries them
         install_wheels
-        PYTHONPATH=/tmp/site python3 -c 'import sys, torch, transformers, gguf, soundfile, scipy, safetensors; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "", "transformers", transformers.__version__, "libsndfile", soundfile.__libsndfile_version__)'
+        PYTHONPATH=/tmp/site python3 -c 'import gguf, soundfile; print("wheels: gguf", gguf.__version__ if hasattr(gguf, "__version__") else "", "libsndfile", soundfile.__libsndfile_version__)'
     fi
     ;;
 train)

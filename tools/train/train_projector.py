@@ -580,6 +580,10 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
     write_atomic(p, safetensors_bytes(proj.tensors(), meta))
     if ctc is not None:
         write_atomic(os.path.join(prefix_dir, f"ctc{name_suffix}.safetensors"), safetensors_bytes(ctc_tensors(ctc), meta))
+    if ENC_TOP is not None:
+        # the tuned encoder blocks, under their ONNX initializer names (tools/bundle/patch_encoder.py)
+        write_atomic(os.path.join(prefix_dir, f"encoder_top{name_suffix}.safetensors"),
+                     safetensors_bytes(ENC_TOP[0].top_tensors(ENC_TOP[1]), dict(meta, first_block=str(ENC_TOP[1]))))
     lt = lora_tensors(m)
     if lt:
         lmeta = dict(meta)
@@ -613,7 +617,8 @@ def export(args, work, small=None):
     import shutil
 
     os.makedirs(args.export_dir, exist_ok=True)
-    for name in ("projector.safetensors", "lora.safetensors", "ctc.safetensors", "train.log", "loss.jsonl"):
+    for name in ("projector.safetensors", "lora.safetensors", "ctc.safetensors", "encoder_top.safetensors",
+                 "train.log", "loss.jsonl"):
         src = os.path.join(work, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(args.export_dir, name + ".tmp"))
@@ -872,7 +877,9 @@ def main():
                     views[b] = f
                 n_online += len(fresh)
         if ENC_TOP is not None:   # SpecAugment masks features, not the hidden state below the tuned blocks
-            views = [enc_top(f.to(DEV).float()) for f in views]
+            with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=args.bf16):
+                views = ENC_TOP[0].top_batch([f.to(DEV).float() for f in views], ENC_TOP[1])
+            views = [v.float() for v in views]
         feats = [spec_augment(f, rng) if rng.random() < args.specaug else f for f in views]
         fac = lr_factor(step)
         for g, b in zip(opt.param_groups, base_lrs):
@@ -937,6 +944,7 @@ def main():
     if bst.get("lora") is not None:
         for p, v in zip(lora_params, bst["lora"]):
             p.data.copy_(v)
+    load_enc_top(bst)
     res = evaluate(m, proj, prompt, tok, heldout, log, f"best@{bst['step']}", args.eval_limit)
     res.update({"best_step": bst["step"], "best_val_loss": bst["best"], "history": history})
     with open(os.path.join(work, "eval", f"final-step{step}.json"), "w") as f:

@@ -114,6 +114,28 @@ class WhisperEncoder(torch.nn.Module):
             y = self._block(y, i, None)
         return TF.layer_norm(y, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)[0]
 
+    def top_batch(self, xs: list[torch.Tensor], first: int) -> list[torch.Tensor]:
+        """`top` for several utterances as one padded batch (padded keys masked, so each
+        result equals its own `top` run); gradients flow as in `top`."""
+        T = max(x.shape[0] for x in xs)
+        y = xs[0].new_zeros(len(xs), T, D)
+        for b, x in enumerate(xs):
+            y[b, : x.shape[0]] = x
+        mask = None
+        if any(x.shape[0] != T for x in xs):
+            valid = torch.arange(T, device=y.device)[None] < torch.tensor([x.shape[0] for x in xs], device=y.device)[:, None]
+            mask = torch.zeros(len(xs), 1, 1, T, device=y.device, dtype=y.dtype)
+            mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+        for i in range(first, N_LAYERS):
+            y = self._block(y, i, mask)
+        y = TF.layer_norm(y, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)
+        return [y[b, : x.shape[0]] for b, x in enumerate(xs)]
+
+    def top_tensors(self, first: int) -> dict[str, np.ndarray]:
+        """The tuned parameters (`top_names(first)`) under their ONNX initializer names, float32:
+        what tools/bundle/patch_encoder.py writes into the encoder graph."""
+        return {k.replace("__", "/"): self.w[k].detach().float().cpu().numpy() for k in self.top_names(first)}
+
     def features_batch(self, mels: list[np.ndarray], device) -> list[torch.Tensor]:
         """Each mel [80, frames] (frames even, avlm_features.log_mel) -> features [frames/2, 384]."""
         T = max(m.shape[1] for m in mels)

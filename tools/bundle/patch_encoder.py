@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Write a copy of an encoder ONNX graph with some of its initializers replaced.
+
+    patch_encoder.py BASE.onnx TOP.safetensors OUT.onnx
+
+TOP.safetensors holds tensors named like the graph's initializers (for the Whisper encoders
+that tools/whisper/ct2_to_onnx.py writes: `encoder/layer_3/ffn/linear_0/weight_t`, ...), F32 or
+F16; each replaces the initializer of that name, stored as float32. It is what
+`tools/train/train_projector.py --tune-encoder-top K` writes as `encoder_top.safetensors`: the
+top K blocks and the final layer norm of the Whisper encoder, tuned with the projector.
+
+Every tensor must name an existing float32 initializer of the same shape, and all values must
+be finite; anything else is refused with the tensor named, and OUT is not written. The graph
+itself (nodes, inputs, outputs, opset) is unchanged, so the server runs the patched encoder
+exactly as it runs the base one.
+
+Importable: patch_encoder(base, top, out) -> number of initializers replaced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+
+def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A safetensors file of F32/F16 tensors -> name -> float32 array, and its metadata."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise SystemExit(f"{path}: not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if 8 + n > len(data):
+        raise SystemExit(f"{path}: header length {n} runs past the end of the file")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {}) or {}
+    base, out = 8 + n, {}
+    for name, info in header.items():
+        dt = {"F32": "<f4", "F16": "<f2"}.get(info["dtype"])
+        if dt is None:
+            raise SystemExit(f"{path}: {name} has dtype {info['dtype']}; only F32 and F16 are read")
+        s, e = info["data_offsets"]
+        arr = np.frombuffer(data[base + s:base + e], dtype=dt)
+        if arr.size != int(np.prod(info["shape"], dtype=np.int64)):
+            raise SystemExit(f"{path}: {name} holds {arr.size} values for shape {info['shape']}")
+        out[name] = arr.reshape(info["shape"]).astype(np.float32)
+    return out, meta
+
+
+def patch_encoder(base: str, top: str, out: str) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    tensors, _ = read_tensors(top)
+    if not tensors:
+        raise SystemExit(f"{top}: no tensors")
+    model = onnx.load(base)
+    inits = {t.name: t for t in model.graph.initializer}
+    for name, arr in tensors.items():
+        t = inits.get(name)
+        if t is None:
+            raise SystemExit(f"{top}: {name} is not an initializer of {base}")
+        if t.data_type != onnx.TensorProto.FLOAT:
+            raise SystemExit(f"{top}: {name} is not float32 in {base}")
+        if tuple(t.dims) != arr.shape:
+            raise SystemExit(f"{top}: {name} has shape {list(arr.shape)}, {base} has {list(t.dims)}")
+        if not np.isfinite(arr).all():
+            raise SystemExit(f"{top}: {name} holds non-finite values")
+    for name, arr in tensors.items():
+        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+    model.doc_string = (model.doc_string + "\n" if model.doc_string else "") + (
+        f"avlm: {len(tensors)} initializers replaced from {os.path.basename(top)} (tools/bundle/patch_encoder.py)")
+    tmp = out + ".tmp"
+    onnx.save(model, tmp)
+    os.replace(tmp, out)
+    return len(tensors)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
+        return 2
+    n = patch_encoder(*argv)
+    print(f"wrote {argv[2]}: {n} initializers replaced")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
