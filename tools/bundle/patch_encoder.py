@@ -2,6 +2,7 @@
 """Write a copy of an encoder ONNX graph with some of its initializers replaced.
 
     patch_encoder.py BASE.onnx TOP.safetensors OUT.onnx
+    patch_encoder.py --f16 TOP.safetensors OUT.safetensors   # a float16 copy (half the bytes)
 
 TOP.safetensors holds tensors named like the graph's initializers (for the Whisper encoders
 that tools/whisper/ct2_to_onnx.py writes: `encoder/layer_3/ffn/linear_0/weight_t`, ...), F32 or
@@ -50,6 +51,29 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return out, meta
 
 
+def write_f16(src: str, out: str) -> int:
+    """A float16 copy of a tensors file (values rounded to nearest; metadata kept): what
+    weights/default holds, since the rounding moves the encoder's features far less than the
+    float16 encoder the GPU training ran on did."""
+    tensors, meta = read_tensors(src)
+    header: dict = {"__metadata__": dict(meta, dtype="float16 copy of " + os.path.basename(src))}
+    blobs, off = [], 0
+    for name, arr in tensors.items():
+        if not np.isfinite(arr).all() or np.abs(arr).max(initial=0.0) > 65504.0:
+            raise SystemExit(f"{src}: {name} does not fit float16")
+        b = np.ascontiguousarray(arr.astype("<f2")).tobytes()
+        header[name] = {"dtype": "F16", "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    os.replace(tmp, out)
+    return len(tensors)
+
+
 def patch_encoder(base: str, top: str, out: str) -> int:
     import onnx
     from onnx import numpy_helper
@@ -81,7 +105,11 @@ def patch_encoder(base: str, top: str, out: str) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 3:
+    if len(argv) == 3 and argv[0] == "--f16":
+        n = write_f16(argv[1], argv[2])
+        print(f"wrote {argv[2]}: {n} tensors as float16")
+        return 0
+    if len(argv) != 3 or any(a.startswith("-") for a in argv):
         print(__doc__.strip().split("\n\n")[1], file=sys.stderr)
         return 2
     n = patch_encoder(*argv)
