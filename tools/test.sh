@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of avlm on a fresh Debian 12 machine: installs what is
-# missing (tools/setup.sh), makes the test media, then `cargo test`.
+# missing (tools/setup.sh), makes the test media, then the Python tool tests and `cargo test`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,5 +17,8 @@ if [[ ! -f $MEDIA/lrs3/synthetic_ci/speaker1/00002.txt || tools/make_lrs3_sets.p
   echo "[test] making LRS3-layout test sets in $MEDIA/lrs3" >&2
   .avlm/venv/bin/python tools/make_lrs3_sets.py "$MEDIA/lrs3"
 fi
+
+# the Python tool that writes the default bundle's tuned encoder (fails loudly on bad weights)
+.avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py
 
 cargo test --workspace --locked "$@"
