@@ -9,6 +9,11 @@ Writes:
   BUNDLE_DIR/projector.safetensors  the audio projector, audio.fc1 / audio.fc2
   BUNDLE_DIR/lora.safetensors       LoRA r8 adapters on q/v of SmolLM2 (merged at load)
   BUNDLE_DIR/ctc.safetensors        the CTC head's blank class, for joint CTC/attention decoding
+  BUNDLE_DIR/encoder_top.safetensors the tuned top blocks of the Whisper encoder, when
+                                    weights/default has them; then also
+  BUNDLE_DIR/../../models/whisper-tiny.en-encoder.default-top.onnx
+                                    the converted encoder with those initializers replaced
+                                    (patch_encoder.py), which the manifest names as the encoder
 
 The projector, LoRA and CTC head are the trained ones committed in weights/default/ (see
 weights/default/MODEL_CARD.md for how they were made: tools/train/).
@@ -234,7 +239,8 @@ def main(argv=None) -> int:
     print(f"wrote {manifest}")
     print(f"wrote {projector} ({os.path.getsize(projector)} bytes; "
           + ", ".join(f"{k} {list(v.shape)}" for k, v in back.items()) + ")"
-          + ("" if not trained else ", lora.safetensors and ctc.safetensors"))
+          + ("" if not trained else ", lora.safetensors and ctc.safetensors")
+          + (f", encoder {TUNED_ENCODER} (tuned top blocks)" if os.path.exists(os.path.join(args[0], ENCODER_TOP)) else ""))
     return 0
 
 
