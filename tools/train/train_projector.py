@@ -235,9 +235,9 @@ def read_manifest(data_dir):
 
 
 DEV = torch.device("cpu")   # --device
-# --tune-encoder-top K (a pilot: the tuned blocks are not part of the bundle yet): utterance
-# features are the encoder's hidden state before its top K blocks, and ENC_TOP = (encoder, first
-# tuned block) turns them into features inside the loss, with gradients for those blocks.
+# --tune-encoder-top K: utterance features are the encoder's hidden state before its top K
+# blocks, and ENC_TOP = (encoder, first tuned block) turns them into features inside the loss,
+# with gradients for those blocks (written as encoder_top.safetensors for the bundle).
 ENC_TOP = None
 
 
@@ -679,8 +679,8 @@ def main():
                     help="with --online-aug: SNR range in dB (low,high) of its white/pink/babble noise")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--tune-encoder-top", type=int, default=0,
-                    help="with --audio-packs: also train the Whisper encoder's top K blocks and final LN (a pilot; "
-                         "they are kept in the checkpoints, not yet in the bundle files)")
+                    help="with --audio-packs: also train the Whisper encoder's top K blocks and final LN "
+                         "(the best are written as encoder_top.safetensors: tools/bundle/patch_encoder.py)")
     ap.add_argument("--encoder-lr", type=float, default=None, help="--tune-encoder-top's lr (default: --lr)")
     ap.add_argument("--init-from", default=None,
                     help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
