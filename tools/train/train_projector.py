@@ -596,8 +596,8 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
 
 
 def small_state(st):
-    """Projector, LoRA and CTC head of a training state, on the CPU (no optimizer): enough for
-    --init-from, small enough to bring back from a GPU machine."""
+    """Projector, LoRA, CTC head and tuned encoder blocks of a training state, on the CPU (no
+    optimizer): enough for --init-from, small enough to bring back from a GPU machine."""
     def cpu(x):
         if isinstance(x, torch.Tensor):
             return x.detach().cpu()
@@ -606,7 +606,12 @@ def small_state(st):
         if isinstance(x, list):
             return [cpu(v) for v in x]
         return x
-    return {k: cpu(st.get(k)) for k in ("step", "best", "history", "args", "projector", "lora", "ctc", "enc_top")}
+    out = {k: cpu(st.get(k)) for k in ("step", "best", "history", "args", "projector", "lora", "ctc", "enc_top")}
+    if out["enc_top"]:
+        # float16 (as weights/default keeps them): the whole file then stays under the 16 MB a
+        # file may come back from a device call with (float32 tuned blocks alone are 14 MB)
+        out["enc_top"] = {k: v.half() for k, v in out["enc_top"].items()}
+    return out
 
 
 def export(args, work, small=None):
