@@ -595,6 +595,46 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
     return p
 
 
+def init_from_files(d, proj, m, lora_params, ctc, log):
+    """--init-from DIR: start from bundle-format files (weights/default, or a run's --export-dir):
+    projector.safetensors, and each of lora / ctc / encoder_top.safetensors that the run has a
+    place for. A file the run would use but DIR lacks is an error; one it has no place for is
+    named in the log and skipped."""
+    from patch_encoder import read_tensors
+
+    def path(name):
+        return os.path.join(d, name + ".safetensors")
+
+    if not os.path.exists(path("projector")):
+        raise SystemExit(f"--init-from {d}: projector.safetensors missing")
+    proj.load_tensors(read_safetensors(path("projector"))[0])
+    wanted = {"lora": bool(lora_params), "ctc": ctc is not None, "encoder_top": ENC_TOP is not None}
+    for name, used in wanted.items():
+        if used and not os.path.exists(path(name)):
+            raise SystemExit(f"--init-from {d}: {name}.safetensors missing (this run trains one)")
+        if not used and os.path.exists(path(name)):
+            log(f"--init-from {d}: {name}.safetensors not used by this run")
+    if lora_params:
+        load_lora_tensors(m, read_safetensors(path("lora"))[0])
+    if ctc is not None:
+        t = read_safetensors(path("ctc"))[0]
+        with torch.no_grad():
+            ctc.blank_w.copy_(torch.from_numpy(np.array(t["ctc.blank_w"])).reshape(ctc.blank_w.shape))
+            ctc.blank_b.copy_(torch.from_numpy(np.array(t["ctc.blank_b"])).reshape(ctc.blank_b.shape))
+    if ENC_TOP is not None:
+        t, meta = read_tensors(path("encoder_top"))
+        w = ENC_TOP[0].w
+        tuned = set(ENC_TOP[0].top_names(ENC_TOP[1]))
+        if {k.replace("/", "__") for k in t} != tuned:
+            raise SystemExit(f"--init-from {d}: encoder_top.safetensors holds blocks from "
+                             f"{meta.get('first_block', '?')} on; this run tunes from {ENC_TOP[1]}")
+        with torch.no_grad():
+            for k, v in t.items():
+                w[k.replace("/", "__")].copy_(torch.from_numpy(v))
+    meta = read_safetensors(path("projector"))[1]
+    return {"step": meta.get("step", "?")}
+
+
 def small_state(st):
     """Projector, LoRA, CTC head and tuned encoder blocks of a training state, on the CPU (no
     optimizer): enough for --init-from, small enough to bring back from a GPU machine."""
@@ -688,7 +728,8 @@ def main():
                          "(the best are written as encoder_top.safetensors: tools/bundle/patch_encoder.py)")
     ap.add_argument("--encoder-lr", type=float, default=None, help="--tune-encoder-top's lr (default: --lr)")
     ap.add_argument("--init-from", default=None,
-                    help="start from this checkpoint's projector/LoRA/CTC weights with a fresh optimizer and schedule")
+                    help="start from this checkpoint's projector/LoRA/CTC (and tuned encoder) weights with a fresh "
+                         "optimizer and schedule; a folder: its bundle-format *.safetensors (e.g. weights/default)")
     ap.add_argument("--time-schedule", action="store_true",
                     help="warmup then cosine over --max-minutes of wall time instead of over --steps")
     ap.add_argument("--export-dir", default=None,
@@ -805,7 +846,9 @@ def main():
     step, best, history = 0, float("inf"), []
     t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
-    if args.init_from:
+    if args.init_from and os.path.isdir(args.init_from):
+        st = init_from_files(args.init_from, proj, m, lora_params, ctc, log)
+    elif args.init_from:
         st = torch.load(args.init_from, weights_only=False, map_location=DEV)
         proj.load_state_dict(st["projector"])
         if st.get("lora") is not None and lora_params:
@@ -814,6 +857,7 @@ def main():
         if ctc is not None and st.get("ctc") is not None:
             ctc.load_state_dict(st["ctc"])
         load_enc_top(st)
+    if args.init_from:
         log(f"initialised from {args.init_from} (its step {st.get('step')}); fresh optimizer and schedule")
         if heldout and not args.resume:
             # the bar a continuation must clear, measured here on the same held-out clips
