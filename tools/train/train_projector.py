@@ -595,7 +595,7 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
     return p
 
 
-def init_from_files(d, proj, m, lora_params, ctc, log):
+def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
     """--init-from DIR: start from bundle-format files (weights/default, or a run's --export-dir):
     projector.safetensors, and each of lora / ctc / encoder_top.safetensors that the run has a
     place for. A file the run would use but DIR lacks is an error; one it has no place for is
@@ -614,6 +614,17 @@ def init_from_files(d, proj, m, lora_params, ctc, log):
             raise SystemExit(f"--init-from {d}: {name}.safetensors missing (this run trains one)")
         if not used and os.path.exists(path(name)):
             log(f"--init-from {d}: {name}.safetensors not used by this run")
+    if ENC_TOP is None and os.path.exists(path("encoder_top")) and encoder_path:
+        # the projector was trained on the tuned encoder: the run's own encoder must be that one
+        from whisper_torch import load_weights
+
+        have = load_weights(encoder_path)
+        for k, v in read_tensors(path("encoder_top"))[0].items():
+            if k not in have or have[k].shape != v.shape or np.abs(have[k] - v).max() > 1e-2:
+                raise SystemExit(f"--init-from {d}: its projector was trained with tuned encoder blocks "
+                                 f"(encoder_top.safetensors) that --encoder {encoder_path} lacks ({k}); "
+                                 "pass --tune-encoder-top with their count, or --encoder the patched ONNX "
+                                 "(.avlm/models/whisper-tiny.en-encoder.default-top.onnx)")
     if lora_params:
         load_lora_tensors(m, read_safetensors(path("lora"))[0])
     if ctc is not None:
@@ -847,7 +858,8 @@ def main():
     t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
     if args.init_from and os.path.isdir(args.init_from):
-        st = init_from_files(args.init_from, proj, m, lora_params, ctc, log)
+        st = init_from_files(args.init_from, proj, m, lora_params, ctc, log,
+                             args.encoder if args.audio_packs else None)
     elif args.init_from:
         st = torch.load(args.init_from, weights_only=False, map_location=DEV)
         proj.load_state_dict(st["projector"])
