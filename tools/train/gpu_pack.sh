@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # This machine's side of a GPU training run: everything the GPU machine needs (it has PyTorch
 # but no TTS, no models and no network), as one tar split into pieces that each fit one call
-# of the device tool (64 MiB of working tree per call).
+# of the device tool (64 MiB per call, the working tree included).
 #
-#   tools/train/gpu_pack.sh [PACKS_DIR] [INIT_CKPT]
+#   tools/train/gpu_pack.sh [PACKS_DIR] [INIT]
 #
-# PACKS_DIR (default .avlm/train/packs) comes from tools/train/audio_packs.py pack; INIT_CKPT
-# (default .avlm/train/ckpt/latest.pt) is the projector/LoRA/CTC state to start from.
-# Writes .xfer/p1 .. .xfer/pN (git-ignored through .git/info/exclude); piece 1 also holds the
-# wheels the GPU image lacks (gguf, soundfile, cffi, pycparser, from .avlm/gpu/wheels) go in the last.
+# PACKS_DIR (default .avlm/train/packs) comes from tools/train/audio_packs.py pack. INIT (default
+# .avlm/train/ckpt/latest.pt) is the state to start from: a checkpoint (its projector, LoRA, CTC
+# head and tuned encoder blocks go as init.pt) or a folder of bundle-format files such as
+# weights/default (its *.safetensors go as init/, for train_projector.py --init-from DIR).
+# Writes .xfer/p1 .. .xfer/pN (git-ignored through .git/info/exclude). The last piece also holds
+# the wheels the GPU image lacks (gguf, soundfile, cffi, pycparser, from .avlm/gpu/wheels).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PACKS=${1:-.avlm/train/packs}
 INIT=${2:-.avlm/train/ckpt/latest.pt}
-CHUNK_MB=${CHUNK_MB:-44}   # + the working tree (~19 MB) must stay under the 64 MiB a call carries
+# Each call carries the working tree (tracked and untracked-not-ignored files) beside its piece:
+# a piece gets what is left of 64 MiB after the tree and the wheels, less 1 MiB to spare.
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+wheels=$(cat .avlm/gpu/wheels/*.whl | wc -c)
+CHUNK_MB=${CHUNK_MB:-$(( (64 * 1048576 - tree - wheels) / 1048576 - 1 ))}
+if (( CHUNK_MB < 8 )); then
+  echo "gpu_pack: the working tree ($((tree / 1048576)) MiB) leaves only ${CHUNK_MB} MiB per piece" >&2
+  exit 1
+fi
+echo "working tree $((tree / 1048576)) MiB: pieces of ${CHUNK_MB} MiB"
 PY=.avlm/venv/bin/python
 P=.avlm/gpu/payload
 rm -rf "$P" .avlm/gpu/chunk_* .xfer
@@ -26,11 +37,19 @@ $PY -c "
 import sys; sys.path.insert(0, 'tools/train')
 import whisper_torch as W
 W.save_weights(W.onnx_weights('.avlm/models/whisper-tiny.en-encoder.onnx'), '$P/whisper-tiny.en-encoder.f16.safetensors')"
-$PY -c "
+if [[ -d $INIT ]]; then
+  [[ -f $INIT/projector.safetensors ]] || { echo "gpu_pack: $INIT has no projector.safetensors" >&2; exit 1; }
+  mkdir -p "$P/init"
+  for f in projector lora ctc encoder_top; do
+    if [[ -f $INIT/$f.safetensors ]]; then cp "$INIT/$f.safetensors" "$P/init/"; fi
+  done
+else
+  $PY -c "
 import sys, torch; sys.path.insert(0, 'tools/train')
 sys.argv = ['x']
 import train_projector as T
 torch.save(T.small_state(torch.load('$INIT', weights_only=False, map_location='cpu')), '$P/init.pt')"
+fi
 tar cf - -C "$P" . | split -b "${CHUNK_MB}M" -d -a 2 - .avlm/gpu/chunk_
 i=1
 for c in .avlm/gpu/chunk_*; do
@@ -38,7 +57,7 @@ for c in .avlm/gpu/chunk_*; do
     mv "$c" ".xfer/p$i/"
     i=$((i + 1))
 done
-# the wheels go with the last piece: the first already carries the most (a piece of CHUNK_MB)
+# the wheels go with the last piece
 mkdir -p ".xfer/p$((i - 1))/wheels"
 cp .avlm/gpu/wheels/*.whl ".xfer/p$((i - 1))/wheels/"
 du -sh "$P" .xfer/p*

@@ -44,9 +44,11 @@ train)
     echo "payload joined in $(( $(date +%s) - t0 )) s: $(du -sh "$PAYLOAD" | cut -f1)"
     ln -sf "$PAYLOAD/SmolLM2-135M-Instruct.Q4_1.gguf" .avlm/models/SmolLM2-135M-Instruct.Q4_1.gguf
     cp "$PAYLOAD/mel_filters_80.npy" .avlm/train/mel_filters_80.npy
+    init="$PAYLOAD/init.pt"                      # gpu_pack.sh INIT: a checkpoint, or
+    [ -d "$PAYLOAD/init" ] && init="$PAYLOAD/init"   # a folder of bundle-format files
     python3 tools/train/train_projector.py --device cuda --work "$WORK" \
         --audio-packs "$PAYLOAD/packs" --encoder "$PAYLOAD/whisper-tiny.en-encoder.f16.safetensors" \
-        --init-from "$PAYLOAD/init.pt" --workers "$(nproc)" --threads 4 \
+        --init-from "$init" --workers "$(nproc)" --threads 4 \
         --time-schedule --max-minutes "$minutes" --steps 10000000 \
         --export-dir "$OUT" --check-llm "$@"
     ;;

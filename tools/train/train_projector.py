@@ -595,11 +595,43 @@ def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
     return p
 
 
+def use_encoder_top(t: dict, encoder_path, where: str) -> None:
+    """A projector trained with tuned encoder blocks `t` (ONNX initializer name -> float32 array)
+    needs them. This run tunes blocks (ENC_TOP): they are loaded there, and must lie within the
+    blocks it tunes (its hidden states below were computed with the plain encoder). It tunes
+    none: --encoder must already hold them (the patched ONNX, within one float16 step)."""
+    if not t:
+        return
+    if ENC_TOP is not None:
+        tuned = set(ENC_TOP[0].top_names(ENC_TOP[1]))
+        extra = sorted(k for k in t if k.replace("/", "__") not in tuned)
+        if extra:
+            raise SystemExit(f"{where}: holds tuned encoder tensors below the blocks this run tunes "
+                             f"(from block {ENC_TOP[1]} on), e.g. {extra[0]}: raise --tune-encoder-top")
+        with torch.no_grad():
+            for k, v in t.items():
+                ENC_TOP[0].w[k.replace("/", "__")].copy_(torch.as_tensor(np.asarray(v, np.float32)))
+        return
+    if encoder_path is None:
+        raise SystemExit(f"{where}: its projector was trained with tuned encoder blocks, and cached "
+                         "features come from the plain encoder: use --audio-packs with --encoder the "
+                         "patched ONNX (.avlm/models/whisper-tiny.en-encoder.default-top.onnx) or --tune-encoder-top")
+    from whisper_torch import load_weights
+
+    have = load_weights(encoder_path)
+    for k, v in t.items():
+        v = np.asarray(v, np.float32)
+        if k not in have or have[k].shape != v.shape or not np.allclose(have[k], v, rtol=2.0 ** -10, atol=1e-7):
+            raise SystemExit(f"{where}: its projector was trained with tuned encoder blocks that "
+                             f"--encoder {encoder_path} lacks ({k}); pass --tune-encoder-top with their "
+                             "count, or --encoder the patched ONNX (.avlm/models/whisper-tiny.en-encoder.default-top.onnx)")
+
+
 def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
     """--init-from DIR: start from bundle-format files (weights/default, or a run's --export-dir):
-    projector.safetensors, and each of lora / ctc / encoder_top.safetensors that the run has a
-    place for. A file the run would use but DIR lacks is an error; one it has no place for is
-    named in the log and skipped."""
+    projector.safetensors, and each of lora / ctc .safetensors that the run trains, and
+    encoder_top.safetensors when DIR has it (use_encoder_top). A file the run trains but DIR
+    lacks is an error; one it has no place for is named in the log and skipped."""
     from patch_encoder import read_tensors
 
     def path(name):
@@ -612,19 +644,8 @@ def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
     for name, used in wanted.items():
         if used and not os.path.exists(path(name)):
             raise SystemExit(f"--init-from {d}: {name}.safetensors missing (this run trains one)")
-        if not used and os.path.exists(path(name)):
+        if not used and name != "encoder_top" and os.path.exists(path(name)):
             log(f"--init-from {d}: {name}.safetensors not used by this run")
-    if ENC_TOP is None and os.path.exists(path("encoder_top")) and encoder_path:
-        # the projector was trained on the tuned encoder: the run's own encoder must be that one
-        from whisper_torch import load_weights
-
-        have = load_weights(encoder_path)
-        for k, v in read_tensors(path("encoder_top"))[0].items():
-            if k not in have or have[k].shape != v.shape or np.abs(have[k] - v).max() > 1e-2:
-                raise SystemExit(f"--init-from {d}: its projector was trained with tuned encoder blocks "
-                                 f"(encoder_top.safetensors) that --encoder {encoder_path} lacks ({k}); "
-                                 "pass --tune-encoder-top with their count, or --encoder the patched ONNX "
-                                 "(.avlm/models/whisper-tiny.en-encoder.default-top.onnx)")
     if lora_params:
         load_lora_tensors(m, read_safetensors(path("lora"))[0])
     if ctc is not None:
@@ -632,16 +653,8 @@ def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
         with torch.no_grad():
             ctc.blank_w.copy_(torch.from_numpy(np.array(t["ctc.blank_w"])).reshape(ctc.blank_w.shape))
             ctc.blank_b.copy_(torch.from_numpy(np.array(t["ctc.blank_b"])).reshape(ctc.blank_b.shape))
-    if ENC_TOP is not None:
-        t, meta = read_tensors(path("encoder_top"))
-        w = ENC_TOP[0].w
-        tuned = set(ENC_TOP[0].top_names(ENC_TOP[1]))
-        if {k.replace("/", "__") for k in t} != tuned:
-            raise SystemExit(f"--init-from {d}: encoder_top.safetensors holds blocks from "
-                             f"{meta.get('first_block', '?')} on; this run tunes from {ENC_TOP[1]}")
-        with torch.no_grad():
-            for k, v in t.items():
-                w[k.replace("/", "__")].copy_(torch.from_numpy(v))
+    if os.path.exists(path("encoder_top")):
+        use_encoder_top(read_tensors(path("encoder_top"))[0], encoder_path, f"--init-from {d}")
     meta = read_safetensors(path("projector"))[1]
     return {"step": meta.get("step", "?")}
 
@@ -813,6 +826,12 @@ def main():
             add_lora(m, r, float(lmeta["scale"]) * r)
             load_lora_tensors(m, lt)
             log(f"loaded LoRA {lpath} (r={r}, scale={lmeta['scale']})")
+        tpath = os.path.join(os.path.dirname(ppath), "encoder_top.safetensors")
+        if os.path.exists(tpath):
+            from patch_encoder import read_tensors
+
+            use_encoder_top(read_tensors(tpath)[0], args.encoder if args.audio_packs else None, f"--eval-only {ppath}")
+            log(f"tuned encoder blocks from {tpath}")
         log(f"eval-only with {ppath} ({meta})")
         res = evaluate(m, proj, prompt, tok, heldout, log, "eval-only", args.eval_limit)
         res["val_loss"] = round(val_loss(m, proj, prompt, heldout), 4)
@@ -849,10 +868,10 @@ def main():
             pr = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
         return args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * pr))
 
-    def load_enc_top(st):
-        if ENC_TOP and st.get("enc_top"):
-            for k, v in st["enc_top"].items():
-                ENC_TOP[0].w[k].data.copy_(v)
+    def load_enc_top(st, where="checkpoint"):
+        if st.get("enc_top"):
+            use_encoder_top({k.replace("__", "/"): v.float().cpu().numpy() for k, v in st["enc_top"].items()},
+                            args.encoder if args.audio_packs else None, where)
 
     step, best, history = 0, float("inf"), []
     t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
@@ -868,7 +887,7 @@ def main():
                 p.data.copy_(v)
         if ctc is not None and st.get("ctc") is not None:
             ctc.load_state_dict(st["ctc"])
-        load_enc_top(st)
+        load_enc_top(st, f"--init-from {args.init_from}")
     if args.init_from:
         log(f"initialised from {args.init_from} (its step {st.get('step')}); fresh optimizer and schedule")
         if heldout and not args.resume:
@@ -988,6 +1007,8 @@ def main():
                 save_outputs(work, "", proj, m, dict(meta, step=str(step), val_loss=f"{vl:.4f}"), ctc)
             export(args, work, small_state(st))
             old = sorted(glob.glob(os.path.join(ck_dir, "step_*.pt")))[:-args.keep_ckpts]
+            # per-checkpoint tuned encoder blocks are 14 MB each: kept like the checkpoints
+            old += sorted(glob.glob(os.path.join(ck_dir, "encoder_top-step_*.safetensors")))[:-args.keep_ckpts]
             for p in old:
                 os.remove(p)
             if args.eval_every and step % args.eval_every == 0 and step != args.steps:
