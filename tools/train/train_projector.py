@@ -575,7 +575,8 @@ def ctc_tensors(ctc):
 
 
 def save_outputs(prefix_dir, name_suffix, proj, m, meta, ctc=None):
-    """Bundle-format projector (and LoRA, and the CTC head for joint decoding) safetensors."""
+    """Bundle-format projector (and LoRA, the CTC head for joint decoding, and with
+    --tune-encoder-top the tuned encoder blocks) safetensors."""
     p = os.path.join(prefix_dir, f"projector{name_suffix}.safetensors")
     write_atomic(p, safetensors_bytes(proj.tensors(), meta))
     if ctc is not None:

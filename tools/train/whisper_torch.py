@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The frozen Whisper tiny.en encoder in PyTorch, built from the initializers of avlm's own
-ONNX export (.avlm/models/whisper-tiny.en-encoder.onnx), for feature extraction on a GPU.
+"""The Whisper tiny.en encoder in PyTorch (frozen, or its top blocks tuned), built from the
+initializers of avlm's own ONNX export (.avlm/models/whisper-tiny.en-encoder.onnx), for feature
+extraction on a GPU.
 
 It computes what tools/data/avlm_features.Encoder (onnxruntime, the server's graph) computes:
 conv1 (k3, pad 1) + GELU(erf), conv2 (k3, stride 2, pad 1) + GELU, + sinusoidal positions,
