@@ -86,7 +86,8 @@ differs() { # committed file, bundle copy: true when they differ (both absent co
   [[ -e $1 || -e $2 ]] && ! cmp -s "$1" "$2"
 }
 TUNED_ENC="$STATE/models/whisper-tiny.en-encoder.default-top.onnx"
-if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $BUNDLE/avlm.toml ]] \
+if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $BUNDLE/avlm.toml \
+  || $ROOT/tools/bundle/patch_encoder.py -nt $BUNDLE/avlm.toml ]] \
   || differs "$ROOT/weights/default/projector.safetensors" "$BUNDLE/projector.safetensors" \
   || differs "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors" \
   || differs "$ROOT/weights/default/ctc.safetensors" "$BUNDLE/ctc.safetensors" \

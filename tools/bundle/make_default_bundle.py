@@ -171,10 +171,13 @@ length_penalty = 1.0
 
 def manifest_text(trained: bool, tuned_encoder: bool = False) -> str:
     if trained:
-        text = MANIFEST if not tuned_encoder else MANIFEST.replace(
-            f'encoder = "../../models/{BASE_ENCODER}"', f'encoder = "../../models/{TUNED_ENCODER}"').replace(
-            "Whisper tiny.en encoder (ONNX, from CTranslate2 weights)",
-            "Whisper tiny.en encoder (ONNX, from CTranslate2 weights; top blocks tuned)")
+        text = MANIFEST
+        if tuned_encoder:
+            for old, new in ((f'encoder = "../../models/{BASE_ENCODER}"', f'encoder = "../../models/{TUNED_ENCODER}"'),
+                             ("Whisper tiny.en encoder (ONNX, from CTranslate2 weights)",
+                              "Whisper tiny.en encoder (ONNX, from CTranslate2 weights; top blocks tuned)")):
+                assert old in text, f"MANIFEST no longer has {old!r}"
+                text = text.replace(old, new)
         return (text.replace("@WEIGHTS@", "Projector + LoRA r8 on q/v + CTC head: trained (weights/default/MODEL_CARD.md).")
                 .replace("@LORA@", 'lora = "lora.safetensors"\n').replace("@DECODING@", TRAINED_DECODING))
     return (MANIFEST.replace("@WEIGHTS@", "Projector: untrained seeded init.").replace("@LORA@", "")

@@ -36,18 +36,29 @@ def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     (n,) = struct.unpack("<Q", data[:8])
     if 8 + n > len(data):
         raise SystemExit(f"{path}: header length {n} runs past the end of the file")
-    header = json.loads(data[8:8 + n])
+    try:
+        header = json.loads(data[8:8 + n])
+    except ValueError as e:
+        raise SystemExit(f"{path}: header is not JSON ({e})")
+    if not isinstance(header, dict):
+        raise SystemExit(f"{path}: header is not a JSON object")
     meta = header.pop("__metadata__", {}) or {}
     base, out = 8 + n, {}
     for name, info in header.items():
-        dt = {"F32": "<f4", "F16": "<f2"}.get(info["dtype"])
+        try:
+            dtype, shape, (s, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SystemExit(f"{path}: {name} lacks a dtype, shape or data_offsets")
+        dt = {"F32": "<f4", "F16": "<f2"}.get(dtype)
         if dt is None:
-            raise SystemExit(f"{path}: {name} has dtype {info['dtype']}; only F32 and F16 are read")
-        s, e = info["data_offsets"]
+            raise SystemExit(f"{path}: {name} has dtype {dtype}; only F32 and F16 are read")
+        size = np.dtype(dt).itemsize
+        if not (0 <= s <= e <= len(data) - base) or (e - s) % size:
+            raise SystemExit(f"{path}: {name} has data offsets [{s}, {e}] outside the data or not whole values")
         arr = np.frombuffer(data[base + s:base + e], dtype=dt)
-        if arr.size != int(np.prod(info["shape"], dtype=np.int64)):
-            raise SystemExit(f"{path}: {name} holds {arr.size} values for shape {info['shape']}")
-        out[name] = arr.reshape(info["shape"]).astype(np.float32)
+        if arr.size != int(np.prod(shape, dtype=np.int64)):
+            raise SystemExit(f"{path}: {name} holds {arr.size} values for shape {shape}")
+        out[name] = arr.reshape(shape).astype(np.float32)
     return out, meta
 
 

@@ -109,6 +109,14 @@ class PatchEncoder(unittest.TestCase):
         with self.assertRaises(SystemExit) as cm:
             read_tensors(self.path("long"))
         self.assertIn("past the end", str(cm.exception))
+        for header, words in ((b"not json", "not JSON"), (b'{"x": {"shape": [1]}}', "lacks a dtype"),
+                              (b'{"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 6]}}', "not whole values"),
+                              (b'{"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 64]}}', "outside the data")):
+            with open(self.path("bad"), "wb") as f:
+                f.write(len(header).to_bytes(8, "little") + header + bytes(8))
+            with self.assertRaises(SystemExit) as cm:
+                read_tensors(self.path("bad"))
+            self.assertIn(words, str(cm.exception))
 
 
 if __name__ == "__main__":
