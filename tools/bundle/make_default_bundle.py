@@ -118,14 +118,20 @@ def projector_weights(seed: int = SEED) -> dict[str, np.ndarray]:
     return out
 
 
+# safetensors dtypes read and written here (float16 for the committed encoder_top.safetensors)
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
+
+
 def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """float32 or float16 arrays (each kept in its own dtype) -> safetensors file bytes."""
     header: dict = {"__metadata__": dict(metadata)}
     blobs, off = [], 0
     for name, arr in tensors.items():
-        if arr.dtype != np.float32:
-            raise ValueError(f"{name}: only F32 written here, got {arr.dtype}")
-        b = np.ascontiguousarray(arr, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        tag = next((t for t, dt in _DTYPES.items() if arr.dtype == dt), None)
+        if tag is None:
+            raise ValueError(f"{name}: only F32 and F16 written here, got {arr.dtype}")
+        b = np.ascontiguousarray(arr, dtype=_DTYPES[tag]).tobytes()
+        header[name] = {"dtype": tag, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
     h = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -134,19 +140,37 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) 
 
 
 def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Minimal reader (F32 only), for checks and for the golden generator."""
+    """A safetensors file of F32/F16 tensors -> name -> float32 array, and its metadata. A
+    malformed file is refused (SystemExit) with what is wrong and the tensor named."""
     with open(path, "rb") as f:
         data = f.read()
+    if len(data) < 8:
+        raise SystemExit(f"{path}: not a safetensors file (too short)")
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    base = 8 + n
-    out = {}
+    if 8 + n > len(data):
+        raise SystemExit(f"{path}: header length {n} runs past the end of the file")
+    try:
+        header = json.loads(data[8:8 + n])
+    except ValueError as e:
+        raise SystemExit(f"{path}: header is not JSON ({e})")
+    if not isinstance(header, dict):
+        raise SystemExit(f"{path}: header is not a JSON object")
+    meta = header.pop("__metadata__", {}) or {}
+    base, out = 8 + n, {}
     for name, info in header.items():
-        if info["dtype"] != "F32":
-            raise ValueError(f"{name}: dtype {info['dtype']} not handled")
-        s, e = info["data_offsets"]
-        out[name] = np.frombuffer(data[base + s:base + e], dtype="<f4").reshape(info["shape"])
+        try:
+            dtype, shape, (s, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SystemExit(f"{path}: {name} lacks a dtype, shape or data_offsets")
+        dt = _DTYPES.get(dtype)
+        if dt is None:
+            raise SystemExit(f"{path}: {name} has dtype {dtype}; only F32 and F16 are read")
+        if not (0 <= s <= e <= len(data) - base) or (e - s) % dt.itemsize:
+            raise SystemExit(f"{path}: {name} has data offsets [{s}, {e}] outside the data or not whole values")
+        arr = np.frombuffer(data[base + s:base + e], dtype=dt)
+        if arr.size != int(np.prod(shape, dtype=np.int64)):
+            raise SystemExit(f"{path}: {name} holds {arr.size} values for shape {shape}")
+        out[name] = arr.reshape(shape).astype(np.float32)
     return out, meta
 
 
@@ -197,8 +221,7 @@ def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str
             os.replace(os.path.join(bundle_dir, name + ".tmp"), os.path.join(bundle_dir, name))
     tuned = trained and os.path.exists(os.path.join(TRAINED, ENCODER_TOP))
     if tuned:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from patch_encoder import patch_encoder
+        from patch_encoder import patch_encoder   # (it imports this module: not at the top)
 
         models = os.path.join(bundle_dir, "..", "..", "models")
         base = os.path.join(models, BASE_ENCODER)

@@ -15,72 +15,33 @@ be finite; anything else is refused with the tensor named, and OUT is not writte
 itself (nodes, inputs, outputs, opset) is unchanged, so the server runs the patched encoder
 exactly as it runs the base one.
 
-Importable: patch_encoder(base, top, out) -> number of initializers replaced.
+Importable: patch_encoder(base, top, out) -> number of initializers replaced; write_f16(src, out).
+Files are read and written with make_default_bundle's read_safetensors / safetensors_bytes.
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 
 import numpy as np
 
-
-def read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A safetensors file of F32/F16 tensors -> name -> float32 array, and its metadata."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise SystemExit(f"{path}: not a safetensors file (too short)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise SystemExit(f"{path}: header length {n} runs past the end of the file")
-    try:
-        header = json.loads(data[8:8 + n])
-    except ValueError as e:
-        raise SystemExit(f"{path}: header is not JSON ({e})")
-    if not isinstance(header, dict):
-        raise SystemExit(f"{path}: header is not a JSON object")
-    meta = header.pop("__metadata__", {}) or {}
-    base, out = 8 + n, {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (s, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise SystemExit(f"{path}: {name} lacks a dtype, shape or data_offsets")
-        dt = {"F32": "<f4", "F16": "<f2"}.get(dtype)
-        if dt is None:
-            raise SystemExit(f"{path}: {name} has dtype {dtype}; only F32 and F16 are read")
-        size = np.dtype(dt).itemsize
-        if not (0 <= s <= e <= len(data) - base) or (e - s) % size:
-            raise SystemExit(f"{path}: {name} has data offsets [{s}, {e}] outside the data or not whole values")
-        arr = np.frombuffer(data[base + s:base + e], dtype=dt)
-        if arr.size != int(np.prod(shape, dtype=np.int64)):
-            raise SystemExit(f"{path}: {name} holds {arr.size} values for shape {shape}")
-        out[name] = arr.reshape(shape).astype(np.float32)
-    return out, meta
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_default_bundle import read_safetensors, safetensors_bytes  # noqa: E402
 
 
 def write_f16(src: str, out: str) -> int:
     """A float16 copy of a tensors file (values rounded to nearest; metadata kept): what
     weights/default holds, since the rounding moves the encoder's features far less than the
     float16 encoder the GPU training ran on did."""
-    tensors, meta = read_tensors(src)
-    header: dict = {"__metadata__": dict(meta, dtype="float16 copy of " + os.path.basename(src))}
-    blobs, off = [], 0
+    tensors, meta = read_safetensors(src)
     for name, arr in tensors.items():
         if not np.isfinite(arr).all() or np.abs(arr).max(initial=0.0) > 65504.0:
             raise SystemExit(f"{src}: {name} does not fit float16")
-        b = np.ascontiguousarray(arr.astype("<f2")).tobytes()
-        header[name] = {"dtype": "F16", "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * (-len(h) % 8)
+    data = safetensors_bytes({k: v.astype(np.float16) for k, v in tensors.items()},
+                             dict(meta, dtype="float16 copy of " + os.path.basename(src)))
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+        f.write(data)
     os.replace(tmp, out)
     return len(tensors)
 
@@ -89,7 +50,7 @@ def patch_encoder(base: str, top: str, out: str) -> int:
     import onnx
     from onnx import numpy_helper
 
-    tensors, _ = read_tensors(top)
+    tensors, _ = read_safetensors(top)
     if not tensors:
         raise SystemExit(f"{top}: no tensors")
     model = onnx.load(base)

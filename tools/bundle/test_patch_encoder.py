@@ -17,8 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from make_default_bundle import safetensors_bytes  # noqa: E402
-from patch_encoder import patch_encoder, read_tensors, write_f16  # noqa: E402
+from make_default_bundle import read_safetensors, safetensors_bytes  # noqa: E402
+from patch_encoder import patch_encoder, write_f16  # noqa: E402
 
 BASE = os.path.join(ROOT, ".avlm", "models", "whisper-tiny.en-encoder.onnx")
 NAME = "encoder/layer_3/ffn/linear_1/bias"          # [384]
@@ -75,7 +75,7 @@ class PatchEncoder(unittest.TestCase):
         v = np.random.default_rng(3).standard_normal(384).astype(np.float32)
         src = self.write({NAME: v})
         write_f16(src, self.path("top16.safetensors"))
-        back, meta = read_tensors(self.path("top16.safetensors"))
+        back, meta = read_safetensors(self.path("top16.safetensors"))
         np.testing.assert_array_equal(back[NAME], v.astype(np.float16).astype(np.float32))
         self.assertEqual(meta["test"], "1")
         self.assertLess(os.path.getsize(self.path("top16.safetensors")), os.path.getsize(src))
@@ -102,12 +102,12 @@ class PatchEncoder(unittest.TestCase):
         with open(self.path("short"), "wb") as f:
             f.write(b"\x01\x02")
         with self.assertRaises(SystemExit) as cm:
-            read_tensors(self.path("short"))
+            read_safetensors(self.path("short"))
         self.assertIn("too short", str(cm.exception))
         with open(self.path("long"), "wb") as f:
             f.write((1 << 40).to_bytes(8, "little") + b"{}")
         with self.assertRaises(SystemExit) as cm:
-            read_tensors(self.path("long"))
+            read_safetensors(self.path("long"))
         self.assertIn("past the end", str(cm.exception))
         for header, words in ((b"not json", "not JSON"), (b'{"x": {"shape": [1]}}', "lacks a dtype"),
                               (b'{"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 6]}}', "not whole values"),
@@ -115,7 +115,7 @@ class PatchEncoder(unittest.TestCase):
             with open(self.path("bad"), "wb") as f:
                 f.write(len(header).to_bytes(8, "little") + header + bytes(8))
             with self.assertRaises(SystemExit) as cm:
-                read_tensors(self.path("bad"))
+                read_safetensors(self.path("bad"))
             self.assertIn(words, str(cm.exception))
 
 

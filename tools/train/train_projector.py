@@ -633,14 +633,13 @@ def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
     projector.safetensors, and each of lora / ctc .safetensors that the run trains, and
     encoder_top.safetensors when DIR has it (use_encoder_top). A file the run trains but DIR
     lacks is an error; one it has no place for is named in the log and skipped."""
-    from patch_encoder import read_tensors
-
     def path(name):
         return os.path.join(d, name + ".safetensors")
 
     if not os.path.exists(path("projector")):
         raise SystemExit(f"--init-from {d}: projector.safetensors missing")
-    proj.load_tensors(read_safetensors(path("projector"))[0])
+    t, meta = read_safetensors(path("projector"))
+    proj.load_tensors(t)
     wanted = {"lora": bool(lora_params), "ctc": ctc is not None, "encoder_top": ENC_TOP is not None}
     for name, used in wanted.items():
         if used and not os.path.exists(path(name)):
@@ -655,8 +654,7 @@ def init_from_files(d, proj, m, lora_params, ctc, log, encoder_path=None):
             ctc.blank_w.copy_(torch.from_numpy(np.array(t["ctc.blank_w"])).reshape(ctc.blank_w.shape))
             ctc.blank_b.copy_(torch.from_numpy(np.array(t["ctc.blank_b"])).reshape(ctc.blank_b.shape))
     if os.path.exists(path("encoder_top")):
-        use_encoder_top(read_tensors(path("encoder_top"))[0], encoder_path, f"--init-from {d}")
-    meta = read_safetensors(path("projector"))[1]
+        use_encoder_top(read_safetensors(path("encoder_top"))[0], encoder_path, f"--init-from {d}")
     return {"step": meta.get("step", "?")}
 
 
@@ -767,6 +765,8 @@ def main():
 
     global DEV, ENC_TOP
     DEV = torch.device(args.device)
+    # the encoder this run's features come from (cached features in a data dir: the plain one)
+    enc_path = args.encoder if args.audio_packs else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     work = args.work
@@ -829,9 +829,7 @@ def main():
             log(f"loaded LoRA {lpath} (r={r}, scale={lmeta['scale']})")
         tpath = os.path.join(os.path.dirname(ppath), "encoder_top.safetensors")
         if os.path.exists(tpath):
-            from patch_encoder import read_tensors
-
-            use_encoder_top(read_tensors(tpath)[0], args.encoder if args.audio_packs else None, f"--eval-only {ppath}")
+            use_encoder_top(read_safetensors(tpath)[0], enc_path, f"--eval-only {ppath}")
             log(f"tuned encoder blocks from {tpath}")
         log(f"eval-only with {ppath} ({meta})")
         res = evaluate(m, proj, prompt, tok, heldout, log, "eval-only", args.eval_limit)
@@ -872,14 +870,13 @@ def main():
     def load_enc_top(st, where="checkpoint"):
         if st.get("enc_top"):
             use_encoder_top({k.replace("__", "/"): v.float().cpu().numpy() for k, v in st["enc_top"].items()},
-                            args.encoder if args.audio_packs else None, where)
+                            enc_path, where)
 
     step, best, history = 0, float("inf"), []
     t_sched = time.time()   # reset when warmup ends (the time schedule starts there)
     latest = os.path.join(ck_dir, "latest.pt")
     if args.init_from and os.path.isdir(args.init_from):
-        st = init_from_files(args.init_from, proj, m, lora_params, ctc, log,
-                             args.encoder if args.audio_packs else None)
+        st = init_from_files(args.init_from, proj, m, lora_params, ctc, log, enc_path)
     elif args.init_from:
         st = torch.load(args.init_from, weights_only=False, map_location=DEV)
         proj.load_state_dict(st["projector"])

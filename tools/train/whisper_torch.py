@@ -49,6 +49,16 @@ def load_weights(path: str) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in load_file(path).items()}
 
 
+def key_mask(lengths: list[int], T: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Additive attention mask [B, 1, 1, T]: -inf on key positions at or past each row's length;
+    None when every row is T long."""
+    if all(n == T for n in lengths):
+        return None
+    valid = torch.arange(T, device=like.device)[None] < torch.tensor(lengths, device=like.device)[:, None]
+    mask = torch.zeros(len(lengths), 1, 1, T, device=like.device, dtype=like.dtype)
+    return mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+
+
 class WhisperEncoder(torch.nn.Module):
     """`upto` < N_LAYERS stops after that many blocks and skips the final LN: the hidden state that
     `top` (with `first` = upto) carries on from, for tuning the top blocks (train_projector.py
@@ -71,15 +81,11 @@ class WhisperEncoder(torch.nn.Module):
     def forward(self, mel: torch.Tensor, frames: list[int] | None = None) -> torch.Tensor:
         """mel [B, 80, T] (T even; zero-padded past each utterance's own `frames`) ->
         features [B, T/2, 384]; rows past frames[b]/2 are garbage."""
-        B, _, T = mel.shape
+        T = mel.shape[2]
         x = TF.gelu(TF.conv1d(mel, self.p("conv1/weight"), self.p("conv1/bias"), padding=1))
         x = TF.gelu(TF.conv1d(x, self.p("conv2/weight"), self.p("conv2/bias"), stride=2, padding=1))
         x = x.transpose(1, 2) + self.p("position_encodings/encodings")[: T // 2]
-        mask = None
-        if frames is not None and any(f != T for f in frames):
-            valid = torch.arange(T // 2, device=mel.device)[None] < torch.tensor(frames, device=mel.device)[:, None] // 2
-            mask = torch.zeros(B, 1, 1, T // 2, device=mel.device, dtype=x.dtype)
-            mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+        mask = None if frames is None else key_mask([f // 2 for f in frames], T // 2, x)
         for i in range(self.upto):
             x = self._block(x, i, mask)
         if self.upto < N_LAYERS:
@@ -110,23 +116,16 @@ class WhisperEncoder(torch.nn.Module):
     def top(self, x: torch.Tensor, first: int) -> torch.Tensor:
         """One utterance's hidden state after `first` blocks [T, D] -> its features [T, D], with
         gradients for the top blocks' parameters (when they require them)."""
-        y = x[None]
-        for i in range(first, N_LAYERS):
-            y = self._block(y, i, None)
-        return TF.layer_norm(y, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)[0]
+        return self.top_batch([x], first)[0]
 
     def top_batch(self, xs: list[torch.Tensor], first: int) -> list[torch.Tensor]:
         """`top` for several utterances as one padded batch (padded keys masked, so each
-        result equals its own `top` run); gradients flow as in `top`."""
+        result equals its own `top` run)."""
         T = max(x.shape[0] for x in xs)
         y = xs[0].new_zeros(len(xs), T, D)
         for b, x in enumerate(xs):
             y[b, : x.shape[0]] = x
-        mask = None
-        if any(x.shape[0] != T for x in xs):
-            valid = torch.arange(T, device=y.device)[None] < torch.tensor([x.shape[0] for x in xs], device=y.device)[:, None]
-            mask = torch.zeros(len(xs), 1, 1, T, device=y.device, dtype=y.dtype)
-            mask.masked_fill_(~valid[:, None, None, :], float("-inf"))
+        mask = key_mask([x.shape[0] for x in xs], T, y)
         for i in range(first, N_LAYERS):
             y = self._block(y, i, mask)
         y = TF.layer_norm(y, (D,), self.p("layer_norm/gamma"), self.p("layer_norm/beta"), 1e-5)
