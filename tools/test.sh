@@ -18,7 +18,8 @@ if [[ ! -f $MEDIA/lrs3/synthetic_ci/speaker1/00002.txt || tools/make_lrs3_sets.p
   .avlm/venv/bin/python tools/make_lrs3_sets.py "$MEDIA/lrs3"
 fi
 
-# the Python tool that writes the default bundle's tuned encoder (fails loudly on bad weights)
-.avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py
+# the Python tools: the default bundle's tuned encoder writer (fails loudly on bad weights) and the
+# training stream's random espeak-ng voices (spoken by the installed espeak-ng)
+.avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py tools/data/test_synth_stream.py
 
 cargo test --workspace --locked "$@"

@@ -94,6 +94,10 @@ def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
 
 
 def espeak(text: str, accent: str, variant: str, rate: int, pitch: int) -> np.ndarray:
+    # Kept as it was when the data and the held-out split were made: espeak-ng 1.51 ignores a
+    # variant after `en-gb` (`en-gb+m7` speaks exactly as `en-gb`), so every en-gb utterance here
+    # is in the plain en-gb voice, and 6 of the 100 held-out espeak-ng clips (en-gb+f4/klatt4/
+    # linda) are in that training voice.  synth_stream.voice_name says `en+m7` instead.
     voice = accent + (f"+{variant}" if variant else "")
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         r = subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", tmp.name, text], check=True, capture_output=True)

@@ -227,6 +227,19 @@ def tok_decode(tok, ids) -> str:
     return R.decode(tok, ids)
 
 
+def bf16_is_fast(device: str) -> bool:
+    """Whether bfloat16 autocast speeds training up here.  Without bf16 instructions the CPU
+    emulates it: on this project's 2-core AVX2 VM a --tune-encoder-top 2 run at batch 16 had not
+    finished its first two steps after 8.5 minutes in bfloat16, against 41 s in float32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
 def read_manifest(data_dir):
     path = os.path.join(data_dir, "manifest.jsonl")
     if not os.path.exists(path):
@@ -496,10 +509,11 @@ def start_pack_decoding(pack_dir, views, seed, workers, keep_audio=False):
             "result": pool.map_async(AP.mels_of_pack, jobs, chunksize=1)}
 
 
-def load_from_packs(h, tok, encoder_path, log, enc=None):
+def load_from_packs(h, tok, encoder_path, log, enc=None, keep_enc=False):
     """Collect the log-mels of start_pack_decoding, then features from the torch twin of the
     encoder on DEV, kept there; `enc`, if given, is that twin (--tune-encoder-top's, which stops
-    below the tuned blocks)."""
+    below the tuned blocks).  The twin is returned when training needs it (audio kept for
+    online views, or `keep_enc` for --synth), else None."""
     from whisper_torch import WhisperEncoder, load_weights
 
     index, views = h["index"], h["views"]
@@ -537,19 +551,22 @@ def load_from_packs(h, tok, encoder_path, log, enc=None):
     if audio:
         log(f"kept the audio of {len(audio)} utterances on {DEV} for online augmentation "
             f"({sum(a.numel() for a in audio.values()) * 2 / 1e9:.2f} GB)")
+    if audio or keep_enc:
         return train, heldout, enc
     del enc
     return train, heldout, None
 
 
 @torch.no_grad()
-def online_features(enc, audios, filters, rng, g, others, snr_range=(5.0, 30.0)):
+def online_features(enc, audios, filters, rng, g, others, snr_range=(5.0, 30.0), augment=True):
     """Fresh augmented views (tools/train/torch_aug.py) of int16 audio on DEV -> encoder
-    features [frames/2, 384] float16, one padded encoder batch."""
+    features [frames/2, 384] float16, one padded encoder batch.  augment=False: the audio's own
+    log-mel (--synth's utterances come augmented from their worker)."""
     import torch_aug
 
     oth = [a.float() / 32768.0 for a in others]
-    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth, snr_range=snr_range) for a in audios]
+    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth, snr_range=snr_range) if augment
+            else torch_aug.log_mel(a.float() / 32768.0, filters) for a in audios]
     T = max(m.shape[1] for m in mels)
     x = torch.zeros(len(mels), 80, T, device=DEV)
     for b, m in enumerate(mels):
@@ -757,11 +774,22 @@ def main():
                     help="warmup then cosine over --max-minutes of wall time instead of over --steps")
     ap.add_argument("--export-dir", default=None,
                     help="also copy the best projector/LoRA and the logs here whenever they change")
+    ap.add_argument("--synth", type=float, default=0.0,
+                    help="with --audio-packs: this fraction of every batch is fresh synthetic speech made while "
+                         "training runs (tools/data/synth_stream.py: training sentences, espeak-ng training accents "
+                         "with random voice variants, Piper); 1 = only that (the packs then give the held-out split)")
+    ap.add_argument("--synth-workers", type=int, default=1, help="--synth: synthesis processes")
+    ap.add_argument("--synth-random", type=float, default=0.5,
+                    help="--synth: probability of a random espeak-ng voice variant (else a named training one)")
+    ap.add_argument("--synth-piper", type=float, default=0.2, help="--synth: probability of the Piper voice")
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
-                    help="train in plain float32 (default: bfloat16 autocast for the training forward/backward, "
-                         "~1.5x faster on CPUs with AVX512-BF16/AMX; evaluation is always float32)")
+    ap.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                    help="bfloat16 autocast for the training forward/backward (default where the hardware has it: "
+                         "CUDA with bf16, or a CPU with AVX512-BF16/AMX; evaluation is always float32)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in plain float32")
     args = ap.parse_args()
+    if args.bf16 is None:
+        args.bf16 = bf16_is_fast(args.device)
 
     global DEV, ENC_TOP
     DEV = torch.device(args.device)
@@ -775,12 +803,26 @@ def main():
     os.makedirs(ck_dir, exist_ok=True)
     os.makedirs(os.path.join(work, "eval"), exist_ok=True)
     log = Log(os.path.join(work, "train.log"))
-    log(f"start: {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} thread(s))")
+    log(f"start: {' '.join(sys.argv)}  (torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{'bfloat16 autocast' if args.bf16 else 'float32'} training)")
 
     if args.online_aug and not args.audio_packs:
         raise SystemExit("--online-aug needs --audio-packs (it augments the decoded audio)")
     if args.tune_encoder_top and not args.audio_packs:
         raise SystemExit("--tune-encoder-top needs --audio-packs (features are computed at load time)")
+    if not 0.0 <= args.synth <= 1.0:
+        raise SystemExit(f"--synth {args.synth}: a fraction of the batch, 0..1")
+    if args.synth and not args.audio_packs:
+        raise SystemExit("--synth needs --audio-packs (the held-out split, and the encoder its features come from)")
+    n_synth = int(round(args.batch * args.synth))
+    if args.synth and not args.eval_only and n_synth == 0:
+        raise SystemExit(f"--synth {args.synth} of --batch {args.batch} is no utterance: raise one of them")
+    synth = None
+    if n_synth and not args.eval_only:
+        from synth_stream import SynthStream
+
+        # started first: the workers build their sentence pools and babble banks while the LLM loads
+        synth = SynthStream(args.synth_workers, args.seed, args.synth_random, args.synth_piper)
     packs = (start_pack_decoding(args.audio_packs, args.views, args.seed, args.workers, keep_audio=args.online_aug > 0)
              if args.audio_packs else None)
     tok = load_tokenizer()
@@ -805,11 +847,13 @@ def main():
             for k, p in top.w.items():
                 p.requires_grad_(k in tuned)
             ENC_TOP = (top, upto)
-        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log, top)
+        train, heldout, enc = load_from_packs(packs, tok, args.encoder, log, top, keep_enc=synth is not None)
     else:
         recs = read_manifest(data_dir)
         train = [Utt(r, data_dir, tok) for r in recs if r["split"] == "train"]
         heldout = [Utt(r, data_dir, tok) for r in recs if r["split"].startswith("heldout")]
+    if synth is not None and n_synth < args.batch and not train:
+        raise SystemExit(f"{args.audio_packs} has no training utterances: use --synth 1 to train on fresh synthesis only")
     log(f"data: {len(train)} train utts ({sum(u.feats.shape[0] for u in train) / 50 / 3600:.2f} h), "
         f"{len(heldout)} held-out; loaded in {time.time() - t:.1f} s")
 
@@ -928,24 +972,29 @@ def main():
     meta = {"avlm": "trained projector", "recipe": "stack4 + MLP, SmolLM2-135M-Instruct frozen",
             "data": (f"audio packs {args.audio_packs} ({len(train)} train utterances, {args.views} view(s)"
                      + (f", online augmentation p {args.online_aug})" if args.online_aug else ")")
+                     + (f" + {n_synth} of every {args.batch} synthesised fresh (espeak-ng random variants p "
+                        f"{args.synth_random}, Piper p {args.synth_piper})" if synth is not None else "")
                      if args.audio_packs else os.path.relpath(data_dir, REPO))}
     loss_log = open(os.path.join(work, "loss.jsonl"), "a", buffering=1)
     mel_t = torch.from_numpy(F.mel_filters().astype(np.float32)).to(DEV) if enc is not None else None
     snr_range = tuple(float(v) for v in args.online_snr.split(","))
     n_online = 0
-    per_epoch = len(epoch_batches(train, args.batch, args.seed, 0))
+    # pack utterances per step (the rest of the batch is --synth's)
+    n_pack = args.batch - (n_synth if synth is not None else 0)
+    per_epoch = len(epoch_batches(train, args.batch, args.seed, 0)) if n_pack else 0
     t_start = time.time()
     t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
     batches_epoch, batches = None, None
     while step < args.steps:
-        epoch, idx = divmod(step, per_epoch)
-        if epoch != batches_epoch:   # one shuffle per epoch, not per step
-            batches_epoch, batches = epoch, epoch_batches(train, args.batch, args.seed, epoch)
-        bidx = batches[idx]
-        us = [train[i] for i in bidx]
+        epoch, us = 0, []
+        if per_epoch:
+            epoch, idx = divmod(step, per_epoch)
+            if epoch != batches_epoch:   # one shuffle per epoch, not per step
+                batches_epoch, batches = epoch, epoch_batches(train, args.batch, args.seed, epoch)
+            us = [train[i] for i in batches[idx][:n_pack]]
         rng = np.random.default_rng([args.seed, 200, step])
         views = [u.views[int(rng.integers(len(u.views)))] if len(u.views) > 1 else u.feats for u in us]
-        if enc is not None:
+        if args.online_aug and enc is not None and us:
             fresh = [b for b in range(len(us)) if rng.random() < args.online_aug]
             if fresh:
                 others = [train[int(i)].audio for i in rng.integers(0, len(train), size=8)]
@@ -954,6 +1003,12 @@ def main():
                 for b, f in zip(fresh, online_features(enc, [us[b].audio for b in fresh], mel_t, rng, gen, others, snr_range)):
                     views[b] = f
                 n_online += len(fresh)
+        if synth is not None:   # fresh utterances, augmented by their worker: their plain log-mel
+            items = synth.take(n_synth)
+            audios = [torch.from_numpy(it["audio"]).to(DEV) for it in items]
+            for it, f in zip(items, online_features(enc, audios, mel_t, None, None, [], augment=False)):
+                us.append(Utt({"id": f"synth-{it['worker']}-{it['k']}", "text": it["text"]}, None, tok, views=[f]))
+                views.append(f)
         if ENC_TOP is not None:   # SpecAugment masks features, not the hidden state below the tuned blocks
             with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=args.bf16):
                 views = ENC_TOP[0].top_batch([f.to(DEV).float() for f in views], ENC_TOP[1])
@@ -986,7 +1041,8 @@ def main():
             log(f"step {step}/{args.steps} ep {epoch} loss {loss_sum / tok_sum:.4f} "
                 + (f"ctc {ctc_sum / k:.3f} " if ctc is not None else "") + f"lr {rec['lr']:.2e} "
                 f"gnorm {rec['gnorm']:.2f} {k / dt:.3f} steps/s {utt_win / dt:.2f} utt/s"
-                + (f" ({n_online} online views so far)" if enc is not None else ""))
+                + (f" ({n_online} online views so far)" if args.online_aug else "")
+                + (f" ({synth.n} synthesised so far, {synth.wait_s:.0f} s waited for them)" if synth is not None else ""))
             t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
         out_of_time = args.max_minutes and (time.time() - t_start) / 60 > args.max_minutes
         if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
@@ -1029,6 +1085,8 @@ def main():
     res.update({"best_step": bst["step"], "best_val_loss": bst["best"], "history": history})
     with open(os.path.join(work, "eval", f"final-step{step}.json"), "w") as f:
         json.dump(res, f, indent=1)
+    if synth is not None:
+        synth.close()
     log("done")
     export(args, work)
 
