@@ -16,7 +16,13 @@ CTCAux); the bundle gets the projector, LoRA and that CTC head, which the server
 joint CTC/attention decoding (decoding.ctc_head).
 
 Data: the manifest written by tools/data/make_synth_data.py (split "train" for
-training; "heldout_voice" / "heldout_joe" for validation loss and WER).
+training; "heldout_voice" / "heldout_joe" for validation loss and WER), or --audio-packs
+(tools/train/audio_packs.py), and with --synth FRAC that fraction of every batch made fresh while
+training runs (tools/data/synth_stream.py: new sentence, voice and augmentation every time; with
+--synth 1 the packs give only the held-out split):
+
+    nice -n 5 .avlm/venv/bin/python tools/train/train_projector.py --audio-packs .avlm/train/packs_ho \
+        --init-from weights/default --tune-encoder-top 2 --synth 1 --batch 16 --lr 1e-4 ...
 
 Inference conventions reproduced exactly (the Rust server does the same):
   features [T, 384] -> stack k=4 (G = T // 4, X = feats[:4G].reshape(G, 1536))
@@ -1004,7 +1010,7 @@ def main():
                     views[b] = f
                 n_online += len(fresh)
         if synth is not None:   # fresh utterances, augmented by their worker: their plain log-mel
-            items = synth.take(n_synth)
+            items = synth.batch(n_synth)
             audios = [torch.from_numpy(it["audio"]).to(DEV) for it in items]
             for it, f in zip(items, online_features(enc, audios, mel_t, None, None, [], augment=False)):
                 us.append(Utt({"id": f"synth-{it['worker']}-{it['k']}", "text": it["text"]}, None, tok, views=[f]))
