@@ -34,6 +34,11 @@ def speak(root: str, voice: str, text: str) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32)
 
 
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def spectrum(x: np.ndarray) -> np.ndarray:
     """Long-term average log spectrum (512-point frames): a voice-quality fingerprint."""
     n = 512
@@ -63,7 +68,7 @@ class SynthStreamTest(unittest.TestCase):
         try:
             shutil.copytree(src, os.path.join(root, "espeak-ng-data"))
             vdir = os.path.join(root, "espeak-ng-data", "voices", "!v")
-            held = {v: open(os.path.join(vdir, v), "rb").read() for v in sorted(S.M.HELDOUT_VARIANTS)
+            held = {v: read_bytes(os.path.join(vdir, v)) for v in sorted(S.M.HELDOUT_VARIANTS)
                     if os.path.exists(os.path.join(vdir, v))}
             self.assertTrue(held, "no held-out variant files found")
             text = "The quick brown fox jumps over the lazy dog near the old mill."
@@ -85,7 +90,7 @@ class SynthStreamTest(unittest.TestCase):
             dists = [np.mean(np.abs(fps[i] - fps[j])) for i in range(len(fps)) for j in range(i)]
             self.assertGreater(min(dists), 0.02, "two random variants came out alike")
             for v, raw in held.items():
-                self.assertEqual(open(os.path.join(vdir, v), "rb").read(), raw, f"held-out variant {v} changed")
+                self.assertEqual(read_bytes(os.path.join(vdir, v)), raw, f"held-out variant {v} changed")
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
