@@ -37,6 +37,7 @@ an espeak-ng unpacked from its Debian packages on a machine without it installed
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import queue
 import re
@@ -215,6 +216,7 @@ class SynthStream:
                       for w, q in enumerate(self.qs)]
         for p in self.procs:
             p.start()
+        atexit.register(self.close)   # workers and the espeak-ng-data copy go on any exit
         self.n = 0
         self.seed = seed
         self.ready: list[list[dict]] = []   # batches sorted by length, waiting (batch())
@@ -255,6 +257,8 @@ class SynthStream:
         return self.ready.pop()
 
     def close(self):
+        if not os.path.isdir(self.root):
+            return
         for p in self.procs:
             p.terminate()
         for p in self.procs:
