@@ -98,9 +98,16 @@ def espeak(text: str, accent: str, variant: str, rate: int, pitch: int) -> np.nd
     # variant after `en-gb` (`en-gb+m7` speaks exactly as `en-gb`), so every en-gb utterance here
     # is in the plain en-gb voice, and 6 of the 100 held-out espeak-ng clips (en-gb+f4/klatt4/
     # linda) are in that training voice.  synth_stream.voice_name says `en+m7` instead.
-    voice = accent + (f"+{variant}" if variant else "")
+    return espeak_voice(text, accent + (f"+{variant}" if variant else ""), rate, pitch)
+
+
+def espeak_voice(text: str, voice: str, rate: int, pitch: int, binary: str = "espeak-ng",
+                 path: str | None = None) -> np.ndarray:
+    """16 kHz float32 speech from espeak-ng's `-v voice`; `path`: the folder holding the
+    espeak-ng-data to read (espeak-ng --path), else the installed one."""
+    cmd = [binary] + ([f"--path={path}"] if path else []) + ["-v", voice, "-s", str(rate), "-p", str(pitch)]
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        r = subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", tmp.name, text], check=True, capture_output=True)
+        r = subprocess.run(cmd + ["-w", tmp.name, text], check=True, capture_output=True)
         if r.stderr.strip():
             raise RuntimeError(f"espeak-ng {voice}: {r.stderr.decode(errors='replace').strip()}")
         with wave.open(tmp.name) as w:

@@ -124,15 +124,7 @@ def random_variant(rng: np.random.Generator, name: str) -> str:
 
 def espeak_to(data_root: str, voice: str, rate: int, pitch: int, text: str) -> np.ndarray:
     """16 kHz float32 speech from espeak-ng reading its data under data_root/espeak-ng-data."""
-    with tempfile.NamedTemporaryFile(suffix=".wav", dir=data_root) as tmp:
-        r = subprocess.run([espeak_binary(), f"--path={data_root}", "-v", voice, "-s", str(rate), "-p", str(pitch),
-                            "-w", tmp.name, text], capture_output=True)
-        if r.returncode != 0 or r.stderr.strip():
-            raise RuntimeError(f"espeak-ng {voice}: rc {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
-        with wave.open(tmp.name) as w:
-            sr = w.getframerate()
-            x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
-    return M.resample(x, sr, SR)
+    return M.espeak_voice(text, voice, rate, pitch, binary=espeak_binary(), path=data_root)
 
 
 class Speaker:

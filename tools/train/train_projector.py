@@ -564,15 +564,19 @@ def load_from_packs(h, tok, encoder_path, log, enc=None, keep_enc=False):
 
 
 @torch.no_grad()
-def online_features(enc, audios, filters, rng, g, others, snr_range=(5.0, 30.0), augment=True):
+def online_features(enc, audios, filters, rng, g, others, snr_range=(5.0, 30.0)):
     """Fresh augmented views (tools/train/torch_aug.py) of int16 audio on DEV -> encoder
-    features [frames/2, 384] float16, one padded encoder batch.  augment=False: the audio's own
-    log-mel (--synth's utterances come augmented from their worker)."""
+    features [frames/2, 384] float16, one padded encoder batch."""
     import torch_aug
 
     oth = [a.float() / 32768.0 for a in others]
-    mels = [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth, snr_range=snr_range) if augment
-            else torch_aug.log_mel(a.float() / 32768.0, filters) for a in audios]
+    return encode_mels(enc, [torch_aug.augmented_mel(a.float() / 32768.0, filters, rng, g, oth, snr_range=snr_range)
+                             for a in audios])
+
+
+@torch.no_grad()
+def encode_mels(enc, mels):
+    """log-mels [80, frames] on DEV -> encoder features [frames/2, 384] float16, one padded batch."""
     T = max(m.shape[1] for m in mels)
     x = torch.zeros(len(mels), 80, T, device=DEV)
     for b, m in enumerate(mels):
@@ -825,6 +829,7 @@ def main():
         raise SystemExit(f"--synth {args.synth} of --batch {args.batch} is no utterance: raise one of them")
     synth = None
     if n_synth and not args.eval_only:
+        import torch_aug
         from synth_stream import SynthStream
 
         # started first: the workers build their sentence pools and babble banks while the LLM loads
@@ -986,7 +991,7 @@ def main():
     snr_range = tuple(float(v) for v in args.online_snr.split(","))
     n_online = 0
     # pack utterances per step (the rest of the batch is --synth's)
-    n_pack = args.batch - (n_synth if synth is not None else 0)
+    n_pack = args.batch - n_synth
     per_epoch = len(epoch_batches(train, args.batch, args.seed, 0)) if n_pack else 0
     t_start = time.time()
     t_win, utt_win, tok_sum, loss_sum, ctc_sum = time.time(), 0, 0, 0.0, 0.0
@@ -1011,8 +1016,8 @@ def main():
                 n_online += len(fresh)
         if synth is not None:   # fresh utterances, augmented by their worker: their plain log-mel
             items = synth.batch(n_synth)
-            audios = [torch.from_numpy(it["audio"]).to(DEV) for it in items]
-            for it, f in zip(items, online_features(enc, audios, mel_t, None, None, [], augment=False)):
+            mels = [torch_aug.log_mel(torch.from_numpy(it["audio"]).to(DEV).float() / 32768.0, mel_t) for it in items]
+            for it, f in zip(items, encode_mels(enc, mels)):
                 us.append(Utt({"id": f"synth-{it['worker']}-{it['k']}", "text": it["text"]}, None, tok, views=[f]))
                 views.append(f)
         if ENC_TOP is not None:   # SpecAugment masks features, not the hidden state below the tuned blocks
