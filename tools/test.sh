@@ -19,7 +19,9 @@ if [[ ! -f $MEDIA/lrs3/synthetic_ci/speaker1/00002.txt || tools/make_lrs3_sets.p
 fi
 
 # the Python tools: the default bundle's tuned encoder writer (fails loudly on bad weights) and the
-# training stream's random espeak-ng voices (spoken by the installed espeak-ng)
-.avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py tools/data/test_synth_stream.py
+# training stream's random espeak-ng voices (spoken by the installed espeak-ng); the sentence pool
+# a GPU machine reads from a file
+.avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py tools/data/test_synth_stream.py \
+  tools/data/test_text_corpus.py
 
 cargo test --workspace --locked "$@"

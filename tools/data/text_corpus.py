@@ -14,16 +14,21 @@ from it); as a belt-and-braces guard every sentence sharing a 5-word run with th
 pocketsphinx-testdata transcriptions, or naming its characters, is dropped.
 
 `sentences()` returns a sorted, de-duplicated list of dicts
-{"text": what the TTS reads, "target": normalised transcript, "source": ...}.
+{"text": what the TTS reads, "target": normalised transcript, "source": ...}.  On a machine
+without those packages (the GPU machine), AVLM_SENTENCES names a JSON file of that list, written
+here by `python tools/data/text_corpus.py --write FILE` (tools/train/tts_kit.py does).
 Target normalisation (also used for WER): lower case, hyphens/slashes -> spaces,
 all punctuation but word-internal apostrophes removed, whitespace collapsed.
 """
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
+import json
 import os
 import re
+import sys
 
 WORDNET_DIR = "/usr/share/wordnet"
 FORTUNE_DIR = "/usr/share/games/fortunes"
@@ -94,6 +99,53 @@ def _fortune_sentences():
 
 
 def sentences(min_words: int = 4, max_words: int = 24) -> list[dict]:
+    if os.environ.get("AVLM_SENTENCES"):
+        return _read_written(os.environ["AVLM_SENTENCES"], min_words, max_words)
+    return _build(min_words, max_words)
+
+
+def _read_written(path: str, min_words: int, max_words: int) -> list[dict]:
+    """The pool as `--write` saved it, refused if it is not that (or was written with other
+    length limits, which would change which sentences are held out)."""
+    try:
+        with _open(path, "rt") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"AVLM_SENTENCES={path}: cannot read it as JSON ({e})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("sentences"), list):
+        raise SystemExit(f"AVLM_SENTENCES={path}: not a sentence pool written by text_corpus.py --write")
+    if (doc.get("min_words"), doc.get("max_words")) != (min_words, max_words):
+        raise SystemExit(f"AVLM_SENTENCES={path} holds {doc.get('min_words')}-{doc.get('max_words')} word "
+                         f"sentences; {min_words}-{max_words} were asked for")
+    out = doc["sentences"]
+    for i, d in enumerate(out):
+        if not (isinstance(d, dict) and all(isinstance(d.get(k), str) and d[k] for k in ("text", "target", "source"))):
+            raise SystemExit(f"AVLM_SENTENCES={path}: entry {i} is not {{text, target, source}}")
+    if not out:
+        raise SystemExit(f"AVLM_SENTENCES={path} holds no sentences")
+    return out
+
+
+def write(path: str, min_words: int = 4, max_words: int = 24) -> int:
+    """Saves the pool this machine builds, for AVLM_SENTENCES elsewhere; returns its size."""
+    pool = _build(min_words, max_words)
+    if not pool:
+        raise SystemExit("no sentences: apt-get install -y wordnet-base fortunes")
+    tmp = path + ".tmp" + (".gz" if path.endswith(".gz") else "")   # keeps _open's choice
+    with _open(tmp, "wt") as f:
+        json.dump({"min_words": min_words, "max_words": max_words, "sentences": pool}, f)
+    os.replace(tmp, path)
+    return len(pool)
+
+
+def _open(path: str, mode: str):
+    """A text file, gzip-compressed when its name ends in .gz."""
+    if path.endswith(".gz"):
+        return gzip.open(path, mode, encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def _build(min_words: int, max_words: int) -> list[dict]:
     test_grams = _test_ngrams()
     seen, out = set(), []
     for text, source in list(_wordnet_examples()) + list(_fortune_sentences()):
@@ -125,6 +177,10 @@ def is_heldout_sentence(target: str, percent: float) -> bool:
 if __name__ == "__main__":
     import collections
     import random
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        print(write(sys.argv[2]), "sentences written to", sys.argv[2])
+        sys.exit(0)
 
     s = sentences()
     print(len(s), "sentences;", collections.Counter(d["source"].split(":")[0] for d in s))

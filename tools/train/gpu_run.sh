@@ -44,6 +44,15 @@ train)
     echo "payload joined in $(( $(date +%s) - t0 )) s: $(du -sh "$PAYLOAD" | cut -f1)"
     ln -sf "$PAYLOAD/SmolLM2-135M-Instruct.Q4_1.gguf" .avlm/models/SmolLM2-135M-Instruct.Q4_1.gguf
     cp "$PAYLOAD/mel_filters_80.npy" .avlm/train/mel_filters_80.npy
+    if [ -d "$PAYLOAD/tts" ]; then               # gpu_pack.sh TTS_KIT: --synth can speak here
+        export AVLM_ESPEAK="$PAYLOAD/tts/espeak/espeak-ng" AVLM_ESPEAK_DATA="$PAYLOAD/tts/espeak/espeak-ng-data" \
+            AVLM_SENTENCES="$PAYLOAD/tts/sentences.json.gz"
+        if [ -d "$PAYLOAD/tts/piper" ]; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+                "$PAYLOAD"/tts/piper/*.whl
+        fi
+        "$AVLM_ESPEAK" --path="$PAYLOAD/tts/espeak" -q "synthesiser check" && echo "tts kit: espeak-ng runs"
+    fi
     init="$PAYLOAD/init.pt"                      # gpu_pack.sh INIT: a checkpoint, or
     [ -d "$PAYLOAD/init" ] && init="$PAYLOAD/init"   # a folder of bundle-format files
     python3 tools/train/train_projector.py --device cuda --work "$WORK" \
