@@ -10,6 +10,7 @@ use ffmpeg::media::Type as MediaType;
 use ffmpeg::{codec, frame, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
+use super::formats;
 use super::pipe::{PipeAbort, PipeRead, PipeReader};
 use super::resample::ToMono16k;
 use super::video::{RateGate, VideoConverter};
@@ -22,6 +23,9 @@ const IO_BUFFER: usize = 4096;
 const MAX_GAP_S: f64 = 60.0;
 /// Consecutive packets that fail to decode before the stream is rejected.
 const MAX_BAD_PACKETS: u32 = 64;
+/// EAGAIN answers in a row, with no byte read in between, before the stream
+/// is rejected.
+const MAX_STALLED_RETRIES: u32 = 1000;
 
 static INIT: Once = Once::new();
 
@@ -84,9 +88,11 @@ pub fn decode(
     let io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
         .map_err(|e| MediaError::Internal(format!("cannot set up FFmpeg I/O: {e}")))?;
     let mut options = Dictionary::new();
-    if let Some(hint) = format_hint {
-        options.set("format_whitelist", hint);
-    }
+    // Probing may only pick a container or stream that carries its media
+    // inside, and no demuxer may open another file or URL (formats.rs).
+    let accepted = formats::whitelist();
+    options.set("format_whitelist", format_hint.unwrap_or(&accepted));
+    options.set("protocol_whitelist", formats::NO_PROTOCOLS);
     // Live input: don't sit on seconds of media before the first output.
     options.set("analyzeduration", "1000000");
     options.set("probesize", "262144");
@@ -105,8 +111,17 @@ pub fn decode(
                 Some(h) => format!(" as {h:?}"),
                 None => String::new(),
             };
+            // What FFmpeg answers when the probed format is not on the whitelist.
+            let refused = if matches!(e, ffmpeg::Error::Other { errno } if errno == ffmpeg::ffi::EINVAL)
+            {
+                " (only audio and video containers and streams are read: manifests, playlists \
+                 and scripts that name other files or addresses, such as DASH, HLS, SDP, \
+                 ffconcat or image sequences, are refused)"
+            } else {
+                ""
+            };
             return Err(MediaError::Undecodable(format!(
-                "FFmpeg cannot open the media{what}: {e}"
+                "FFmpeg cannot open the media{what}: {e}{refused}"
             )));
         }
     };
@@ -180,6 +195,8 @@ pub fn decode(
     let mut picture = frame::Video::empty();
     let mut bad_packets = 0u32;
     let mut busy = std::time::Duration::ZERO;
+    // Byte position of the last EAGAIN, and how many followed there.
+    let mut again: (Option<u64>, u32) = (None, 0);
 
     loop {
         let mut packet = Packet::empty();
@@ -189,6 +206,23 @@ pub fn decode(
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => break,
             Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
+            // The MPEG-TS demuxer (among others) answers EAGAIN after skipping
+            // bytes it could not find packets in: read on, as long as reading
+            // moves forward.
+            Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::ffi::EAGAIN => {
+                let at = abort.bytes_read();
+                if again.0 == Some(at) {
+                    again.1 += 1;
+                    if again.1 > MAX_STALLED_RETRIES {
+                        return Err(MediaError::Undecodable(format!(
+                            "FFmpeg cannot read the {container} stream: it asks to retry without reading on"
+                        )));
+                    }
+                } else {
+                    again = (Some(at), 0);
+                }
+                continue;
+            }
             Err(e) => {
                 return Err(MediaError::Undecodable(format!(
                     "FFmpeg cannot read the {container} stream: {e}"

@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod file;
+pub mod formats;
 pub mod pipe;
 pub mod raw;
 pub mod resample;

@@ -14,12 +14,40 @@ struct InputKey {
     layout: u64,
     channels: u16,
     rate: u32,
+    /// No layout FFmpeg can mix down (a channel count such as 9 or 12 with
+    /// no default layout): libswresample keeps the channels, and they are
+    /// averaged here.
+    averaged: bool,
 }
 
 /// Resampler that follows format changes of its input.
 #[derive(Default)]
 pub struct ToMono16k {
     ctx: Option<(InputKey, resampling::Context)>,
+}
+
+/// A layout of `channels` positions for audio whose layout FFmpeg cannot
+/// name: libswresample only needs it to count them, since it converts such
+/// audio to the same layout (no mixing matrix).
+fn anonymous_layout(channels: u16) -> ChannelLayout {
+    let mask = if channels >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << channels) - 1
+    };
+    ChannelLayout::from_bits_retain(mask)
+}
+
+/// Averages interleaved frames of `channels` samples in `out[start..]` into
+/// one sample each, in place.
+fn average_channels(out: &mut Vec<f32>, start: usize, channels: usize) {
+    let frames = (out.len() - start) / channels;
+    for i in 0..frames {
+        let from = start + i * channels;
+        let sum: f32 = out[from..from + channels].iter().sum();
+        out[start + i] = sum / channels as f32;
+    }
+    out.truncate(start + frames);
 }
 
 impl ToMono16k {
@@ -35,11 +63,18 @@ impl ToMono16k {
                 ChannelLayout::default(i32::from(channels))
             }
         };
+        let averaged = layout.is_empty() || layout.channels() != i32::from(channels);
+        let layout = if averaged {
+            anonymous_layout(channels)
+        } else {
+            layout
+        };
         let key = InputKey {
             format: input.format(),
             layout: layout.bits(),
             channels,
             rate: input.rate(),
+            averaged,
         };
         if key.rate == 0 || matches!(key.format, Sample::None) {
             return Err(MediaError::Undecodable(
@@ -54,24 +89,39 @@ impl ToMono16k {
                 layout,
                 key.rate,
                 Sample::F32(SampleType::Packed),
-                ChannelLayout::MONO,
+                if averaged {
+                    layout
+                } else {
+                    ChannelLayout::MONO
+                },
                 AUDIO_RATE,
             )
-            .map_err(|e| MediaError::Internal(format!("cannot set up the resampler: {e}")))?;
+            .map_err(|e| {
+                MediaError::Undecodable(format!(
+                    "cannot convert {channels}-channel {} audio at {} Hz to 16 kHz mono: {e}",
+                    key.format.name(),
+                    key.rate
+                ))
+            })?;
             self.ctx = Some((key, ctx));
         }
-        let Some((_, ctx)) = self.ctx.as_mut() else {
+        let Some((key, ctx)) = self.ctx.as_mut() else {
             return Ok(());
         };
+        let width = if key.averaged {
+            usize::from(key.channels)
+        } else {
+            1
+        };
+        let start = out.len();
         // SAFETY: `extended_data` holds one pointer per plane of `input`,
         // each valid for `samples` samples; `out` is sized for the converter's
-        // maximum output before the call.
+        // maximum output (frames of `width` samples) before the call.
         unsafe {
             let swr = ctx.as_mut_ptr();
             let in_count = input.samples() as i32;
             let cap = ffmpeg::ffi::swr_get_out_samples(swr, in_count).max(0) as usize + 32;
-            let start = out.len();
-            out.resize(start + cap, 0.0);
+            out.resize(start + cap * width, 0.0);
             let mut out_ptr = out[start..].as_mut_ptr().cast::<u8>();
             let in_ptr = (*input.as_ptr()).extended_data as *mut *const u8;
             let n = ffmpeg::ffi::swr_convert(swr, &mut out_ptr, cap as i32, in_ptr, in_count);
@@ -82,26 +132,37 @@ impl ToMono16k {
                     ffmpeg::Error::from(n)
                 )));
             }
-            out.truncate(start + n as usize);
+            out.truncate(start + n as usize * width);
+        }
+        if width > 1 {
+            average_channels(out, start, width);
         }
         Ok(())
     }
 
     /// Drains the converter's delay line.
     pub fn flush(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
-        let Some((_, ctx)) = self.ctx.as_mut() else {
+        let Some((key, ctx)) = self.ctx.as_mut() else {
             return Ok(());
         };
+        let width = if key.averaged {
+            usize::from(key.channels)
+        } else {
+            1
+        };
+        let start = out.len();
         // SAFETY: a null input drains; `out` is sized as in `push`.
         unsafe {
             let swr = ctx.as_mut_ptr();
             let cap = ffmpeg::ffi::swr_get_out_samples(swr, 0).max(0) as usize + 32;
-            let start = out.len();
-            out.resize(start + cap, 0.0);
+            out.resize(start + cap * width, 0.0);
             let mut out_ptr = out[start..].as_mut_ptr().cast::<u8>();
             let n =
                 ffmpeg::ffi::swr_convert(swr, &mut out_ptr, cap as i32, std::ptr::null_mut(), 0);
-            out.truncate(start + n.max(0) as usize);
+            out.truncate(start + n.max(0) as usize * width);
+        }
+        if width > 1 {
+            average_channels(out, start, width);
         }
         Ok(())
     }

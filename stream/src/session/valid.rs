@@ -31,6 +31,17 @@ pub struct ValidConfig {
     pub effective: pb::StreamConfig,
 }
 
+/// A client's string as an error message quotes it: at most
+/// `QUOTED_CHARS` characters of it, so a huge value cannot blow up the status
+/// (gRPC clients refuse status metadata over 16 KiB).
+fn quoted(value: &str) -> String {
+    const QUOTED_CHARS: usize = 64;
+    match value.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("StreamConfig.{field}: {why}"))
 }
@@ -84,8 +95,8 @@ pub fn validate(
     let o = config.options.clone().unwrap_or_default();
     if !o.model.is_empty() && o.model != model_name {
         return Err(Status::not_found(format!(
-            "StreamConfig.options.model: no model named {:?} on this server (available: {model_name:?})",
-            o.model
+            "StreamConfig.options.model: no model named {} on this server (available: {model_name:?})",
+            quoted(&o.model)
         )));
     }
     match task {
@@ -107,9 +118,14 @@ pub fn validate(
             ));
         }
         Task::Caption => {
-            return Err(Status::unimplemented(
-                "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task SEGMENTS",
-            ));
+            return Err(Status::unimplemented(format!(
+                "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task {}",
+                if caps.transcribe {
+                    "SEGMENTS and TRANSCRIBE"
+                } else {
+                    "SEGMENTS"
+                }
+            )));
         }
         Task::Segments | Task::Transcribe => {}
     }
@@ -126,9 +142,11 @@ pub fn validate(
                     {
                         return Err(bad(
                             "container.format_hint",
-                            format!("{h:?} is not an FFmpeg demuxer name"),
+                            format!("{} is not an FFmpeg demuxer name", quoted(h)),
                         ));
                     }
+                    crate::media::formats::check_hint(h)
+                        .map_err(|why| bad("container.format_hint", why))?;
                     Some(h.to_string())
                 }
                 _ => None,
@@ -373,6 +391,24 @@ mod tests {
             channels: 1,
         }));
         assert!(check(c).unwrap_err().message().contains("sample_rate"));
+    }
+
+    #[test]
+    fn long_client_strings_are_quoted_cut_short() {
+        assert_eq!(quoted("webm"), "\"webm\"");
+        let long = "x".repeat(100_000);
+        let q = quoted(&long);
+        assert!(q.len() < 100 && q.ends_with("(100000 bytes)"), "{q}");
+        let config = pb::StreamConfig {
+            options: Some(pb::StreamOptions {
+                model: long.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = check(config).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.message().len() < 300, "{}", err.message());
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! The FFmpeg demuxers a client's bytes may be read with.
+//!
+//! FFmpeg guesses the format of what it is given, and some of its demuxers
+//! read more than those bytes: a DASH or HLS manifest, an `ffconcat` script,
+//! an SDP description or an image-sequence pattern makes the demuxer open the
+//! files, URLs or UDP ports it names, on the server. Only audio and video
+//! containers and elementary streams, which carry their media inside, are
+//! accepted; and no demuxer may open anything (see
+//! [`NO_PROTOCOLS`]).
+
+/// Demuxers accepted, as FFmpeg names them (some names list several
+/// formats: `matroska,webm` is one demuxer).
+pub const ACCEPTED: &[&str] = &[
+    // containers
+    "matroska,webm",
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "mpegts",
+    "mpeg",
+    "ogg",
+    "wav",
+    "w64",
+    "aiff",
+    "caf",
+    "au",
+    "voc",
+    "nistsphere",
+    "flv",
+    "live_flv",
+    "avi",
+    "asf",
+    "mxf",
+    "nut",
+    "rm",
+    "wtv",
+    "dv",
+    "ivf",
+    "smjpeg",
+    "mpjpeg",
+    "yuv4mpegpipe",
+    // audio streams
+    "mp3",
+    "flac",
+    "aac",
+    "loas",
+    "ac3",
+    "eac3",
+    "dts",
+    "truehd",
+    "mlp",
+    "amr",
+    "amrnb",
+    "amrwb",
+    "gsm",
+    "g722",
+    "g723_1",
+    "g726",
+    "g726le",
+    "g729",
+    "ilbc",
+    "codec2",
+    "sbc",
+    "wv",
+    "ape",
+    "tta",
+    "tak",
+    "mpc",
+    "mpc8",
+    "oma",
+    "xwma",
+    "dsf",
+    "shn",
+    "qcp",
+    // headerless PCM, by hint only (probing never picks them)
+    "alaw",
+    "mulaw",
+    "u8",
+    "s8",
+    "s16le",
+    "s16be",
+    "u16le",
+    "u16be",
+    "s24le",
+    "s24be",
+    "u24le",
+    "u24be",
+    "s32le",
+    "s32be",
+    "u32le",
+    "u32be",
+    "f32le",
+    "f32be",
+    "f64le",
+    "f64be",
+    // video streams
+    "h264",
+    "hevc",
+    "av1",
+    "obu",
+    "vc1",
+    "mpegvideo",
+    "m4v",
+    "mjpeg",
+];
+
+/// A protocol whitelist no protocol matches (names never hold a `-`), so a
+/// demuxer that tries to open a file or URL is refused.
+pub const NO_PROTOCOLS: &str = "avlm-none";
+
+/// FFmpeg's `format_whitelist` for probing client bytes.
+pub fn whitelist() -> String {
+    ACCEPTED.join(",")
+}
+
+/// Every single format name the accepted demuxers answer to.
+fn names() -> impl Iterator<Item = &'static str> {
+    ACCEPTED.iter().flat_map(|d| d.split(','))
+}
+
+/// Checks a client's format hint (one or more comma-separated demuxer
+/// names); the error says what is wrong and what is accepted.
+pub fn check_hint(hint: &str) -> Result<(), String> {
+    for name in hint.split(',') {
+        if name.is_empty() {
+            return Err(format!("{hint:?} has an empty demuxer name"));
+        }
+        if !names().any(|n| n == name) {
+            return Err(format!(
+                "{name:?} is not a demuxer this server reads client media with; accepted: {}",
+                names().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_accepted_demuxers_only() {
+        for ok in ["matroska", "webm", "mp4", "mpegts", "wav,ogg", "s16le"] {
+            assert_eq!(check_hint(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("dash", "\"dash\" is not"),
+            ("hls", "\"hls\" is not"),
+            ("concat", "\"concat\" is not"),
+            ("sdp", "\"sdp\" is not"),
+            ("image2", "\"image2\" is not"),
+            ("wav,,ogg", "empty demuxer name"),
+            ("lavfi", "accepted: matroska, webm"),
+        ] {
+            let err = check_hint(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_accepted_demuxer_exists_in_the_linked_ffmpeg() {
+        crate::media::container::init_ffmpeg().unwrap();
+        for name in names() {
+            let c = std::ffi::CString::new(name).unwrap();
+            // SAFETY: a NUL-terminated name; the result is only compared with null.
+            let found = unsafe { ffmpeg_next::ffi::av_find_input_format(c.as_ptr()) };
+            assert!(!found.is_null(), "FFmpeg has no demuxer {name:?}");
+        }
+    }
+}

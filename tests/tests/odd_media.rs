@@ -1,0 +1,91 @@
+//! Media that is valid but unusual decodes fully: MPEG-TS with runs of bytes
+//! that are no TS packets (padding, a dropout), and audio with more channels
+//! than FFmpeg has a default layout for.
+
+mod common;
+
+use common::*;
+
+fn assert_whole_speech(run: &Run, what: &str) {
+    assert_matches_speech(&run.segments(), 0.1, what);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpeg_ts_with_junk_runs_decodes_to_the_end() {
+    let server = start_server(server_config()).await;
+    let ts = read_media("speech.ts");
+    // Trailing zero padding longer than one resync attempt of the demuxer.
+    let mut padded = ts.clone();
+    padded.extend(std::iter::repeat_n(0u8, 150_000));
+    let run = stream_bytes(&server.url(), container_config(), padded, 16 * 1024)
+        .await
+        .expect("padded MPEG-TS ends OK");
+    assert_whole_speech(&run, "MPEG-TS + 150 KB of zeros");
+    // A 2 MB dropout between two packets in the middle.
+    let cut = ts.len() / 2 / 188 * 188;
+    let mut dropout = ts[..cut].to_vec();
+    dropout.extend(std::iter::repeat_n(0u8, 2_000_000));
+    dropout.extend_from_slice(&ts[cut..]);
+    let run = stream_bytes(&server.url(), container_config(), dropout, 16 * 1024)
+        .await
+        .expect("MPEG-TS with a dropout ends OK");
+    assert_whole_speech(&run, "MPEG-TS with 2 MB of zeros inside");
+    server.shutdown().await.unwrap();
+}
+
+/// `speech.wav`'s 16-bit samples, from its `data` chunk.
+fn wav_samples(wav: &[u8]) -> Vec<i16> {
+    let mut at = 12;
+    while at + 8 <= wav.len() {
+        let size = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+        if &wav[at..at + 4] == b"data" {
+            let data = &wav[at + 8..(at + 8 + size).min(wav.len())];
+            return data
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+        }
+        at += 8 + size + (size & 1);
+    }
+    panic!("speech.wav has no data chunk");
+}
+
+/// A plain PCM WAV of `channels` channels, each carrying `samples`.
+fn multichannel_wav(samples: &[i16], channels: u16, rate: u32) -> Vec<u8> {
+    let data_len = (samples.len() * 2 * usize::from(channels)) as u32;
+    let mut w = Vec::with_capacity(44 + data_len as usize);
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data_len).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes()); // PCM, no channel mask
+    w.extend_from_slice(&channels.to_le_bytes());
+    w.extend_from_slice(&rate.to_le_bytes());
+    w.extend_from_slice(&(rate * 2 * u32::from(channels)).to_le_bytes());
+    w.extend_from_slice(&(2 * channels).to_le_bytes());
+    w.extend_from_slice(&16u16.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        for _ in 0..channels {
+            w.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_with_channels_ffmpeg_has_no_layout_for_is_mixed_down() {
+    let server = start_server(server_config()).await;
+    let samples = wav_samples(&read_media("speech.wav"));
+    // 9, 12 and 17 channels have no default layout in FFmpeg (3-8, 16 and
+    // 24 have one, and libswresample's own downmix).
+    for channels in [9u16, 12, 17] {
+        let wav = multichannel_wav(&samples, channels, 16_000);
+        let run = stream_bytes(&server.url(), container_config(), wav, 64 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("{channels}-channel WAV: {e}"));
+        assert_whole_speech(&run, &format!("{channels}-channel WAV"));
+    }
+    server.shutdown().await.unwrap();
+}
