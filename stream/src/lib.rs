@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod media;
+pub mod replies;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use avlm_proto as pb;
 use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -42,10 +41,10 @@ impl pb::avlm_server::Avlm for AvlmService {
         };
         let peer = request.remote_addr();
         let span = tracing::info_span!("session", id = %lease.id, peer = ?peer);
-        let (tx, rx) = tokio::sync::mpsc::channel(REPLY_QUEUE);
+        let (tx, replies) = crate::replies::channel(REPLY_QUEUE, self.state.config.idle_timeout);
         let state = self.state.clone();
         tokio::spawn(crate::session::run(state, request.into_inner(), tx, lease).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn get_info(

@@ -208,3 +208,94 @@ async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
     assert_server_still_serves(&server.url()).await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_sends_its_config_is_ended_and_its_slot_freed() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        idle_timeout: Some(Duration::from_millis(800)),
+        max_sessions: 1,
+        ..server_config()
+    })
+    .await;
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    // The stream is open, but no message ever comes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ClientMessage>(1);
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    let status = inbound
+        .message()
+        .await
+        .expect_err("the stream must end with a status");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("no StreamConfig"), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for_sessions(&server, 0).await;
+    drop(tx);
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}
+
+/// A client that sends but never reads fills its reply queue; the session
+/// must not wait on it forever: it ends and its slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        idle_timeout: Some(Duration::from_millis(800)),
+        max_sessions: 1,
+        ..server_config()
+    })
+    .await;
+    // A small HTTP/2 stream window, so flow control stops the server's
+    // replies after a few dozen: with a large one, the client library's own
+    // flood protection would end the connection first (h2 buffers at most a
+    // budget of small unread frames), which is not what is tested here.
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(2048)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::avlm_client::AvlmClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Raw PCM with a Stats message every millisecond of media: replies pile
+    // up much faster than media bytes.
+    let mut config = container_config();
+    config.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+        sample_format: pb::SampleFormat::S16le as i32,
+        sample_rate: 8000,
+        channels: 1,
+    }));
+    config.options.as_mut().unwrap().stats_interval_ms = Some(1);
+    tx.send(config_msg(config)).await.unwrap();
+    let _unread = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let sender = tokio::spawn(async move {
+        let silence = vec![0u8; 16_000];
+        for seq in 0.. {
+            if tx.send(media_msg(&silence, seq)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.state.active_sessions(), 1);
+    let started = Instant::now();
+    while server.state.active_sessions() != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a client that reads nothing still holds its slot after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("slot freed {:?} after the check began", started.elapsed());
+    sender.abort();
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}

@@ -211,3 +211,67 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
     }
     server.shutdown().await.unwrap();
 }
+
+/// A session waiting for its transcripts is still a session: it keeps its
+/// slot (and counts as active) until its last Final is out, so
+/// `--max-sessions` bounds the model work queued, not only the media read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_holds_its_slot_until_its_last_final() {
+    let mut config = transcribe_server_config();
+    config.max_sessions = 1;
+    let server = start_server(config).await;
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    for m in whole_stream(transcribe_config(), &read_media("speech.webm"), 16 * 1024) {
+        tx.send(m).await.unwrap();
+    }
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut ends, mut finals, mut refused_while_waiting) = (0, 0, false);
+    while let Some(m) = inbound.message().await.unwrap() {
+        match m.msg {
+            Some(pb::server_message::Msg::Segment(s))
+                if s.kind == pb::segment::Kind::SpeechEnd as i32 =>
+            {
+                ends += 1;
+            }
+            Some(pb::server_message::Msg::Final(_)) => finals += 1,
+            _ => {}
+        }
+        // Every segment has ended and the media is all read, but the model
+        // still owes Finals: the session must still hold its slot.
+        if ends == 3 && finals < 3 {
+            assert_eq!(
+                server.state.active_sessions(),
+                1,
+                "a session still owed {} Finals was no longer counted",
+                3 - finals
+            );
+            if !refused_while_waiting {
+                let (_, status) =
+                    raw_call(&server.url(), whole_stream(container_config(), b"", 1)).await;
+                assert_eq!(
+                    status.expect_err("the slot is still taken").code(),
+                    Code::ResourceExhausted
+                );
+                refused_while_waiting = true;
+            }
+        }
+    }
+    assert_eq!((ends, finals), (3, 3));
+    assert!(refused_while_waiting);
+    drop(tx);
+    let start = std::time::Instant::now();
+    while server.state.active_sessions() != 0 {
+        assert!(
+            start.elapsed().as_secs() < 1,
+            "slot not freed after the call ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_server_still_serves(&server.url()).await;
+    server.shutdown().await.unwrap();
+}

@@ -30,7 +30,7 @@ use analysis::{Analysis, Meters, Outbox};
 /// Decoded media items in flight between decoder and analysis.
 const MEDIA_QUEUE: usize = 32;
 
-type Reply = Result<pb::ServerMessage, Status>;
+use crate::replies::Reply;
 
 /// Runs a session to its end. `lease` holds the session's slot.
 pub async fn run(
@@ -40,9 +40,18 @@ pub async fn run(
     lease: SessionLease,
 ) {
     let lease = Arc::new(lease);
+    let idle = state.config.idle_timeout;
     let first = tokio::select! {
         m = inbound.message() => m,
         _ = tx.closed() => return,
+        // A stream that never sends its config must not hold a slot.
+        _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+            return fail(&tx, Status::deadline_exceeded(format!(
+                "no StreamConfig from the client within {} s of opening the stream (serve --idle-timeout-s)",
+                idle.unwrap_or_default().as_secs_f64()
+            )))
+            .await;
+        }
     };
     let config = match first {
         Ok(Some(pb::ClientMessage {
@@ -161,6 +170,7 @@ pub async fn run(
                 transcribe::Transcriber::new(
                     engine.clone(),
                     tx.clone(),
+                    lease.clone(),
                     valid.partial_interval_s,
                     &tokio::runtime::Handle::current(),
                 )

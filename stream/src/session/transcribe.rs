@@ -23,6 +23,7 @@ use tonic::Status;
 
 use crate::engine::Engine;
 use crate::media::AUDIO_RATE;
+use crate::state::SessionLease;
 
 /// Audio kept while no segment is open, at least.
 const IDLE_HISTORY_S: f64 = 5.0;
@@ -44,17 +45,30 @@ struct Forwarder {
 const PARTIAL_BACKLOG: u64 = 4;
 
 impl Forwarder {
-    fn start(reply: Reply, runtime: &tokio::runtime::Handle) -> Self {
+    /// `lease` (the session's slot) is held until every reply queued or still
+    /// to come from the model thread has been delivered, or the client left:
+    /// a session waiting for its transcripts still counts against
+    /// `--max-sessions`. It is released before `reply`, so a client that saw
+    /// the end of its call finds the slot free.
+    fn start(reply: Reply, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicU64::new(0));
         let pending = backlog.clone();
         runtime.spawn(async move {
-            while let Some(msg) = rx.recv().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = rx.recv() => msg,
+                    // Gone: queued jobs see the closed reply stream and skip.
+                    () = reply.closed() => None,
+                };
+                let Some(msg) = msg else { break };
                 pending.fetch_sub(1, Ordering::AcqRel);
                 if reply.send(msg).await.is_err() {
                     break;
                 }
             }
+            drop(lease);
+            drop(reply);
         });
         Forwarder { queue, backlog }
     }
@@ -135,15 +149,17 @@ pub struct Transcriber {
 
 impl Transcriber {
     /// `runtime` runs the task that forwards replies to the client.
+    /// `lease` is the session's slot, held until the last transcript is out.
     pub fn new(
         engine: Engine,
         tx: Reply,
+        lease: Arc<SessionLease>,
         partial_interval_s: Option<f64>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
         Transcriber {
             engine,
-            out: Forwarder::start(tx.clone(), runtime),
+            out: Forwarder::start(tx.clone(), lease, runtime),
             tx,
             buffer: Vec::new(),
             buffer_start_s: 0.0,
