@@ -27,6 +27,9 @@ pub enum LlmError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The caller's [`crate::Interrupt`] asked a decode to stop.
+    #[error("decoding interrupted: the answer is no longer wanted")]
+    Interrupted,
 }
 
 impl LlmError {
@@ -40,6 +43,7 @@ impl LlmError {
             LlmError::CacheFull { .. } => "cache_full",
             LlmError::InvalidInput(_) => "invalid_input",
             LlmError::Tensor(_) => "tensor",
+            LlmError::Interrupted => "interrupted",
         }
     }
 }

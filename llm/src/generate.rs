@@ -1,6 +1,8 @@
 //! Decoding: greedy and beam search over a prefilled KV cache, both
 //! deterministic (ties go to the lower token id, then the earlier beam).
 
+use std::sync::Arc;
+
 use crate::cache::KvCache;
 use crate::ctc::{CtcPrefixScorer, CtcState};
 use crate::error::{LlmError, Result};
@@ -12,6 +14,55 @@ pub struct StopCriteria {
     pub max_new_tokens: usize,
     /// Tokens that end a hypothesis (not included in its output).
     pub stop_tokens: Vec<u32>,
+    /// Asked before every step: a decode nobody waits for any more (its
+    /// client left, a newer request replaced it) stops there.
+    pub interrupt: Interrupt,
+}
+
+/// A question a decode asks before each step: `true` ends it with
+/// [`LlmError::Interrupted`].
+#[derive(Clone)]
+pub struct Interrupt(Option<Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Interrupt {
+    /// Never interrupts.
+    pub fn never() -> Self {
+        Interrupt(None)
+    }
+
+    /// Interrupts once `asked` answers `true`.
+    pub fn when(asked: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
+        Interrupt(Some(asked))
+    }
+
+    /// `Err(Interrupted)` once the decode should stop.
+    pub fn check(&self) -> Result<()> {
+        match &self.0 {
+            Some(asked) if asked() => Err(LlmError::Interrupted),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Interrupt(when)"
+        } else {
+            "Interrupt(never)"
+        })
+    }
+}
+
+/// Equal when both never interrupt or both ask the same question.
+impl PartialEq for Interrupt {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// A finished hypothesis.
@@ -38,6 +89,7 @@ pub fn greedy(
     };
     let mut logits = logits;
     for _ in 0..stop.max_new_tokens {
+        stop.interrupt.check()?;
         let next = Llama::argmax(&logits);
         out.log_prob += Llama::log_softmax(&logits)[next as usize];
         if stop.stop_tokens.contains(&next) {
@@ -146,6 +198,7 @@ pub fn joint_beam_search(
         }
     };
     for step in 0..config.stop.max_new_tokens {
+        config.stop.interrupt.check()?;
         let mut candidates: Vec<Candidate> = Vec::new();
         for (b, beam) in beams.iter().enumerate() {
             let lp = Llama::log_softmax(&beam.logits);

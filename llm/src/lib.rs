@@ -21,7 +21,8 @@ pub use config::{LlamaConfig, RopeScaling, RopeStyle};
 pub use ctc::{CtcHead, CtcPrefixScorer, CtcState};
 pub use error::LlmError;
 pub use generate::{
-    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Generation, StopCriteria,
+    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Generation, Interrupt,
+    StopCriteria,
 };
 pub use lora::Lora;
 pub use model::{Llama, WeightMode};

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use avlm_llm::{greedy, Llama, LlmError, StopCriteria};
+use avlm_llm::{greedy, Interrupt, Llama, LlmError, StopCriteria};
 use candle_core::Device;
 use serde_json::{Map, Value};
 
@@ -307,6 +307,7 @@ fn greedy_continuations_match_reference() {
         let stop = StopCriteria {
             max_new_tokens: expected.len(),
             stop_tokens: vec![],
+            interrupt: Interrupt::never(),
         };
         let got = greedy(m, &mut cache, logits, &stop).unwrap().tokens;
         eprintln!(

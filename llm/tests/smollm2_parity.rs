@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use avlm_llm::{
-    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, CtcHead, Llama, StopCriteria,
-    Tokenizer, WeightMode,
+    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, CtcHead, Interrupt, Llama,
+    StopCriteria, Tokenizer, WeightMode,
 };
 use candle_core::Device;
 use serde_json::Value;
@@ -139,6 +139,7 @@ fn check_prompts(mode: WeightMode, tol: f32, step_tol: f32) {
         let stop = StopCriteria {
             max_new_tokens: 32,
             stop_tokens: vec![],
+            interrupt: Interrupt::never(),
         };
         let got = greedy(m, &mut cache, logits, &stop).unwrap().tokens;
         let same = got
@@ -322,6 +323,7 @@ fn beam_width_one_is_greedy_and_width_four_returns_its_best() {
     let stop = StopCriteria {
         max_new_tokens: 16,
         stop_tokens: vec![tok.eos().unwrap()],
+        interrupt: Interrupt::never(),
     };
     let mut cache = m.new_cache(prompt.len() + 20).unwrap();
     let logits = Llama::last_logits(&m.forward(&prompt, &mut cache, false).unwrap()).unwrap();
@@ -432,6 +434,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
         stop: StopCriteria {
             max_new_tokens: target.len(),
             stop_tokens: vec![2],
+            interrupt: Interrupt::never(),
         },
     };
     let plain = beam_search(m, &cache, logits.clone(), &config).unwrap();
@@ -470,6 +473,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
         stop: StopCriteria {
             max_new_tokens: 6,
             stop_tokens: vec![2],
+            interrupt: Interrupt::never(),
         },
         ..config.clone()
     };
@@ -611,4 +615,52 @@ fn spelled(m: &Llama, tokens: &[u32]) -> (candle_core::Tensor, CtcHead) {
     )
     .unwrap();
     (audio, head)
+}
+
+/// An interrupt is asked before every step, and the step where it answers
+/// `true` ends the search with `Interrupted` instead of a hypothesis.
+#[test]
+fn an_interrupt_stops_greedy_and_beam_search_at_the_next_step() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let m = model(WeightMode::F32);
+    let prompt = ids(&golden()["prompts"][0]["ids"]);
+    let mut cache = m.new_cache(prompt.len() + 40).unwrap();
+    let logits = Llama::last_logits(&m.forward(&prompt, &mut cache, false).unwrap()).unwrap();
+    for width in [0usize, 1, 4] {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let stop = StopCriteria {
+            max_new_tokens: 32,
+            stop_tokens: vec![],
+            interrupt: Interrupt::when(Arc::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst) >= 3
+            })),
+        };
+        let got = if width == 0 {
+            let mut c = m.new_cache(prompt.len() + 40).unwrap();
+            c.copy_prefix_from(&cache, prompt.len()).unwrap();
+            greedy(m, &mut c, logits.clone(), &stop)
+        } else {
+            beam_search(
+                m,
+                &cache,
+                logits.clone(),
+                &BeamConfig {
+                    width,
+                    length_penalty: 1.0,
+                    stop,
+                },
+            )
+        };
+        assert!(
+            matches!(got, Err(avlm_llm::LlmError::Interrupted)),
+            "width {width}: {got:?}"
+        );
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            4,
+            "width {width}: asked once per step"
+        );
+    }
 }

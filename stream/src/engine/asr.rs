@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use avlm_encoders::mel::{LogMel, HOP};
 use avlm_encoders::whisper::MAX_FRAMES;
 use avlm_encoders::MelSpectrogram;
-use avlm_llm::{beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Llama, StopCriteria};
+use avlm_llm::{
+    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Interrupt, Llama, StopCriteria,
+};
 use candle_core::Tensor;
 
 use crate::bundle::manifest::EncoderWindow;
@@ -54,6 +56,8 @@ pub struct AsrPipeline {
     suffix_ids: Vec<u32>,
     window: EncoderWindow,
     normalize: bool,
+    /// Asked before each decoding step (see [`AsrPipeline::interrupted_by`]).
+    interrupt: Interrupt,
 }
 
 impl AsrPipeline {
@@ -82,7 +86,15 @@ impl AsrPipeline {
             prefix_cache: None,
             prefix_ids,
             suffix_ids,
+            interrupt: Interrupt::never(),
         })
+    }
+
+    /// Decodes from now on stop (with [`avlm_llm::LlmError::Interrupted`])
+    /// at the first step where `interrupt` says so: the model thread sets it
+    /// per job, so a decode nobody waits for any more gives the thread back.
+    pub fn interrupted_by(&mut self, interrupt: Interrupt) {
+        self.interrupt = interrupt;
     }
 
     pub fn bundle(&self) -> &LoadedBundle {
@@ -234,6 +246,7 @@ impl AsrPipeline {
         let stop = StopCriteria {
             max_new_tokens: budget.saturating_sub(forced.len()).max(1),
             stop_tokens: self.bundle.stop_ids.clone(),
+            interrupt: self.interrupt.clone(),
         };
         let t = Instant::now();
         let beam = |stop| BeamConfig {

@@ -11,6 +11,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use avlm_llm::Interrupt;
 use avlm_proto as pb;
 
 pub use asr::{AsrPipeline, StageTimes, Transcript};
@@ -28,8 +29,9 @@ struct Job {
     forced: String,
     /// A provisional re-decode of an open segment (`decoding.partial_beam_width`).
     partial: bool,
-    /// Skips the work when the session already went away.
-    cancelled: Box<dyn Fn() -> bool + Send>,
+    /// Skips the work, or stops it between decoding steps, once nobody
+    /// waits for the answer (the session went away, a newer request replaced it).
+    cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
     reply: Reply,
 }
 
@@ -72,6 +74,7 @@ impl Engine {
                     if (job.cancelled)() {
                         continue;
                     }
+                    pipeline.interrupted_by(Interrupt::when(job.cancelled.clone()));
                     let started = Instant::now();
                     // One job's failure, even a panic, must not take the model
                     // thread (and every other session's transcription) down.
@@ -95,6 +98,9 @@ impl Engine {
                             "transcribed"
                         );
                     }
+                    // The question holds the session's reply sender: keeping
+                    // it past its job would hold that call open.
+                    pipeline.interrupted_by(Interrupt::never());
                     (job.reply)(result);
                 }
             })
@@ -115,10 +121,10 @@ impl Engine {
         &self,
         samples: Vec<f32>,
         forced: String,
-        cancelled: impl Fn() -> bool + Send + 'static,
+        cancelled: impl Fn() -> bool + Send + Sync + 'static,
         reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
     ) -> Result<(), SubmitError> {
-        self.queue(samples, forced, false, Box::new(cancelled), Box::new(reply))
+        self.queue(samples, forced, false, Arc::new(cancelled), Box::new(reply))
     }
 
     /// Queues a provisional re-decode of an open segment's audio so far
@@ -126,14 +132,14 @@ impl Engine {
     pub fn submit_partial(
         &self,
         samples: Vec<f32>,
-        cancelled: impl Fn() -> bool + Send + 'static,
+        cancelled: impl Fn() -> bool + Send + Sync + 'static,
         reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
     ) -> Result<(), SubmitError> {
         self.queue(
             samples,
             String::new(),
             true,
-            Box::new(cancelled),
+            Arc::new(cancelled),
             Box::new(reply),
         )
     }
@@ -143,7 +149,7 @@ impl Engine {
         samples: Vec<f32>,
         forced: String,
         partial: bool,
-        cancelled: Box<dyn Fn() -> bool + Send>,
+        cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
         reply: Reply,
     ) -> Result<(), SubmitError> {
         let job = Job {
