@@ -44,8 +44,9 @@ pub struct StreamArgs {
     /// Send at the media's own pace (as a live capture would) instead of as fast as the server takes it.
     #[arg(long)]
     pub realtime: bool,
-    /// Bytes per MediaChunk message.
-    #[arg(long, default_value_t = 16 * 1024)]
+    /// Bytes per MediaChunk message, at least 256: HTTP/2 servers (avlm's too)
+    /// end a connection that buffers floods of tiny DATA frames.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = parse_chunk_bytes)]
     pub chunk_bytes: usize,
     /// Print one JSON object per line per event.
     #[arg(long)]
@@ -239,4 +240,19 @@ pub(super) fn finish(result: Result<(), ClientError>, json: bool) -> anyhow::Res
             Ok(e.exit_code())
         }
     }
+}
+
+/// Smallest `--chunk-bytes`: a gRPC message of this many media bytes makes an
+/// HTTP/2 DATA frame of at least 256 bytes, which h2's flood protection
+/// never counts against a connection.
+const MIN_CHUNK_BYTES: usize = 256;
+
+fn parse_chunk_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n < MIN_CHUNK_BYTES {
+        return Err(format!(
+            "{n} is below {MIN_CHUNK_BYTES}: servers end connections that send floods of tiny HTTP/2 frames"
+        ));
+    }
+    Ok(n)
 }
