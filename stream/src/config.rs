@@ -53,7 +53,13 @@ pub struct ServerConfig {
     /// A session whose client sends nothing for this long is ended with
     /// DEADLINE_EXCEEDED and its slot freed (None: never).
     pub idle_timeout: Option<std::time::Duration>,
+    /// How long a shutdown waits for open calls to finish before it drops
+    /// them (a client that stopped reading would otherwise hold it forever).
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// Default `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 
 /// Default `idle_timeout`: a live client sends media every few hundred ms.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 60;
@@ -73,6 +79,7 @@ impl ServerConfig {
             bundle: Some(state.join("bundles/default")).filter(|b| b.join("avlm.toml").is_file()),
             engine_threads: 2,
             idle_timeout: Some(std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S)),
+            shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
         }
     }
 }

@@ -27,12 +27,23 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting calls and waits for the server task.
+    /// Stops accepting calls and waits for the open ones to finish, for at
+    /// most the configured grace period; calls still open then are dropped.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await??;
+        let grace = self.state.config.shutdown_grace;
+        match tokio::time::timeout(grace, &mut self.task).await {
+            Ok(served) => served??,
+            Err(_) => {
+                tracing::warn!(
+                    "calls still open {:.1} s after the shutdown began: dropping them",
+                    grace.as_secs_f64()
+                );
+                self.task.abort();
+            }
+        }
         Ok(())
     }
 

@@ -276,16 +276,9 @@ async fn nan_samples_in_float_pcm_do_not_break_voice_activity() {
 async fn end_of_stream_ends_the_call_even_if_the_client_keeps_its_side_open() {
     let server = start_server(server_config()).await;
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    for m in whole_stream(container_config(), &read_media("short.webm"), 4096) {
-        tx.send(m).await.unwrap();
-    }
+    let media = whole_stream(container_config(), &read_media("short.webm"), 4096);
     // `tx` stays alive: no half-close.
-    let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open_stream(&mut client, media, 8).await;
     let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         let mut n = 0;
         while let Some(_m) = inbound.message().await.expect("ends with OK") {

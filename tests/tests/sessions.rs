@@ -51,13 +51,8 @@ async fn a_client_that_disconnects_mid_stream_is_freed_within_a_second() {
     let webm = read_media("speech.webm");
     for cut_at_ready in [true, false] {
         let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(config_msg(container_config())).await.unwrap();
-        let response = client
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap();
-        let mut inbound = response.into_inner();
+        let (tx, mut inbound) =
+            open_stream(&mut client, vec![config_msg(container_config())], 4).await;
         let first = inbound.message().await.unwrap().unwrap();
         assert!(matches!(first.msg, Some(pb::server_message::Msg::Ready(_))));
         if !cut_at_ready {
@@ -85,13 +80,7 @@ async fn too_many_sessions_is_resource_exhausted_and_a_slot_frees_on_end() {
     let server = start_server(config).await;
 
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(config_msg(container_config())).await.unwrap();
-    let mut held = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut held) = open_stream(&mut client, vec![config_msg(container_config())], 4).await;
     held.message().await.unwrap().unwrap();
 
     let (_, status) = raw_call(&server.url(), whole_stream(container_config(), b"", 1)).await;
@@ -172,13 +161,8 @@ async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
     .await;
     let webm = read_media("speech.webm");
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tx.send(config_msg(container_config())).await.unwrap();
-    let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) =
+        open_stream(&mut client, vec![config_msg(container_config())], 64).await;
     // Some media, a pause shorter than the limit, more media: still fine.
     for (i, c) in webm[..webm.len() / 2].chunks(4096).enumerate() {
         tx.send(media_msg(c, i as u64)).await.unwrap();
@@ -200,13 +184,8 @@ async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
             Err(status) => break status,
         }
     };
-    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains("no message from the client"));
-    assert!(started.elapsed() < Duration::from_secs(5));
-    wait_for_sessions(&server, 0).await;
+    ended_and_freed(server, status, "no message from the client", started).await;
     drop(tx);
-    assert_server_still_serves(&server.url()).await;
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,22 +198,28 @@ async fn a_stream_that_never_sends_its_config_is_ended_and_its_slot_freed() {
     .await;
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
     // The stream is open, but no message ever comes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ClientMessage>(1);
-    let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut inbound) = open_stream(&mut client, vec![], 1).await;
     let started = Instant::now();
     let status = inbound
         .message()
         .await
         .expect_err("the stream must end with a status");
+    ended_and_freed(server, status, "no StreamConfig", started).await;
+    drop(tx);
+}
+
+/// The end of a session the server cut off: DEADLINE_EXCEEDED naming
+/// `why`, within 5 s of `started`, its slot free and the server serving.
+async fn ended_and_freed(
+    server: avlm_stream::server::RunningServer,
+    status: tonic::Status,
+    why: &str,
+    started: Instant,
+) {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains("no StreamConfig"), "{status:?}");
+    assert!(status.message().contains(why), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_for_sessions(&server, 0).await;
-    drop(tx);
     assert_server_still_serves(&server.url()).await;
     server.shutdown().await.unwrap();
 }
@@ -260,7 +245,6 @@ async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
         .await
         .unwrap();
     let mut client = pb::avlm_client::AvlmClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     // Raw PCM with a Stats message every millisecond of media: replies pile
     // up much faster than media bytes.
     let mut config = container_config();
@@ -270,12 +254,7 @@ async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
         channels: 1,
     }));
     config.options.as_mut().unwrap().stats_interval_ms = Some(1);
-    tx.send(config_msg(config)).await.unwrap();
-    let _unread = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut unread) = open_stream(&mut client, vec![config_msg(config)], 4).await;
     let sender = tokio::spawn(async move {
         let silence = vec![0u8; 16_000];
         for seq in 0.. {
@@ -296,6 +275,37 @@ async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
     }
     eprintln!("slot freed {:?} after the check began", started.elapsed());
     sender.abort();
+    // Reading again, the client finds what was queued, then why it ended.
+    let status = loop {
+        match unread.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("read no reply"), "{status:?}");
     assert_server_still_serves(&server.url()).await;
     server.shutdown().await.unwrap();
+}
+
+/// A shutdown waits for open calls only so long: a client holding a call
+/// open (here one that sent its config and then nothing, well within the
+/// idle timeout) must not keep the server from stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_drops_calls_still_open_after_its_grace_period() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        shutdown_grace: Duration::from_millis(500),
+        ..server_config()
+    })
+    .await;
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (_tx, mut held) = open_stream(&mut client, vec![config_msg(container_config())], 1).await;
+    held.message().await.unwrap().unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("the shutdown returns after its grace period")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
 }

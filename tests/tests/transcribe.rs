@@ -221,15 +221,8 @@ async fn a_session_holds_its_slot_until_its_last_final() {
     config.max_sessions = 1;
     let server = start_server(config).await;
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    for m in whole_stream(transcribe_config(), &read_media("speech.webm"), 16 * 1024) {
-        tx.send(m).await.unwrap();
-    }
-    let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let media = whole_stream(transcribe_config(), &read_media("speech.webm"), 16 * 1024);
+    let (tx, mut inbound) = open_stream(&mut client, media, 1).await;
     let (mut ends, mut finals, mut refused_while_waiting) = (0, 0, false);
     while let Some(m) = inbound.message().await.unwrap() {
         match m.msg {

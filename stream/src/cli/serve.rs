@@ -67,6 +67,9 @@ impl RuntimeArgs {
             idle_timeout: Some(std::time::Duration::from_secs(
                 avlm_stream::config::DEFAULT_IDLE_TIMEOUT_S,
             )),
+            shutdown_grace: std::time::Duration::from_secs(
+                avlm_stream::config::DEFAULT_SHUTDOWN_GRACE_S,
+            ),
         }
     }
 }

@@ -283,3 +283,29 @@ pub async fn assert_server_still_serves(url: &str) {
         .expect("a healthy client is served after another client's failure");
     assert_eq!(run.segments().len(), manifest().speech.len());
 }
+
+/// Opens a `Stream` call the test drives itself: `first` goes out at once,
+/// later messages through the returned sender (`buffer` deep, at least
+/// `first.len()`); the call stays open, with no half-close, while the
+/// sender lives.
+pub async fn open_stream(
+    client: &mut pb::avlm_client::AvlmClient<tonic::transport::Channel>,
+    first: Vec<pb::ClientMessage>,
+    buffer: usize,
+) -> (
+    tokio::sync::mpsc::Sender<pb::ClientMessage>,
+    tonic::Streaming<pb::ServerMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(first.len()).max(1));
+    for m in first {
+        tx.send(m)
+            .await
+            .expect("the channel holds the first messages");
+    }
+    let inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("the call opens")
+        .into_inner();
+    (tx, inbound)
+}
