@@ -154,11 +154,7 @@ async fn backpressure_holds_bytes_instead_of_dropping_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
-    let server = start_server(avlm_stream::config::ServerConfig {
-        idle_timeout: Some(Duration::from_millis(800)),
-        ..server_config()
-    })
-    .await;
+    let server = start_server(short_idle_config()).await;
     let webm = read_media("speech.webm");
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
     let (tx, mut inbound) =
@@ -190,12 +186,7 @@ async fn a_client_that_goes_silent_is_ended_and_its_slot_freed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_never_sends_its_config_is_ended_and_its_slot_freed() {
-    let server = start_server(avlm_stream::config::ServerConfig {
-        idle_timeout: Some(Duration::from_millis(800)),
-        max_sessions: 1,
-        ..server_config()
-    })
-    .await;
+    let server = start_server(short_idle_config()).await;
     let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
     // The stream is open, but no message ever comes.
     let (tx, mut inbound) = open_stream(&mut client, vec![], 1).await;
@@ -206,6 +197,16 @@ async fn a_stream_that_never_sends_its_config_is_ended_and_its_slot_freed() {
         .expect_err("the stream must end with a status");
     ended_and_freed(server, status, "no StreamConfig", started).await;
     drop(tx);
+}
+
+/// One session at a time, ended after 0.8 s without progress: a session that
+/// fails to end holds the only slot, which the tests then see.
+fn short_idle_config() -> avlm_stream::config::ServerConfig {
+    avlm_stream::config::ServerConfig {
+        idle_timeout: Some(Duration::from_millis(800)),
+        max_sessions: 1,
+        ..server_config()
+    }
 }
 
 /// The end of a session the server cut off: DEADLINE_EXCEEDED naming
@@ -228,12 +229,7 @@ async fn ended_and_freed(
 /// must not wait on it forever: it ends and its slot frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
-    let server = start_server(avlm_stream::config::ServerConfig {
-        idle_timeout: Some(Duration::from_millis(800)),
-        max_sessions: 1,
-        ..server_config()
-    })
-    .await;
+    let server = start_server(short_idle_config()).await;
     // A small HTTP/2 stream window, so flow control stops the server's
     // replies after a few dozen: with a large one, the client library's own
     // flood protection would end the connection first (h2 buffers at most a

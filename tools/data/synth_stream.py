@@ -122,6 +122,14 @@ def random_variant(rng: np.random.Generator, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def voice_fingerprint(x: np.ndarray) -> np.ndarray:
+    """Long-term average log spectrum (512-point frames) of 16-bit-scale samples: a voice-quality
+    fingerprint; the mean absolute difference of two is how unlike the voices sound."""
+    n = 512
+    frames = x[: len(x) // n * n].reshape(-1, n) * np.hanning(n)
+    return np.log(np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0) + 1e-3)
+
+
 def espeak_to(data_root: str, voice: str, rate: int, pitch: int, text: str) -> np.ndarray:
     """16 kHz float32 speech from espeak-ng reading its data under data_root/espeak-ng-data."""
     return M.espeak_voice(text, voice, rate, pitch, binary=espeak_binary(), path=data_root)

@@ -39,13 +39,6 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def spectrum(x: np.ndarray) -> np.ndarray:
-    """Long-term average log spectrum (512-point frames): a voice-quality fingerprint."""
-    n = 512
-    frames = x[: len(x) // n * n].reshape(-1, n) * np.hanning(n)
-    return np.log(np.mean(np.abs(np.fft.rfft(frames, axis=1)) ** 2, axis=0) + 1e-3)
-
-
 class SynthStreamTest(unittest.TestCase):
     def test_draws_only_training_voices(self):
         self.assertNotIn("en-029", S.TRAIN_ACCENTS)
@@ -73,7 +66,7 @@ class SynthStreamTest(unittest.TestCase):
             self.assertTrue(held, "no held-out variant files found")
             text = "The quick brown fox jumps over the lazy dog near the old mill."
             base = speak(root, "en-gb", text)
-            plain = spectrum(base)
+            plain = S.voice_fingerprint(base)
             # the reason for voice_name: after `en` a variant is applied to the en-gb voice
             self.assertFalse(np.array_equal(speak(root, S.voice_name("en-gb", "f2"), text), base))
             fps = []
@@ -84,7 +77,7 @@ class SynthStreamTest(unittest.TestCase):
                 x = speak(root, S.voice_name("en-gb", "avlmrnd0"), text)
                 self.assertGreater(len(x), 16000, f"variant {k}: no speech")
                 self.assertGreater(np.max(np.abs(x)), 1000, f"variant {k}: silent")
-                fp = spectrum(x)
+                fp = S.voice_fingerprint(x)
                 self.assertGreater(np.mean(np.abs(fp - plain)), 0.05, f"variant {k} sounds like the plain voice")
                 fps.append(fp)
             dists = [np.mean(np.abs(fps[i] - fps[j])) for i in range(len(fps)) for j in range(i)]

@@ -33,7 +33,7 @@ class WrittenPool(unittest.TestCase):
     def test_what_is_written_is_read_back_plain_and_gzipped(self):
         for name in ("pool.json", "pool.json.gz"):
             with mock.patch.object(T, "_build", return_value=POOL):
-                self.assertEqual(T.write(self.path(name)), 2)
+                self.assertEqual(T.write(self.path(name)), POOL)
             os.environ["AVLM_SENTENCES"] = self.path(name)
             self.assertEqual(T.sentences(), POOL)
         with gzip.open(self.path("pool.json.gz"), "rt") as f:   # really compressed

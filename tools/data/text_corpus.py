@@ -126,8 +126,8 @@ def _read_written(path: str, min_words: int, max_words: int) -> list[dict]:
     return out
 
 
-def write(path: str, min_words: int = 4, max_words: int = 24) -> int:
-    """Saves the pool this machine builds, for AVLM_SENTENCES elsewhere; returns its size."""
+def write(path: str, min_words: int = 4, max_words: int = 24) -> list[dict]:
+    """Saves the pool this machine builds, for AVLM_SENTENCES elsewhere; returns it."""
     pool = _build(min_words, max_words)
     if not pool:
         raise SystemExit("no sentences: apt-get install -y wordnet-base fortunes")
@@ -135,7 +135,7 @@ def write(path: str, min_words: int = 4, max_words: int = 24) -> int:
     with _open(tmp, "wt") as f:
         json.dump({"min_words": min_words, "max_words": max_words, "sentences": pool}, f)
     os.replace(tmp, path)
-    return len(pool)
+    return pool
 
 
 def _open(path: str, mode: str):
@@ -179,7 +179,7 @@ if __name__ == "__main__":
     import random
 
     if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        print(write(sys.argv[2]), "sentences written to", sys.argv[2])
+        print(len(write(sys.argv[2])), "sentences written to", sys.argv[2])
         sys.exit(0)
 
     s = sentences()

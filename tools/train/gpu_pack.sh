@@ -9,9 +9,9 @@
 # .avlm/train/ckpt/latest.pt) is the state to start from: a checkpoint (its projector, LoRA, CTC
 # head and tuned encoder blocks go as init.pt) or a folder of bundle-format files such as
 # weights/default (its *.safetensors go as init/, for train_projector.py --init-from DIR).
-# Writes .xfer/p1 .. .xfer/pN (git-ignored, so each call carries only its own: carry [".xfer/pN"]). The last piece also holds
-# the wheels the GPU image lacks (gguf, soundfile, cffi, pycparser, from $WHEELS, default
-# .avlm/gpu/wheels, or the kit's wheels/ when TTS_KIT is set).
+# Writes .xfer/p1 .. .xfer/pN (git-ignored, so each call carries only its own: carry
+# [".xfer/pN"]). The last piece also holds the wheels the GPU image lacks (gguf, soundfile, cffi,
+# pycparser, from $WHEELS, default .avlm/gpu/wheels, or the kit's wheels/ when TTS_KIT is set).
 # TTS_KIT=DIR (tools/train/tts_kit.py) carries the speech synthesiser kit in the payload as tts/,
 # for train_projector.py --synth on the GPU machine (gpu_run.sh points synth_stream at it).
 set -euo pipefail

@@ -11,9 +11,9 @@ WORK=${WORK:-/tmp/avlm-work}
 OUT=${OUT:-$WORK/out}
 cd "$(dirname "$0")/../.."
 
+# the wheels in folder $1 into /tmp/site (on PYTHONPATH for the trainer)
 install_wheels() {
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$STAGE"/wheels/*.whl
-    touch /tmp/site/.avlm-wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$1"/*.whl
 }
 
 case "${1:-}" in
@@ -28,14 +28,14 @@ stage)
         python3 -c 'import sys, torch, transformers, scipy, safetensors; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "", "transformers", transformers.__version__)'
     fi
     if [ -d "$STAGE/wheels" ] && [ ! -f /tmp/site/.avlm-wheels ]; then    # the piece that carries them
-        install_wheels
+        install_wheels "$STAGE/wheels" && touch /tmp/site/.avlm-wheels
         PYTHONPATH=/tmp/site python3 -c 'import gguf, soundfile; print("wheels: gguf", gguf.__version__ if hasattr(gguf, "__version__") else "", "libsndfile", soundfile.__libsndfile_version__)'
     fi
     ;;
 train)
     minutes=$2
     shift 2
-    [ -f /tmp/site/.avlm-wheels ] || install_wheels
+    [ -f /tmp/site/.avlm-wheels ] || { install_wheels "$STAGE/wheels" && touch /tmp/site/.avlm-wheels; }
     export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
     rm -rf "$PAYLOAD"
     mkdir -p "$PAYLOAD" "$WORK" "$OUT" .avlm/models .avlm/train
@@ -47,10 +47,7 @@ train)
     if [ -d "$PAYLOAD/tts" ]; then               # gpu_pack.sh TTS_KIT: --synth can speak here
         export AVLM_ESPEAK="$PAYLOAD/tts/espeak/espeak-ng" AVLM_ESPEAK_DATA="$PAYLOAD/tts/espeak/espeak-ng-data" \
             AVLM_SENTENCES="$PAYLOAD/tts/sentences.json.gz"
-        if [ -d "$PAYLOAD/tts/piper" ]; then
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-                "$PAYLOAD"/tts/piper/*.whl
-        fi
+        if [ -d "$PAYLOAD/tts/piper" ]; then install_wheels "$PAYLOAD/tts/piper"; fi
         "$AVLM_ESPEAK" --path="$PAYLOAD/tts/espeak" -q "synthesiser check" && echo "tts kit: espeak-ng runs"
     fi
     init="$PAYLOAD/init.pt"                      # gpu_pack.sh INIT: a checkpoint, or

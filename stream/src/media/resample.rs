@@ -63,7 +63,8 @@ impl ToMono16k {
                 ChannelLayout::default(i32::from(channels))
             }
         };
-        let averaged = layout.is_empty() || layout.channels() != i32::from(channels);
+        // FFmpeg has no default layout for this many channels.
+        let averaged = layout.is_empty();
         let layout = if averaged {
             anonymous_layout(channels)
         } else {
@@ -105,6 +106,23 @@ impl ToMono16k {
             })?;
             self.ctx = Some((key, ctx));
         }
+        self.convert(Some(input), out)
+    }
+
+    /// Drains the converter's delay line. A failed drain loses only the few
+    /// samples of filter delay, so it is not an error.
+    pub fn flush(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
+        let _ = self.convert(None, out);
+        Ok(())
+    }
+
+    /// Runs the converter on `input` (`None` drains it) and appends its
+    /// output, averaged to mono where libswresample kept the channels.
+    fn convert(
+        &mut self,
+        input: Option<&frame::Audio>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), MediaError> {
         let Some((key, ctx)) = self.ctx.as_mut() else {
             return Ok(());
         };
@@ -114,16 +132,22 @@ impl ToMono16k {
             1
         };
         let start = out.len();
-        // SAFETY: `extended_data` holds one pointer per plane of `input`,
-        // each valid for `samples` samples; `out` is sized for the converter's
-        // maximum output (frames of `width` samples) before the call.
+        // SAFETY: `extended_data` holds one pointer per plane of `input`, each
+        // valid for `samples` samples (a null input with no samples drains);
+        // `out` is sized for the converter's maximum output (frames of
+        // `width` samples) before the call.
         unsafe {
             let swr = ctx.as_mut_ptr();
-            let in_count = input.samples() as i32;
+            let (in_ptr, in_count) = match input {
+                Some(frame) => (
+                    (*frame.as_ptr()).extended_data as *mut *const u8,
+                    frame.samples() as i32,
+                ),
+                None => (std::ptr::null_mut(), 0),
+            };
             let cap = ffmpeg::ffi::swr_get_out_samples(swr, in_count).max(0) as usize + 32;
             out.resize(start + cap * width, 0.0);
             let mut out_ptr = out[start..].as_mut_ptr().cast::<u8>();
-            let in_ptr = (*input.as_ptr()).extended_data as *mut *const u8;
             let n = ffmpeg::ffi::swr_convert(swr, &mut out_ptr, cap as i32, in_ptr, in_count);
             if n < 0 {
                 out.truncate(start);
@@ -133,33 +157,6 @@ impl ToMono16k {
                 )));
             }
             out.truncate(start + n as usize * width);
-        }
-        if width > 1 {
-            average_channels(out, start, width);
-        }
-        Ok(())
-    }
-
-    /// Drains the converter's delay line.
-    pub fn flush(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
-        let Some((key, ctx)) = self.ctx.as_mut() else {
-            return Ok(());
-        };
-        let width = if key.averaged {
-            usize::from(key.channels)
-        } else {
-            1
-        };
-        let start = out.len();
-        // SAFETY: a null input drains; `out` is sized as in `push`.
-        unsafe {
-            let swr = ctx.as_mut_ptr();
-            let cap = ffmpeg::ffi::swr_get_out_samples(swr, 0).max(0) as usize + 32;
-            out.resize(start + cap * width, 0.0);
-            let mut out_ptr = out[start..].as_mut_ptr().cast::<u8>();
-            let n =
-                ffmpeg::ffi::swr_convert(swr, &mut out_ptr, cap as i32, std::ptr::null_mut(), 0);
-            out.truncate(start + n.max(0) as usize * width);
         }
         if width > 1 {
             average_channels(out, start, width);

@@ -28,7 +28,7 @@ use crate::state::SessionLease;
 /// Audio kept while no segment is open, at least.
 const IDLE_HISTORY_S: f64 = 5.0;
 
-type Reply = Sender<Result<pb::ServerMessage, Status>>;
+type Reply = Sender<crate::replies::Reply>;
 
 /// Carries replies from the model thread to the client in order without
 /// ever blocking the model thread on one slow client: the engine side pushes
@@ -37,7 +37,7 @@ type Reply = Sender<Result<pb::ServerMessage, Status>>;
 /// the final supersedes them); finals never are.
 #[derive(Clone)]
 struct Forwarder {
-    queue: tokio::sync::mpsc::UnboundedSender<Result<pb::ServerMessage, Status>>,
+    queue: tokio::sync::mpsc::UnboundedSender<crate::replies::Reply>,
     backlog: Arc<AtomicU64>,
 }
 
@@ -73,7 +73,7 @@ impl Forwarder {
         Forwarder { queue, backlog }
     }
 
-    fn deliver(&self, msg: Result<pb::ServerMessage, Status>, droppable: bool) {
+    fn deliver(&self, msg: crate::replies::Reply, droppable: bool) {
         if droppable && self.backlog.load(Ordering::Acquire) >= PARTIAL_BACKLOG {
             return;
         }
