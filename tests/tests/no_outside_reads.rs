@@ -49,18 +49,19 @@ fn dash_manifest() -> Vec<u8> {
 async fn manifests_and_scripts_naming_other_media_are_refused() {
     let server = start_server(server_config()).await;
     let url = server.url();
-    let why = "manifests, playlists and scripts";
-    refused(&url, container_config(), &dash_manifest(), why).await;
+    // The refusal names what FFmpeg took the bytes for.
+    let why = |name: &str| format!("({name}), which this server does not read");
+    refused(&url, container_config(), &dash_manifest(), &why("dash")).await;
     // ffconcat opens paths relative to the server's working directory.
     let concat = format!(
         "ffconcat version 1.0\nfile '{}'\n",
         media("speech.webm").display()
     );
-    refused(&url, container_config(), concat.as_bytes(), why).await;
+    refused(&url, container_config(), concat.as_bytes(), &why("concat")).await;
     // An SDP description would make the server listen for RTP on a UDP port.
     let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                m=audio 50990 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
-    refused(&url, container_config(), sdp.as_bytes(), why).await;
+    refused(&url, container_config(), sdp.as_bytes(), &why("sdp")).await;
     server.shutdown().await.unwrap();
 }
 

@@ -1,10 +1,12 @@
 //! Media that is valid but unusual decodes fully: MPEG-TS with runs of bytes
-//! that are no TS packets (padding, a dropout), and audio with more channels
-//! than FFmpeg has a default layout for.
+//! that are no TS packets (padding, a dropout), audio with more channels
+//! than FFmpeg has a default layout for, and a recording with a header and
+//! no media.
 
 mod common;
 
 use common::*;
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpeg_ts_with_junk_runs_decodes_to_the_end() {
@@ -83,5 +85,53 @@ async fn audio_with_channels_ffmpeg_has_no_layout_for_is_mixed_down() {
             .unwrap_or_else(|e| panic!("{channels}-channel WAV: {e}"));
         assert_matches_speech(&run.segments(), 0.1, &format!("{channels}-channel WAV"));
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_with_its_header_and_no_media_ends_empty() {
+    let server = start_server(server_config()).await;
+    let url = server.url();
+    let webm = read_media("speech.webm");
+    // Everything before the first Cluster: EBML header, Info and Tracks.
+    let cluster = webm
+        .windows(4)
+        .position(|w| w == [0x1F, 0x43, 0xB6, 0x75])
+        .expect("speech.webm has a Cluster");
+    let run = stream_bytes(&url, container_config(), webm[..cluster].to_vec(), 4096)
+        .await
+        .expect("a WebM header with no media ends OK, as an empty WAV does");
+    assert!(run.segments().is_empty());
+    let stats = run.last_stats().expect("final Stats");
+    assert_eq!(stats.media_seconds_received, 0.0);
+    assert_eq!(stats.bytes_received, cluster as u64);
+    assert_eq!(stats.seconds_buffered, 0.0);
+    // Cut inside the header: an error that says what the bytes looked like.
+    let (_, status) = raw_call(
+        &url,
+        whole_stream(container_config(), &webm[..cluster / 2], 4096),
+    )
+    .await;
+    let status = status.expect_err("a cut header is an error");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("it looks like Matroska"),
+        "{}",
+        status.message()
+    );
+    // Bytes that are no media at all say so.
+    let noise: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (_, status) = raw_call(&url, whole_stream(container_config(), &noise, 4096)).await;
+    let status = status.expect_err("noise is an error");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("no container or stream FFmpeg recognises"),
+        "{}",
+        status.message()
+    );
     server.shutdown().await.unwrap();
 }

@@ -46,6 +46,10 @@ async fn every_container_and_chunk_size_gives_identical_segments_at_the_silences
                 (stats.media_seconds_processed - manifest().duration_s).abs() < 0.1,
                 "{stats:?}"
             );
+            assert_eq!(
+                stats.seconds_buffered, 0.0,
+                "{file}: the stream ended: {stats:?}"
+            );
         }
     }
     server.shutdown().await.unwrap();

@@ -11,7 +11,7 @@ use ffmpeg::{codec, frame, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
 use super::formats;
-use super::pipe::{PipeAbort, PipeRead, PipeReader};
+use super::pipe::{Head, PipeAbort, PipeRead, PipeReader};
 use super::resample::ToMono16k;
 use super::video::{RateGate, VideoConverter};
 use super::{DecodeSpec, MediaError, MediaItem, MediaSink, AUDIO_RATE};
@@ -21,6 +21,8 @@ use avlm_encoders::Pcm;
 const IO_BUFFER: usize = 4096;
 /// Longest hole in the audio timestamps filled with silence.
 const MAX_GAP_S: f64 = 60.0;
+/// Bytes FFmpeg may read to guess the format and its streams.
+const PROBE_BYTES: u32 = 262_144;
 /// Consecutive packets that fail to decode before the stream is rejected.
 const MAX_BAD_PACKETS: u32 = 64;
 /// EAGAIN answers in a row, with no byte read in between, before the stream
@@ -79,11 +81,13 @@ pub fn decode(
 ) -> Result<(), MediaError> {
     let abort: PipeAbort = reader.abort_handle();
     let flush_sink = sink.clone();
+    let head = Head::new(PROBE_BYTES as usize);
     let read = PipeRead {
         reader,
         on_flush: move || {
             let _ = flush_sink.send(MediaItem::Flush);
         },
+        head: head.clone(),
     };
     let io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
         .map_err(|e| MediaError::Internal(format!("cannot set up FFmpeg I/O: {e}")))?;
@@ -95,35 +99,21 @@ pub fn decode(
     options.set("protocol_whitelist", formats::NO_PROTOCOLS);
     // Live input: don't sit on seconds of media before the first output.
     options.set("analyzeduration", "1000000");
-    options.set("probesize", "262144");
+    options.set("probesize", &PROBE_BYTES.to_string());
     let interrupt_abort = abort.clone();
     let opened =
         ffmpeg::format::input_from_stream_with_interrupt(io, None, Some(options), move || {
             interrupt_abort.is_aborted()
         });
     let mut input = match opened {
-        Ok(input) => input,
+        Ok(input) => {
+            head.take();
+            input
+        }
         Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
         // The client ended the stream without sending any media: nothing to do.
         Err(_) if abort.is_closed() && abort.bytes_read() == 0 => return Ok(()),
-        Err(e) => {
-            let what = match format_hint {
-                Some(h) => format!(" as {h:?}"),
-                None => String::new(),
-            };
-            // What FFmpeg answers when the probed format is not on the whitelist.
-            let refused = if matches!(e, ffmpeg::Error::Other { errno } if errno == ffmpeg::ffi::EINVAL)
-            {
-                " (only audio and video containers and streams are read: manifests, playlists \
-                 and scripts that name other files or addresses, such as DASH, HLS, SDP, \
-                 ffconcat or image sequences, are refused)"
-            } else {
-                ""
-            };
-            return Err(MediaError::Undecodable(format!(
-                "FFmpeg cannot open the media{what}: {e}{refused}"
-            )));
-        }
+        Err(e) => return open_failed(e, format_hint, &head.take(), abort.is_closed()),
     };
     let container = input.format().name().to_string();
 
@@ -241,9 +231,7 @@ pub fn decode(
                 Err(e) => {
                     bad_packets += 1;
                     if bad_packets > MAX_BAD_PACKETS {
-                        return Err(MediaError::Undecodable(format!(
-                            "audio does not decode: {e}"
-                        )));
+                        return Err(bad_stream("audio", dec.id(), e));
                     }
                 }
             }
@@ -268,9 +256,7 @@ pub fn decode(
                 Err(e) => {
                     bad_packets += 1;
                     if bad_packets > MAX_BAD_PACKETS {
-                        return Err(MediaError::Undecodable(format!(
-                            "video does not decode: {e}"
-                        )));
+                        return Err(bad_stream("video", dec.id(), e));
                     }
                 }
             }
@@ -323,6 +309,54 @@ pub fn decode(
         )?;
     }
     Ok(())
+}
+
+/// What a failed open means: an empty recording (its header and nothing
+/// after it) ends the stream like an empty WAV does; anything else is an
+/// error naming what the bytes looked like.
+fn open_failed(
+    e: ffmpeg::Error,
+    format_hint: Option<&str>,
+    head: &[u8],
+    closed: bool,
+) -> Result<(), MediaError> {
+    let probed = formats::probe(head);
+    if let Some(p) = probed
+        .as_ref()
+        .filter(|p| !p.accepted() && format_hint.is_none())
+    {
+        return Err(MediaError::Undecodable(format!(
+            "the media looks like {} ({}), which this server does not read: only audio and \
+             video containers and streams are, not manifests, playlists or scripts that name \
+             other files or addresses (such as DASH, HLS, SDP, ffconcat or image sequences)",
+            p.long_name, p.name
+        )));
+    }
+    if closed && e == ffmpeg::Error::Eof && probed.is_some() {
+        tracing::debug!(
+            bytes = head.len(),
+            "media ended inside its header: empty stream"
+        );
+        return Ok(());
+    }
+    let what = match (format_hint, &probed) {
+        (Some(h), _) => format!(" as {h:?}"),
+        (None, Some(p)) => format!(" (it looks like {})", p.long_name),
+        (None, None) => " (it is no container or stream FFmpeg recognises)".to_string(),
+    };
+    Err(MediaError::Undecodable(format!(
+        "FFmpeg cannot open the media{what}: {e}"
+    )))
+}
+
+/// The error for a stream whose packets keep failing to decode.
+fn bad_stream(kind: &str, codec: codec::Id, e: ffmpeg::Error) -> MediaError {
+    MediaError::Undecodable(format!(
+        "the {kind} does not decode: {} packets in a row were refused by the {} decoder \
+         (the last with: {e})",
+        MAX_BAD_PACKETS + 1,
+        codec.name()
+    ))
 }
 
 fn packet_duration(packet: &Packet, base: Rational) -> f64 {

@@ -133,9 +133,84 @@ pub fn check_hint(hint: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What FFmpeg's prober makes of some bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// The demuxer's name, e.g. `matroska,webm`.
+    pub name: String,
+    /// Its description, e.g. `Matroska / WebM`.
+    pub long_name: String,
+}
+
+impl Probed {
+    /// Whether the demuxer is one client media may be read with.
+    pub fn accepted(&self) -> bool {
+        ACCEPTED.contains(&self.name.as_str())
+    }
+}
+
+/// Guesses the format of a stream's first bytes as FFmpeg's probing does
+/// (every demuxer, not only the accepted ones); `None` when nothing fits.
+pub fn probe(head: &[u8]) -> Option<Probed> {
+    if head.is_empty() {
+        return None;
+    }
+    let size = i32::try_from(head.len()).ok()?;
+    // FFmpeg reads up to AVPROBE_PADDING_SIZE zero bytes past the end.
+    let mut buf = head.to_vec();
+    buf.resize(
+        head.len() + ffmpeg_next::ffi::AVPROBE_PADDING_SIZE as usize,
+        0,
+    );
+    let data = ffmpeg_next::ffi::AVProbeData {
+        filename: c"".as_ptr(),
+        buf: buf.as_mut_ptr(),
+        buf_size: size,
+        mime_type: std::ptr::null(),
+    };
+    let mut score = 0;
+    // SAFETY: `data` points at `buf`, padded as FFmpeg requires, and both
+    // outlive the call; the returned format is static FFmpeg data.
+    let format = unsafe { ffmpeg_next::ffi::av_probe_input_format3(&data, 1, &mut score) };
+    if format.is_null() {
+        return None;
+    }
+    // SAFETY: a registered demuxer has a NUL-terminated static name and,
+    // when not null, long name.
+    let text = |p: *const std::ffi::c_char| {
+        (!p.is_null()).then(|| {
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let (name, long_name) = unsafe { (text((*format).name)?, text((*format).long_name)) };
+    Some(Probed {
+        long_name: long_name.unwrap_or_else(|| name.clone()),
+        name,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probing_names_what_the_bytes_are() {
+        crate::media::container::init_ffmpeg().unwrap();
+        let mut wav = b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec();
+        wav.extend_from_slice(&[
+            16, 0, 0, 0, 1, 0, 1, 0, 0x80, 0x3e, 0, 0, 0, 0x7d, 0, 0, 2, 0, 16, 0,
+        ]);
+        wav.extend_from_slice(b"data\x00\x00\x00\x00");
+        let p = probe(&wav).expect("a WAV header");
+        assert_eq!(p.name, "wav");
+        assert!(p.accepted());
+        let script = probe(b"ffconcat version 1.0\nfile 'a.wav'\n").expect("an ffconcat script");
+        assert_eq!(script.name, "concat");
+        assert!(!script.accepted());
+        assert_eq!(probe(b""), None);
+    }
 
     #[test]
     fn hints_name_accepted_demuxers_only() {

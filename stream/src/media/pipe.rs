@@ -286,18 +286,54 @@ impl Drop for PipeReader {
     }
 }
 
+/// A copy of the first bytes read, kept until [`Head::take`]: what FFmpeg
+/// probed, so an error can say what the media looked like.
+#[derive(Clone)]
+pub struct Head {
+    bytes: Arc<Mutex<Option<Vec<u8>>>>,
+    limit: usize,
+}
+
+impl Head {
+    /// Keeps at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Head {
+            bytes: Arc::new(Mutex::new(Some(Vec::new()))),
+            limit,
+        }
+    }
+
+    fn record(&self, data: &[u8]) {
+        let mut guard = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = guard.as_mut() {
+            let n = self.limit.saturating_sub(kept.len()).min(data.len());
+            kept.extend_from_slice(&data[..n]);
+        }
+    }
+
+    /// The bytes kept so far; recording stops.
+    pub fn take(&self) -> Vec<u8> {
+        let mut guard = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        guard.take().unwrap_or_default()
+    }
+}
+
 /// A `Read` over the pipe for FFmpeg's custom I/O; flush markers are handed
 /// to `on_flush` as they are passed, in order with the bytes.
 pub struct PipeRead<F: FnMut() + Send> {
     pub reader: PipeReader,
     pub on_flush: F,
+    pub head: Head,
 }
 
 impl<F: FnMut() + Send> Read for PipeRead<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.reader.next(buf)? {
-                Next::Bytes(n) => return Ok(n),
+                Next::Bytes(n) => {
+                    self.head.record(&buf[..n]);
+                    return Ok(n);
+                }
                 Next::Flush => (self.on_flush)(),
                 Next::End => return Ok(0),
             }
@@ -358,6 +394,25 @@ mod tests {
         });
         assert_eq!(w.write_all(&[0u8; 100]).await, Err(PipeClosed::Aborted));
         dropper.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn head_keeps_the_first_bytes_until_taken() {
+        let (mut w, r) = byte_pipe(64);
+        let head = Head::new(5);
+        let mut read = PipeRead {
+            reader: r,
+            on_flush: || {},
+            head: head.clone(),
+        };
+        w.write_all(b"abc").await.unwrap();
+        w.write_all(b"defgh").await.unwrap();
+        w.close();
+        let mut all = Vec::new();
+        read.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"abcdefgh");
+        assert_eq!(head.take(), b"abcde");
+        assert_eq!(head.take(), b"", "recording stops once taken");
     }
 
     #[tokio::test]

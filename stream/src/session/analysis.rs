@@ -127,7 +127,7 @@ impl Analysis {
             let alive = match item {
                 MediaItem::Audio(pcm) => self.audio(&pcm.samples, pcm.start_s),
                 MediaItem::Video(_) => true,
-                MediaItem::Flush => self.flush(EndReason::Flush) && self.stats(),
+                MediaItem::Flush => self.flush(EndReason::Flush) && self.stats(false),
             };
             self.busy += t0.elapsed();
             if !alive {
@@ -140,14 +140,15 @@ impl Analysis {
                     Some(t) => t.whole(),
                     None => true,
                 };
-                if submitted && self.stats() {
+                if submitted && self.stats(true) {
                     Outcome::Done
                 } else {
                     Outcome::Gone
                 }
             }
             Ok(Ok(())) => {
-                let ok = self.drain_tail() && self.flush(EndReason::EndOfStream) && self.stats();
+                let ok =
+                    self.drain_tail() && self.flush(EndReason::EndOfStream) && self.stats(true);
                 if ok {
                     Outcome::Done
                 } else {
@@ -248,7 +249,7 @@ impl Analysis {
             while self.next_stats_s <= self.processed_s {
                 self.next_stats_s += self.stats_interval_s;
             }
-            return self.stats();
+            return self.stats(false);
         }
         true
     }
@@ -301,7 +302,10 @@ impl Analysis {
         true
     }
 
-    fn stats(&self) -> bool {
+    /// Sends Stats; `ended`: the whole stream went through, so nothing is
+    /// buffered, whatever the container's timestamps promised beyond the
+    /// decoded audio (an encoder's end padding, a longer video track).
+    fn stats(&self, ended: bool) -> bool {
         let decode = &self.meters.decode;
         let received = decode.received_us.load(Ordering::Acquire) as f64 / 1e6;
         let received = received.max(self.processed_s);
@@ -315,7 +319,11 @@ impl Analysis {
             media_seconds_received: received,
             media_seconds_processed: self.processed_s,
             real_time_factor: rtf,
-            seconds_buffered: (received - self.processed_s).max(0.0),
+            seconds_buffered: if ended {
+                0.0
+            } else {
+                (received - self.processed_s).max(0.0)
+            },
             bytes_received: self.meters.bytes_received.load(Ordering::Acquire),
             video_frames: decode.video_frames.load(Ordering::Acquire),
         }))
