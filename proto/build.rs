@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("avlm_descriptor.bin"))
+        .codec_path("crate::codec::AvlmCodec")
         .compile_protos(&["avlm.proto"], &["."])?;
     println!("cargo:rerun-if-changed=avlm.proto");
     Ok(())

@@ -3,6 +3,8 @@
 
 #![allow(clippy::large_enum_variant)]
 
+pub mod codec;
+
 /// Generated `avlm.v1` types.
 pub mod v1 {
     tonic::include_proto!("avlm.v1");

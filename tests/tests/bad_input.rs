@@ -292,3 +292,120 @@ async fn end_of_stream_ends_the_call_even_if_the_client_keeps_its_side_open() {
     drop(tx);
     server.shutdown().await.unwrap();
 }
+
+/// Sends message bodies as given: what a client built from another schema,
+/// or a broken one, puts on the wire.
+#[derive(Debug, Default, Clone)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_no_valid_protobuf_is_invalid_argument() {
+    let server = start_server(server_config()).await;
+    let url = server.url();
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Field 1 as a length-delimited value longer than the message.
+    let garbage = vec![0x0a, 0x7f, 0x01, 0x02];
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let unary = grpc
+        .unary(
+            tonic::Request::new(garbage.clone()),
+            "/avlm.v1.Avlm/GetInfo".parse().unwrap(),
+            RawCodec,
+        )
+        .await
+        .expect_err("GetInfo with an undecodable request");
+    assert_eq!(unary.code(), Code::InvalidArgument, "{}", unary.message());
+    assert!(
+        unary
+            .message()
+            .contains("not a valid avlm.v1.GetInfoRequest"),
+        "{}",
+        unary.message()
+    );
+    // A valid config first, then a broken message: the stream ends with the same code.
+    let config = pb::ClientMessage {
+        msg: Some(pb::client_message::Msg::Config(container_config())),
+    };
+    let messages = vec![prost::Message::encode_to_vec(&config), garbage];
+    grpc.ready().await.unwrap();
+    let status = match grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            "/avlm.v1.Avlm/Stream".parse().unwrap(),
+            RawCodec,
+        )
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => {
+            let mut replies = response.into_inner();
+            loop {
+                match replies.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended OK after an undecodable message"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("not a valid avlm.v1.ClientMessage"),
+        "{}",
+        status.message()
+    );
+    assert_server_still_serves(&url).await;
+    server.shutdown().await.unwrap();
+}
