@@ -17,6 +17,7 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.flac        FLAC audio only
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
   short.webm         the first 3 s of speech.webm's audio
+  two_tracks.mkv     Opus silence (default track), then the speech as a second audio track
   timestamp_jump.webm  audio timestamps jump forward by 100 s (must be refused)
   silence.webm, white_noise.webm, pink_noise.webm, tones.webm: 20 s each, no speech
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
@@ -122,6 +123,10 @@ def main():
         # Audio whose timestamps jump forward by 100 s at 2 s: refused.
         ffmpeg("-i", wav, "-af", "asetpts='if(gte(T,2),PTS+100/TB,PTS)'", "-c:a", "libopus", "-b:a", "32k",
                os.path.join(out, "timestamp_jump.webm"))
+        # Two audio tracks: silence first (flagged default, FFmpeg's pick), the speech second.
+        ffmpeg("-f", "lavfi", "-i", f"anullsrc=r=48000:cl=mono:d={duration}", "-i", wav,
+               "-map", "0:a", "-map", "1:a", "-c:a", "libopus", "-b:a", "32k",
+               os.path.join(out, "two_tracks.mkv"))
         # The first utterance alone, for real-time pacing tests.
         ffmpeg("-i", os.path.join(out, "speech.webm"), "-t", "3", "-map", "0:a", "-c:a", "copy",
                os.path.join(out, "short.webm"))

@@ -72,6 +72,7 @@ async fn a_format_hint_may_not_name_such_a_demuxer() {
         let mut config = container_config();
         config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
             format_hint: hint.into(),
+            ..Default::default()
         }));
         refused(
             &server.url(),
@@ -85,6 +86,7 @@ async fn a_format_hint_may_not_name_such_a_demuxer() {
     let mut config = container_config();
     config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
         format_hint: "webm".into(),
+        ..Default::default()
     }));
     let run = stream_bytes(&server.url(), config, read_media("speech.webm"), 8192)
         .await

@@ -5,6 +5,7 @@
 
 mod common;
 
+use avlm_proto as pb;
 use common::*;
 use tonic::Code;
 
@@ -130,6 +131,42 @@ async fn a_recording_with_its_header_and_no_media_ends_empty() {
         status
             .message()
             .contains("no container or stream FFmpeg recognises"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_track_picks_one_of_several_audio_streams() {
+    let server = start_server(server_config()).await;
+    let url = server.url();
+    let bytes = read_media("two_tracks.mkv");
+    let with_track = |track: Option<u32>| {
+        let mut config = container_config();
+        config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
+            audio_track: track,
+            ..Default::default()
+        }));
+        config
+    };
+    // FFmpeg's pick is the default-flagged first track: silence.
+    let run = stream_bytes(&url, with_track(None), bytes.clone(), 16 * 1024)
+        .await
+        .expect("the default track");
+    assert!(run.segments().is_empty(), "{:?}", run.segments());
+    let run = stream_bytes(&url, with_track(Some(1)), bytes.clone(), 16 * 1024)
+        .await
+        .expect("the second audio track");
+    assert_matches_speech(&run.segments(), 0.1, "two_tracks.mkv, audio_track 1");
+    let (_, status) = raw_call(&url, whole_stream(with_track(Some(2)), &bytes, 16 * 1024)).await;
+    let status = status.expect_err("there is no third audio track");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("audio_track 2 names no audio stream")
+            && status.message().contains("has 2"),
         "{}",
         status.message()
     );

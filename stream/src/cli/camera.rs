@@ -176,6 +176,7 @@ impl CameraArgs {
             modalities: pb::Modalities::Audio as i32,
             input: Some(pb::stream_config::Input::Container(pb::ContainerInput {
                 format_hint: "matroska".into(),
+                audio_track: None,
             })),
             options: Some(pb::StreamOptions {
                 vad_threshold: self.vad_threshold,

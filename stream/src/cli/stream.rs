@@ -60,6 +60,9 @@ pub struct StreamArgs {
     /// Demuxer the server should use (e.g. webm, mpegts); probed when absent.
     #[arg(long)]
     pub format_hint: Option<String>,
+    /// Audio stream to use, counting INPUT's audio streams from 0 (FFmpeg's best when absent).
+    #[arg(long)]
+    pub audio_track: Option<u32>,
     /// INPUT is headerless PCM in this sample format.
     #[arg(long, value_enum)]
     pub pcm: Option<PcmArg>,
@@ -119,6 +122,7 @@ impl StreamArgs {
             }),
             None => pb::stream_config::Input::Container(pb::ContainerInput {
                 format_hint: self.format_hint.clone().unwrap_or_default(),
+                audio_track: self.audio_track,
             }),
         };
         pb::StreamConfig {

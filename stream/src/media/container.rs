@@ -76,6 +76,7 @@ impl AudioTimeline {
 pub fn decode(
     spec: &DecodeSpec,
     format_hint: Option<&str>,
+    audio_track: Option<u32>,
     reader: PipeReader,
     sink: MediaSink,
 ) -> Result<(), MediaError> {
@@ -117,7 +118,27 @@ pub fn decode(
     };
     let container = input.format().name().to_string();
 
-    let audio_stream = input.streams().best(MediaType::Audio).map(|s| s.index());
+    let audio_stream = match audio_track {
+        None => input.streams().best(MediaType::Audio).map(|s| s.index()),
+        Some(rank) => {
+            let audio: Vec<usize> = input
+                .streams()
+                .filter(|s| s.parameters().medium() == MediaType::Audio)
+                .map(|s| s.index())
+                .collect();
+            match audio.get(rank as usize) {
+                Some(&i) => Some(i),
+                None if spec.audio => {
+                    return Err(MediaError::MissingStream(format!(
+                        "container.audio_track {rank} names no audio stream: the media \
+                         ({container}) has {} (they count from 0)",
+                        audio.len()
+                    )))
+                }
+                None => None,
+            }
+        }
+    };
     let video_stream = input.streams().best(MediaType::Video).map(|s| s.index());
     if spec.audio && audio_stream.is_none() {
         return Err(MediaError::MissingStream(format!(

@@ -41,8 +41,12 @@ impl RawSampleFormat {
 /// What the bytes are.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputSpec {
-    /// A container FFmpeg demuxes; `format_hint` restricts probing to that demuxer.
-    Container { format_hint: Option<String> },
+    /// A container FFmpeg demuxes; `format_hint` restricts probing to that
+    /// demuxer; `audio_track` picks an audio stream by its rank among them.
+    Container {
+        format_hint: Option<String>,
+        audio_track: Option<u32>,
+    },
     /// Headerless interleaved PCM.
     RawPcm {
         format: RawSampleFormat,
@@ -146,9 +150,10 @@ pub fn decode(
 ) -> Result<(), MediaError> {
     crate::media::container::init_ffmpeg()?;
     match &spec.input {
-        InputSpec::Container { format_hint } => {
-            container::decode(spec, format_hint.as_deref(), reader, sink)
-        }
+        InputSpec::Container {
+            format_hint,
+            audio_track,
+        } => container::decode(spec, format_hint.as_deref(), *audio_track, reader, sink),
         InputSpec::RawPcm {
             format,
             sample_rate,

@@ -148,7 +148,14 @@ pub fn validate(
                 }
                 _ => None,
             };
-            InputSpec::Container { format_hint: hint }
+            let audio_track = match &config.input {
+                Some(pb::stream_config::Input::Container(c)) => c.audio_track,
+                _ => None,
+            };
+            InputSpec::Container {
+                format_hint: hint,
+                audio_track,
+            }
         }
         Some(pb::stream_config::Input::RawPcm(raw)) => {
             let format = match pb::SampleFormat::try_from(raw.sample_format) {
@@ -350,7 +357,13 @@ mod tests {
         let v = check(pb::StreamConfig::default()).unwrap();
         assert_eq!(v.task, Task::Segments);
         assert!(v.decode.audio && v.decode.video.is_none());
-        assert_eq!(v.decode.input, InputSpec::Container { format_hint: None });
+        assert_eq!(
+            v.decode.input,
+            InputSpec::Container {
+                format_hint: None,
+                audio_track: None
+            }
+        );
         assert_eq!(v.effective.options.unwrap().min_silence_ms, Some(500));
     }
 
