@@ -17,6 +17,9 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   speech.flac        FLAC audio only
   speech.wav         PCM WAV, and speech.s16le (headerless 16 kHz mono s16le)
   short.webm         the first 3 s of speech.webm's audio
+  late_audio.ts      MPEG-2 video + MP2 audio starting 3 s after the video, MPEG-TS
+  speech.wv          WavPack with its trailing APEv2 tag
+  speech.ul          headerless G.711 mu-law, 8 kHz mono
   two_tracks.mkv     Opus silence (default track), then the speech as a second audio track
   timestamp_jump.webm  audio timestamps jump forward by 100 s (must be refused)
   silence.webm, white_noise.webm, pink_noise.webm, tones.webm: 20 s each, no speech
@@ -123,6 +126,15 @@ def main():
         # Audio whose timestamps jump forward by 100 s at 2 s: refused.
         ffmpeg("-i", wav, "-af", "asetpts='if(gte(T,2),PTS+100/TB,PTS)'", "-c:a", "libopus", "-b:a", "32k",
                os.path.join(out, "timestamp_jump.webm"))
+        # MPEG-TS whose audio starts 3 s after its video, past the server's 1 s of probing.
+        ffmpeg("-f", "lavfi", "-i", f"testsrc=size=128x96:rate=25:duration={duration + 3}",
+               "-itsoffset", "3", "-i", wav, "-map", "0:v", "-map", "1:a", "-c:v", "mpeg2video",
+               "-b:v", "200k", "-c:a", "mp2", "-b:a", "64k", "-f", "mpegts",
+               os.path.join(out, "late_audio.ts"))
+        # WavPack ends with an APEv2 tag the demuxer reads as a broken block.
+        ffmpeg("-i", wav, "-c:a", "wavpack", os.path.join(out, "speech.wv"))
+        # Headerless G.711 mu-law at 8 kHz, as telephone systems stream it.
+        ffmpeg("-i", wav, "-ar", "8000", "-f", "mulaw", os.path.join(out, "speech.ul"))
         # Two audio tracks: silence first (flagged default, FFmpeg's pick), the speech second.
         ffmpeg("-f", "lavfi", "-i", f"anullsrc=r=48000:cl=mono:d={duration}", "-i", wav,
                "-map", "0:a", "-map", "1:a", "-c:a", "libopus", "-b:a", "32k",

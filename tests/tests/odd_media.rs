@@ -1,7 +1,8 @@
 //! Media that is valid but unusual decodes fully: MPEG-TS with runs of bytes
 //! that are no TS packets (padding, a dropout), audio with more channels
-//! than FFmpeg has a default layout for, and a recording with a header and
-//! no media.
+//! than FFmpeg has a default layout for, a recording with a header and no
+//! media, audio starting after probing ends, a trailing tag the demuxer
+//! trips on, several audio tracks, and headerless G.711 named by its hint.
 
 mod common;
 
@@ -167,6 +168,90 @@ async fn audio_track_picks_one_of_several_audio_streams() {
             .message()
             .contains("audio_track 2 names no audio stream")
             && status.message().contains("has 2"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+fn with_hint(hint: &str) -> pb::StreamConfig {
+    let mut config = container_config();
+    config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
+        format_hint: hint.into(),
+        ..Default::default()
+    }));
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_that_starts_after_probing_ends_is_still_decoded() {
+    // FFmpeg's probing (1 s) sees no audio packet, so the stream has no
+    // parameters yet and FFmpeg's best-stream choice skips it.
+    let server = start_server(server_config()).await;
+    let run = stream_bytes(
+        &server.url(),
+        container_config(),
+        read_media("late_audio.ts"),
+        16 * 1024,
+    )
+    .await
+    .expect("MPEG-TS with late audio");
+    let shifted: Vec<Seg> = run
+        .segments()
+        .into_iter()
+        .map(|s| Seg {
+            start_s: s.start_s - 3.0,
+            end_s: s.end_s - 3.0,
+            ..s
+        })
+        .collect();
+    assert_matches_speech(&shifted, 0.15, "late_audio.ts, 3 s later");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailing_tag_the_demuxer_trips_on_ends_the_stream_normally() {
+    let server = start_server(server_config()).await;
+    let run = stream_bytes(
+        &server.url(),
+        container_config(),
+        read_media("speech.wv"),
+        16 * 1024,
+    )
+    .await
+    .expect("WavPack with an APEv2 tag ends OK");
+    assert_matches_speech(&run.segments(), 0.1, "speech.wv");
+    let stats = run.last_stats().expect("final Stats");
+    assert!(
+        (stats.media_seconds_processed - manifest().duration_s).abs() < 0.05,
+        "all the audio before the tag: {stats:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headerless_g711_is_read_at_8_khz_by_its_hint() {
+    let server = start_server(server_config()).await;
+    let url = server.url();
+    let run = stream_bytes(&url, with_hint("mulaw"), read_media("speech.ul"), 4096)
+        .await
+        .expect("mu-law with its hint");
+    assert_matches_speech(&run.segments(), 0.1, "speech.ul as mulaw");
+    let stats = run.last_stats().unwrap();
+    assert!(
+        (stats.media_seconds_processed - manifest().duration_s).abs() < 0.05,
+        "{stats:?}"
+    );
+    // Other headerless PCM has no rate to go by: refused, pointing to raw_pcm.
+    let (_, status) = raw_call(
+        &url,
+        whole_stream(with_hint("s16le"), &read_media("speech.s16le"), 4096),
+    )
+    .await;
+    let status = status.expect_err("an s16le hint");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("send it as raw_pcm"),
         "{}",
         status.message()
     );

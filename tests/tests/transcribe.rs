@@ -268,3 +268,43 @@ async fn a_session_holds_its_slot_until_its_last_final() {
     assert_server_still_serves(&server.url()).await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_absurd_float_sample_does_not_wipe_out_its_segment() {
+    let server = start_server(transcribe_server_config()).await;
+    let f32_pcm = |spike: Option<f32>| {
+        let pcm16 = read_media("speech.s16le");
+        let mut samples: Vec<f32> = pcm16
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+            .collect();
+        if let Some(v) = spike {
+            // Inside the first utterance (0.8-4.85 s).
+            samples[2 * 16_000] = v;
+        }
+        samples
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let config = pb::StreamConfig {
+        input: Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+            sample_format: pb::SampleFormat::F32le as i32,
+            sample_rate: 16_000,
+            channels: 1,
+        })),
+        ..transcribe_config()
+    };
+    let texts = |run: &Run| finals(run).into_iter().map(|f| f.text).collect::<Vec<_>>();
+    let clean = stream_bytes(&server.url(), config.clone(), f32_pcm(None), 16 * 1024)
+        .await
+        .expect("clean f32");
+    // Finite but absurd: it used to set the log-mel's range for the whole
+    // utterance ("what's the what"); full-scale clipping leaves one click.
+    let spiked = stream_bytes(&server.url(), config, f32_pcm(Some(1e19)), 16 * 1024)
+        .await
+        .expect("f32 with a spike");
+    assert_eq!(texts(&clean).len(), 3, "{:?}", texts(&clean));
+    assert_eq!(texts(&spiked), texts(&clean));
+    server.shutdown().await.unwrap();
+}

@@ -25,6 +25,8 @@ const MAX_GAP_S: f64 = 60.0;
 const PROBE_BYTES: u32 = 262_144;
 /// Consecutive packets that fail to decode before the stream is rejected.
 const MAX_BAD_PACKETS: u32 = 64;
+/// A read error this close to the end of a finished stream ends it.
+const MAX_BAD_TAIL: u64 = 64 * 1024;
 /// EAGAIN answers in a row, with no byte read in between, before the stream
 /// is rejected.
 const MAX_STALLED_RETRIES: u32 = 1000;
@@ -73,6 +75,62 @@ impl AudioTimeline {
     }
 }
 
+/// `avformat_open_input` and `avformat_find_stream_info` over custom I/O,
+/// with the demuxer named by `format` when given (ffmpeg-next's
+/// `input_from_stream` always probes).
+fn open_input<F: FnMut() -> bool + Send + 'static>(
+    mut io: StreamIo,
+    format: Option<&str>,
+    options: Dictionary,
+    interrupted: F,
+) -> Result<ffmpeg::format::context::Input, ffmpeg::Error> {
+    use ffmpeg::ffi;
+    let demuxer = match format {
+        None => std::ptr::null(),
+        Some(name) => {
+            let name = std::ffi::CString::new(name).map_err(|_| ffmpeg::Error::InvalidData)?;
+            // SAFETY: a NUL-terminated name; FFmpeg returns static data or null.
+            let found = unsafe { ffi::av_find_input_format(name.as_ptr()) };
+            if found.is_null() {
+                return Err(ffmpeg::Error::DemuxerNotFound);
+            }
+            found
+        }
+    };
+    // SAFETY: the context is allocated here and handed to FFmpeg's open,
+    // which frees it on failure (our custom I/O stays ours, dropped with
+    // `io`); on success `Input` owns both, and the interrupt guard keeps the
+    // callback's closure alive as long as the context.
+    unsafe {
+        let mut ctx = ffi::avformat_alloc_context();
+        if ctx.is_null() {
+            return Err(ffmpeg::Error::Other { errno: ffi::ENOMEM });
+        }
+        let interrupt = ffmpeg::util::interrupt::new(Box::new(interrupted));
+        (*ctx).interrupt_callback = interrupt.interrupt;
+        (*ctx).pb = io.as_mut_ptr();
+        (*ctx).flags |= ffi::AVFMT_FLAG_CUSTOM_IO;
+        let mut opts = options.disown();
+        let opened = ffi::avformat_open_input(&mut ctx, std::ptr::null(), demuxer, &mut opts);
+        Dictionary::own(opts);
+        if opened < 0 {
+            return Err(ffmpeg::Error::from(opened));
+        }
+        let found = ffi::avformat_find_stream_info(ctx, std::ptr::null_mut());
+        if found < 0 {
+            ffi::avformat_close_input(&mut ctx);
+            return Err(ffmpeg::Error::from(found));
+        }
+        Ok(
+            ffmpeg::format::context::Input::wrap_with_custom_io_and_interrupt(
+                ctx,
+                io,
+                interrupt.guard,
+            ),
+        )
+    }
+}
+
 pub fn decode(
     spec: &DecodeSpec,
     format_hint: Option<&str>,
@@ -102,10 +160,14 @@ pub fn decode(
     options.set("analyzeduration", "1000000");
     options.set("probesize", &PROBE_BYTES.to_string());
     let interrupt_abort = abort.clone();
-    let opened =
-        ffmpeg::format::input_from_stream_with_interrupt(io, None, Some(options), move || {
-            interrupt_abort.is_aborted()
-        });
+    // One demuxer named: use it, as probing never picks demuxers that have
+    // no probe (G.711, G.722, ...); several: probe among them.
+    let forced = format_hint.filter(|h| !h.contains(','));
+    if matches!(forced, Some("mulaw" | "alaw")) {
+        // G.711 is 8 kHz mono; FFmpeg's headerless demuxers assume 44.1 kHz.
+        options.set("sample_rate", "8000");
+    }
+    let opened = open_input(io, forced, options, move || interrupt_abort.is_aborted());
     let mut input = match opened {
         Ok(input) => {
             head.take();
@@ -119,7 +181,19 @@ pub fn decode(
     let container = input.format().name().to_string();
 
     let audio_stream = match audio_track {
-        None => input.streams().best(MediaType::Audio).map(|s| s.index()),
+        // FFmpeg's best skips an audio stream whose parameters probing did
+        // not see yet (MPEG-TS audio starting after a second of video): the
+        // first such stream is still the one to decode, and its decoder
+        // finds the parameters in the packets.
+        None => input
+            .streams()
+            .best(MediaType::Audio)
+            .or_else(|| {
+                input
+                    .streams()
+                    .find(|s| s.parameters().medium() == MediaType::Audio)
+            })
+            .map(|s| s.index()),
         Some(rank) => {
             let audio: Vec<usize> = input
                 .streams()
@@ -234,11 +308,20 @@ pub fn decode(
                 }
                 continue;
             }
-            Err(e) => {
-                return Err(MediaError::Undecodable(format!(
-                    "FFmpeg cannot read the {container} stream: {e}"
-                )))
-            }
+            Err(e) => match unread_tail(&abort, &mut input) {
+                // A trailing tag the demuxer trips on (APEv2 after WavPack)
+                // or a file cut a few bytes short: everything before it is
+                // decoded, as FFmpeg's own tools do.
+                Some(tail) if tail <= MAX_BAD_TAIL => {
+                    tracing::warn!(container, tail, "stopped {tail} bytes before the end: {e}");
+                    break;
+                }
+                _ => {
+                    return Err(MediaError::Undecodable(format!(
+                        "FFmpeg cannot read the {container} stream: {e}"
+                    )))
+                }
+            },
         }
         let index = packet.stream();
         if let Some((ai, base, dec)) = audio.as_mut().filter(|(ai, ..)| *ai == index) {
@@ -330,6 +413,20 @@ pub fn decode(
         )?;
     }
     Ok(())
+}
+
+/// Bytes of a finished stream after the demuxer's position; `None` while the
+/// client may still send more.
+fn unread_tail(abort: &PipeAbort, input: &mut ffmpeg::format::context::Input) -> Option<u64> {
+    if !abort.is_closed() {
+        return None;
+    }
+    // SAFETY: the open context's I/O; a zero SEEK_CUR only reports the
+    // position (avio_tell), which works on streams that cannot seek.
+    let at = unsafe { ffmpeg::ffi::avio_seek((*input.as_mut_ptr()).pb, 0, ffmpeg::ffi::SEEK_CUR) };
+    u64::try_from(at)
+        .ok()
+        .map(|at| abort.bytes_written().saturating_sub(at))
 }
 
 /// What a failed open means: an empty recording (its header and nothing

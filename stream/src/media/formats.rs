@@ -70,27 +70,10 @@ pub const ACCEPTED: &[&str] = &[
     "dsf",
     "shn",
     "qcp",
-    // headerless PCM, by hint only (probing never picks them)
+    // headerless G.711 at 8 kHz mono, as telephone systems send it; by hint
+    // only (probing never picks headerless audio)
     "alaw",
     "mulaw",
-    "u8",
-    "s8",
-    "s16le",
-    "s16be",
-    "u16le",
-    "u16be",
-    "s24le",
-    "s24be",
-    "u24le",
-    "u24be",
-    "s32le",
-    "s32be",
-    "u32le",
-    "u32be",
-    "f32le",
-    "f32be",
-    "f64le",
-    "f64be",
     // video streams
     "h264",
     "hevc",
@@ -100,6 +83,13 @@ pub const ACCEPTED: &[&str] = &[
     "mpegvideo",
     "m4v",
     "mjpeg",
+];
+
+/// FFmpeg's headerless PCM demuxers other than G.711: refused as hints, with
+/// a pointer to `RawPcmInput` (FFmpeg would read them as 44.1 kHz mono).
+const RAW_PCM: &[&str] = &[
+    "u8", "s8", "s16le", "s16be", "u16le", "u16be", "s24le", "s24be", "u24le", "u24be", "s32le",
+    "s32be", "u32le", "u32be", "f32le", "f32be", "f64le", "f64be",
 ];
 
 /// A protocol whitelist no protocol matches (names never hold a `-`), so a
@@ -122,6 +112,14 @@ pub fn check_hint(hint: &str) -> Result<(), String> {
     for name in hint.split(',') {
         if name.is_empty() {
             return Err(format!("{hint:?} has an empty demuxer name"));
+        }
+        if RAW_PCM.contains(&name) {
+            return Err(format!(
+                "{name:?} is headerless PCM, whose sample rate and channels a demuxer name \
+                 cannot give: send it as raw_pcm (RawPcmInput: s16le or f32le, rate, channels); \
+                 of the headerless formats, format_hint takes only G.711 \"mulaw\" and \"alaw\" \
+                 (8 kHz mono)"
+            ));
         }
         if !names().any(|n| n == name) {
             return Err(format!(
@@ -214,7 +212,7 @@ mod tests {
 
     #[test]
     fn hints_name_accepted_demuxers_only() {
-        for ok in ["matroska", "webm", "mp4", "mpegts", "wav,ogg", "s16le"] {
+        for ok in ["matroska", "webm", "mp4", "mpegts", "wav,ogg", "mulaw"] {
             assert_eq!(check_hint(ok), Ok(()), "{ok}");
         }
         for (bad, why) in [
@@ -225,6 +223,8 @@ mod tests {
             ("image2", "\"image2\" is not"),
             ("wav,,ogg", "empty demuxer name"),
             ("lavfi", "accepted: matroska, webm"),
+            ("s16le", "send it as raw_pcm"),
+            ("wav,f32le", "send it as raw_pcm"),
         ] {
             let err = check_hint(bad).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");

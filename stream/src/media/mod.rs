@@ -135,10 +135,17 @@ impl MediaSink {
 }
 
 /// Replaces NaN and infinite samples (possible in float PCM from a client)
-/// with silence: one would poison the VAD's recurrent state for good.
+/// with silence, since one would poison the VAD's recurrent state for good,
+/// and clips the rest to full scale: float audio may carry any finite value,
+/// and one absurd sample (1e19, say) would set the log-mel's range for its
+/// whole utterance and flatten the speech around it.
 pub fn sanitize(samples: &mut [f32]) {
-    for s in samples.iter_mut().filter(|s| !s.is_finite()) {
-        *s = 0.0;
+    for s in samples.iter_mut() {
+        *s = if s.is_finite() {
+            s.clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
     }
 }
 

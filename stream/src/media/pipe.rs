@@ -165,6 +165,11 @@ impl PipeAbort {
         self.0.read.load(Ordering::Acquire)
     }
 
+    /// Bytes the writer has put in.
+    pub fn bytes_written(&self) -> u64 {
+        self.0.written.load(Ordering::Acquire)
+    }
+
     /// Whether the writer closed the pipe cleanly (end of stream).
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
