@@ -128,6 +128,8 @@ pub struct Endpointer {
     last_end_s: f64,
     /// End of the last window seen.
     now_s: f64,
+    /// No split before this time (see `keep_whole_until`).
+    keep_until_s: f64,
 }
 
 impl Endpointer {
@@ -139,6 +141,7 @@ impl Endpointer {
             next_id: 0,
             last_end_s: 0.0,
             now_s: 0.0,
+            keep_until_s: 0.0,
         }
     }
 
@@ -240,9 +243,10 @@ impl Endpointer {
                 };
                 if end_s - audio_start_s >= self.config.max_segment_s {
                     // Split where speech is quietest near the limit, so a
-                    // word is not cut in two; what follows the split point
-                    // opens the next segment.
-                    let cut = self.quietest_point(seg_start + 0.5, end_s);
+                    // word is not cut in two, and not before audio already
+                    // transcribed in part (see `keep_whole_until`); speech
+                    // after the split point opens the next segment.
+                    let cut = self.quietest_point((seg_start + 0.5).max(self.keep_until_s), end_s);
                     out.push(SpeechEvent::End {
                         id,
                         start_s: seg_start,
@@ -253,21 +257,7 @@ impl Endpointer {
                     });
                     self.last_end_s = cut;
                     self.state = State::Idle;
-                    if !silence || cut < end_s - 1e-9 {
-                        let id = self.take_id();
-                        self.state = State::Active {
-                            id,
-                            start_s: cut,
-                            audio_start_s: cut,
-                            last_speech_s: end_s,
-                            silence_since_s: None,
-                        };
-                        out.push(SpeechEvent::Start {
-                            id,
-                            start_s: cut,
-                            audio_start_s: cut,
-                        });
-                    }
+                    self.resume_after_split(cut, out);
                 }
             }
         }
@@ -288,6 +278,40 @@ impl Endpointer {
         } else {
             self.state = State::Idle;
         }
+    }
+
+    /// After a split at `cut`: the speech seen beyond it is a tentative onset
+    /// like any other (confirmed once it lasts `min_speech`), starting at the
+    /// cut itself when it runs on across it. Only silence after the cut
+    /// opens nothing.
+    fn resume_after_split(&mut self, cut: f64, out: &mut Vec<SpeechEvent>) {
+        let threshold = self.config.threshold;
+        let mut speech = self
+            .history
+            .iter()
+            .filter(|(_, end, prob)| *end > cut + 1e-9 && *prob >= threshold);
+        let Some(&(first_start, first_end, _)) = speech.next() else {
+            return;
+        };
+        let last_end = speech.next_back().map_or(first_end, |w| w.1);
+        // Contiguous: the first speech window holds the cut or follows it directly.
+        let onset_s = if first_start - cut <= (first_end - first_start) + 1e-9 {
+            cut
+        } else {
+            first_start
+        };
+        self.state = State::Pending {
+            onset_s,
+            last_speech_s: last_end,
+        };
+        self.confirm_if_long(last_end, out);
+    }
+
+    /// A split of the open segment at `max_segment` may not fall before `t`:
+    /// a TRANSCRIBE session's partials have committed words from the audio
+    /// up to there, and a Final may not hold words spoken after its end.
+    pub fn keep_whole_until(&mut self, t: f64) {
+        self.keep_until_s = t;
     }
 
     fn confirm_if_long(&mut self, end_s: f64, out: &mut Vec<SpeechEvent>) {
@@ -525,6 +549,69 @@ mod tests {
         // The next segment starts exactly there.
         assert!(
             matches!(events[2], SpeechEvent::Start { start_s, .. } if (start_s - end_s).abs() < 1e-9)
+        );
+    }
+
+    fn closed(events: &[SpeechEvent]) -> Vec<(f64, f64, EndReason)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SpeechEvent::End {
+                    start_s,
+                    end_s,
+                    reason,
+                    ..
+                } => Some((*start_s, *end_s, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_split_in_the_silence_after_speech_opens_no_segment() {
+        // 1.76 s of speech, then silence: the 2 s limit falls 0.26 s into
+        // it, before min_silence (0.5 s) would have closed the segment.
+        let config = EndpointConfig {
+            max_segment_s: 2.0,
+            ..EndpointConfig::default()
+        };
+        let probs = pattern(&[(0.9, 55), (0.0, 40)]);
+        let events = run(config.clone(), &probs);
+        let ends = closed(&events);
+        assert_eq!(ends.len(), 1, "{events:?}");
+        assert_eq!(ends[0].2, EndReason::MaxLength);
+        assert!(ends[0].1 >= 55.0 * W, "{ends:?}");
+        // Speech resuming after a pause opens the next segment where it starts.
+        let probs = pattern(&[(0.9, 55), (0.0, 10), (0.9, 20), (0.0, 40)]);
+        let events = run(config, &probs);
+        let ends = closed(&events);
+        assert_eq!(ends.len(), 2, "{events:?}");
+        assert!((ends[1].0 - 65.0 * W).abs() < 1e-9, "{ends:?}");
+    }
+
+    #[test]
+    fn a_split_does_not_fall_before_audio_kept_whole() {
+        let config = EndpointConfig {
+            max_segment_s: 3.0,
+            ..EndpointConfig::default()
+        };
+        // As in the quietest-point test, with a dip at 2.576 s; partials
+        // have heard up to 2.8 s.
+        let mut probs = pattern(&[(0.9, 120), (0.0, 30)]);
+        probs[80] = 0.3;
+        let mut ep = Endpointer::new(config);
+        ep.keep_whole_until(2.8);
+        let mut out = Vec::new();
+        for (i, &p) in probs.iter().enumerate() {
+            ep.push(i as f64 * W, (i + 1) as f64 * W, p, &mut out);
+        }
+        ep.finish(EndReason::EndOfStream, &mut out);
+        let ends = closed(&out);
+        assert_eq!(ends[0].2, EndReason::MaxLength);
+        assert!(ends[0].1 >= 2.8, "split at {} before 2.8 s", ends[0].1);
+        assert!(
+            (ends[1].0 - ends[0].1).abs() < 1e-9,
+            "speech runs on: {ends:?}"
         );
     }
 

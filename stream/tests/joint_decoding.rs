@@ -77,8 +77,12 @@ fn the_default_bundle_decodes_jointly_and_partials_use_their_own_width() {
     let f = pipeline.transcribe_with(&samples, &forced).unwrap();
     assert!(f.tokens.starts_with(&forced), "{:?}", f.tokens);
     assert!(f.text.starts_with("ten"), "{:?}", f.text);
-    let p = pipeline.transcribe_partial(&samples).unwrap();
+    let p = pipeline.transcribe_partial(&samples, &[]).unwrap();
     assert!(!p.text.is_empty());
+    // Partials are decoded on from committed words too.
+    let p = pipeline.transcribe_partial(&samples, &forced).unwrap();
+    assert!(p.tokens.starts_with(&forced), "{:?}", p.tokens);
+    assert!(p.text.starts_with("ten"), "{:?}", p.text);
 }
 
 #[test]

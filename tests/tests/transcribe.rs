@@ -212,6 +212,70 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
     server.shutdown().await.unwrap();
 }
 
+/// Splitting long speech at `max_segment_ms` while partials run: a split
+/// never falls before audio a partial has heard (whose committed words the
+/// Final must hold), and never opens a segment in the silence after speech.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_keep_partial_audio_whole_and_open_no_empty_segments() {
+    let server = start_server(short_decode_server_config("splits", 12)).await;
+    let mut config = transcribe_config();
+    let options = config.options.as_mut().unwrap();
+    options.partial_results = Some(true);
+    options.partial_interval_ms = Some(200);
+    options.max_segment_ms = Some(1500);
+    let mut run = Run::default();
+    avlm_stream::client::stream(
+        &server.url(),
+        config,
+        avlm_stream::client::Source::File(media("speech.webm")),
+        avlm_stream::client::SendOptions {
+            chunk_bytes: 2048,
+            realtime: true,
+            stop: None,
+        },
+        |m| run.messages.push(m.clone()),
+    )
+    .await
+    .unwrap();
+    let segments = run.segments();
+    assert!(
+        segments.iter().any(|s| s.reason == "max_length"),
+        "{segments:?}"
+    );
+    let speech = manifest().speech;
+    for s in &segments {
+        assert!(
+            s.end_s - s.start_s >= 0.25,
+            "shorter than min_speech: {s:?}"
+        );
+        assert!(
+            speech
+                .iter()
+                .any(|k| s.start_s < k.end_s + 0.1 && s.end_s > k.start_s - 0.1),
+            "a segment with no speech in it: {s:?}"
+        );
+    }
+    let finals = finals(&run);
+    assert_eq!(finals.len(), segments.len());
+    for m in &run.messages {
+        let Some(pb::server_message::Msg::Partial(p)) = &m.msg else {
+            continue;
+        };
+        let f = finals
+            .iter()
+            .find(|f| f.segment_id == p.segment_id)
+            .expect("a Final for every partial's segment");
+        assert!(
+            p.end_s <= f.end_s + 1e-6,
+            "segment {} was cut at {} before audio its partial heard ({})",
+            f.segment_id,
+            f.end_s,
+            p.end_s
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
 /// A session waiting for its transcripts is still a session: it keeps its
 /// slot (and counts as active) until its last Final is out, so
 /// `--max-sessions` bounds the model work queued, not only the media read.
@@ -306,5 +370,41 @@ async fn one_absurd_float_sample_does_not_wipe_out_its_segment() {
         .expect("f32 with a spike");
     assert_eq!(texts(&clean).len(), 3, "{:?}", texts(&clean));
     assert_eq!(texts(&spiked), texts(&clean));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_utterance_of_nothing_or_of_silence_has_no_words() {
+    let server = start_server(transcribe_server_config()).await;
+    let config = pb::StreamConfig {
+        input: Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+            sample_format: pb::SampleFormat::S16le as i32,
+            sample_rate: 16_000,
+            channels: 1,
+        })),
+        options: Some(pb::StreamOptions {
+            whole_utterance: Some(true),
+            stats_interval_ms: Some(1000),
+            ..Default::default()
+        }),
+        ..transcribe_config()
+    };
+    // No bytes: no utterance, no Final (as with voice activity detection).
+    let run = stream_bytes(&server.url(), config.clone(), Vec::new(), 4096)
+        .await
+        .expect("an empty whole utterance");
+    assert!(finals(&run).is_empty(), "{:?}", finals(&run));
+    // Digital silence: its Final has no words, and Stats come every second.
+    let run = stream_bytes(&server.url(), config, vec![0u8; 5 * 32_000], 4096)
+        .await
+        .expect("5 s of silence");
+    let texts: Vec<String> = finals(&run).into_iter().map(|f| f.text).collect();
+    assert_eq!(texts, vec![String::new()]);
+    let stats = run
+        .messages
+        .iter()
+        .filter(|m| matches!(m.msg, Some(pb::server_message::Msg::Stats(_))))
+        .count();
+    assert!(stats >= 5, "{stats} Stats for 5 s at a 1 s interval");
     server.shutdown().await.unwrap();
 }

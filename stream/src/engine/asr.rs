@@ -15,6 +15,10 @@ use candle_core::Tensor;
 use crate::bundle::manifest::EncoderWindow;
 use crate::bundle::{BundleError, LoadedBundle};
 
+/// Audio whose peak stays below this (-80 dBFS, three steps of 16-bit
+/// audio) is silence: no transcript.
+const SILENT_PEAK: f32 = 1e-4;
+
 /// Longest utterance the encoder takes (Whisper's 30 s window).
 pub const MAX_SAMPLES: usize = MAX_FRAMES * HOP;
 
@@ -139,6 +143,11 @@ impl AsrPipeline {
         samples: &[f32],
         times: &mut StageTimes,
     ) -> Result<Option<Tensor>, BundleError> {
+        // Digital silence has nothing to transcribe, and the model would
+        // make words up from its flat log-mel.
+        if samples.iter().all(|s| s.abs() < SILENT_PEAK) {
+            return Ok(None);
+        }
         let t = Instant::now();
         let mel = self.spectrogram(samples);
         times.mel = t.elapsed();
@@ -190,12 +199,16 @@ impl AsrPipeline {
         self.decode(samples, forced, width)
     }
 
-    /// A provisional transcript of an open segment's audio so far, decoded
-    /// with `decoding.partial_beam_width`.
-    pub fn transcribe_partial(&mut self, samples: &[f32]) -> Result<Transcript, BundleError> {
+    /// A provisional transcript of an open segment's audio so far, starting
+    /// with `forced` tokens, decoded with `decoding.partial_beam_width`.
+    pub fn transcribe_partial(
+        &mut self,
+        samples: &[f32],
+        forced: &[u32],
+    ) -> Result<Transcript, BundleError> {
         let d = &self.bundle.manifest.decoding;
         let width = d.partial_beam_width.unwrap_or(d.beam_width);
-        self.decode(samples, &[], width)
+        self.decode(samples, forced, width)
     }
 
     fn decode(

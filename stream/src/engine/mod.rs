@@ -79,14 +79,16 @@ impl Engine {
                     // One job's failure, even a panic, must not take the model
                     // thread (and every other session's transcription) down.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        if job.partial {
-                            pipeline.transcribe_partial(&job.samples)
-                        } else {
-                            pipeline
-                                .encode_answer(&job.forced)
-                                .and_then(|forced| pipeline.transcribe_with(&job.samples, &forced))
-                        }
-                        .map_err(|e| e.to_string())
+                        pipeline
+                            .encode_answer(&job.forced)
+                            .and_then(|forced| {
+                                if job.partial {
+                                    pipeline.transcribe_partial(&job.samples, &forced)
+                                } else {
+                                    pipeline.transcribe_with(&job.samples, &forced)
+                                }
+                            })
+                            .map_err(|e| e.to_string())
                     }))
                     .unwrap_or_else(|_| Err("the model panicked on this utterance".to_string()));
                     if let Ok(t) = &result {
@@ -127,21 +129,17 @@ impl Engine {
         self.queue(samples, forced, false, Arc::new(cancelled), Box::new(reply))
     }
 
-    /// Queues a provisional re-decode of an open segment's audio so far
-    /// (decoded with `decoding.partial_beam_width`); blocks while the queue is full.
+    /// Queues a provisional re-decode of an open segment's audio so far,
+    /// starting with `forced` (decoded with `decoding.partial_beam_width`);
+    /// blocks while the queue is full.
     pub fn submit_partial(
         &self,
         samples: Vec<f32>,
+        forced: String,
         cancelled: impl Fn() -> bool + Send + Sync + 'static,
         reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
     ) -> Result<(), SubmitError> {
-        self.queue(
-            samples,
-            String::new(),
-            true,
-            Arc::new(cancelled),
-            Box::new(reply),
-        )
+        self.queue(samples, forced, true, Arc::new(cancelled), Box::new(reply))
     }
 
     fn queue(

@@ -184,7 +184,7 @@ impl Analysis {
                     ));
                     return false;
                 }
-                return true;
+                return self.periodic_stats();
             }
         }
         if self.pending_start_s.is_none() {
@@ -234,6 +234,9 @@ impl Analysis {
         };
         self.pending_start_s = Some(end);
         self.processed_s = end;
+        if let Some(t) = &self.transcriber {
+            self.endpointer.keep_whole_until(t.partials_heard_until());
+        }
         self.endpointer.push(start, end, prob, &mut self.events);
         if !self.send_events() {
             return false;
@@ -245,6 +248,11 @@ impl Analysis {
                 return false;
             }
         }
+        self.periodic_stats()
+    }
+
+    /// Stats when `stats_interval` of media has gone by since the last.
+    fn periodic_stats(&mut self) -> bool {
         if self.processed_s >= self.next_stats_s {
             while self.next_stats_s <= self.processed_s {
                 self.next_stats_s += self.stats_interval_s;

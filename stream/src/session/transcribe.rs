@@ -109,19 +109,11 @@ impl Agreement {
         if keeps_committed && agreed > self.committed.len() {
             self.committed = words[..agreed].to_vec();
         }
-        let tail_from = if words.len() >= self.committed.len()
-            && words[..self.committed.len()] == self.committed[..]
-        {
-            self.committed.len()
-        } else {
-            // The new decode disagrees with what is committed: show its words
-            // after the part that still matches.
-            words
-                .iter()
-                .zip(&self.committed)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
+        // Partials are decoded from the committed words on, so a decode
+        // starts with them; one that does not (its detokenized words differ)
+        // still shows only what follows as many words, so that
+        // `stable + unstable` never repeats them.
+        let tail_from = self.committed.len().min(words.len());
         let mut unstable = words[tail_from..].join(" ");
         if !self.committed.is_empty() && !unstable.is_empty() {
             unstable.insert(0, ' ');
@@ -208,7 +200,8 @@ impl Transcriber {
         else {
             return true;
         };
-        {
+        // Decoded on from the committed words, as the Final will be.
+        let forced = {
             let mut a = self.agreement.lock().unwrap_or_else(|e| e.into_inner());
             if a.segment != Some(id) {
                 *a = Agreement {
@@ -221,7 +214,8 @@ impl Transcriber {
                 return true;
             }
             a.in_flight = true;
-        }
+            a.committed.join(" ")
+        };
         self.last_partial_s = now_s;
         let samples = self.slice(audio_start_s, now_s);
         let generation = self.generation.load(Ordering::Acquire);
@@ -230,6 +224,7 @@ impl Transcriber {
         self.engine
             .submit_partial(
                 samples,
+                forced,
                 move || tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation,
                 move |result| {
                     let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,8 +260,19 @@ impl Transcriber {
             .is_ok()
     }
 
+    /// Media time of the newest audio a partial of the open segment was
+    /// decoded from: words committed so far lie before it, so the segment
+    /// must not be split earlier.
+    pub fn partials_heard_until(&self) -> f64 {
+        self.last_partial_s
+    }
+
     /// Submits everything buffered as one utterance (segment 0).
     pub fn whole(&mut self) -> bool {
+        // No audio, no utterance: the stream ends with no Final.
+        if self.buffer.is_empty() {
+            return true;
+        }
         let start = self.buffer_start_s;
         let end = start + self.buffer.len() as f64 / f64::from(AUDIO_RATE);
         self.event(&SpeechEvent::End {
@@ -368,10 +374,15 @@ mod tests {
             a.update(words("the cat sat on the")),
             ("the cat sat on".into(), " the".into())
         );
-        // A decode that disagrees with committed words does not undo them.
+        // A decode that disagrees with committed words does not undo them,
+        // and its words in their place are not shown again after them.
         assert_eq!(
-            a.update(words("a cat sat")),
-            ("the cat sat on".into(), " a cat sat".into())
+            a.update(words("a cat sat on mats")),
+            ("the cat sat on".into(), " mats".into())
+        );
+        assert_eq!(
+            a.update(words("a cat")),
+            ("the cat sat on".into(), String::new())
         );
         assert_eq!(
             a.update(words("the cat sat on the mat")),

@@ -286,9 +286,21 @@ pub fn validate(
             (false, true) => pb::Modalities::Video,
             _ => pb::Modalities::Audio,
         } as i32,
-        input: Some(config.input.unwrap_or(pb::stream_config::Input::Container(
-            pb::ContainerInput::default(),
-        ))),
+        // The input as it will be read (a format hint trimmed).
+        input: Some(match (&decode.input, config.input) {
+            (
+                InputSpec::Container {
+                    format_hint,
+                    audio_track,
+                },
+                _,
+            ) => pb::stream_config::Input::Container(pb::ContainerInput {
+                format_hint: format_hint.clone().unwrap_or_default(),
+                audio_track: *audio_track,
+            }),
+            (_, Some(raw)) => raw,
+            (_, None) => pb::stream_config::Input::Container(pb::ContainerInput::default()),
+        }),
         options: Some(pb::StreamOptions {
             vad_threshold: Some(threshold),
             min_silence_ms: Some(min_silence_ms),
@@ -301,7 +313,7 @@ pub fn validate(
             video_width: Some(video_width),
             video_height: Some(video_height),
             stats_interval_ms: Some(stats_interval_ms),
-            whole_utterance: o.whole_utterance,
+            whole_utterance: Some(o.whole_utterance.unwrap_or(false)),
             partial_interval_ms: o.partial_interval_ms.or(Some(500)),
         }),
     };
@@ -364,7 +376,28 @@ mod tests {
                 audio_track: None
             }
         );
-        assert_eq!(v.effective.options.unwrap().min_silence_ms, Some(500));
+        let options = v.effective.options.unwrap();
+        assert_eq!(options.min_silence_ms, Some(500));
+        assert_eq!(options.whole_utterance, Some(false));
+    }
+
+    #[test]
+    fn the_echo_shows_the_hint_as_used() {
+        let config = pb::StreamConfig {
+            input: Some(pb::stream_config::Input::Container(pb::ContainerInput {
+                format_hint: " webm ".into(),
+                audio_track: Some(1),
+            })),
+            ..Default::default()
+        };
+        let v = check(config).unwrap();
+        assert_eq!(
+            v.effective.input,
+            Some(pb::stream_config::Input::Container(pb::ContainerInput {
+                format_hint: "webm".into(),
+                audio_track: Some(1),
+            }))
+        );
     }
 
     #[test]
