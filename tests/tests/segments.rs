@@ -200,3 +200,42 @@ async fn flush_closes_the_open_segment_and_the_stream_goes_on() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_wav_stream_is_processed_as_it_arrives() {
+    // FFmpeg's WAV demuxer reads 64 KiB past the header before any audio
+    // comes out (2 s of 16 kHz mono; 4 s at 8 kHz): a live WAV client heard
+    // nothing for that long. Its first second must be processed while the
+    // client holds the stream open.
+    let server = start_server(server_config()).await;
+    let wav = read_media("speech.wav");
+    let first = &wav[..44 + 32_000];
+    let mut config = container_config();
+    config.options = Some(pb::StreamOptions {
+        stats_interval_ms: Some(250),
+        ..Default::default()
+    });
+    let mut client = avlm_stream::client::connect(&server.url()).await.unwrap();
+    let (tx, mut replies) = open_stream(
+        &mut client,
+        vec![config_msg(config), media_msg(first, 0)],
+        4,
+    )
+    .await;
+    let processed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match replies.message().await {
+                Ok(Some(pb::ServerMessage {
+                    msg: Some(pb::server_message::Msg::Stats(s)),
+                })) if s.media_seconds_processed >= 0.5 => break s.media_seconds_processed,
+                Ok(Some(_)) => continue,
+                other => panic!("the stream ended early: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no Stats for the first second of a WAV stream held open");
+    assert!(processed <= 1.0 + 1e-9, "{processed}");
+    drop(tx);
+    server.shutdown().await.unwrap();
+}

@@ -14,7 +14,7 @@ use super::formats;
 use super::pipe::{Head, PipeAbort, PipeRead, PipeReader};
 use super::resample::ToMono16k;
 use super::video::{RateGate, VideoConverter};
-use super::{DecodeSpec, MediaError, MediaItem, MediaSink, AUDIO_RATE};
+use super::{wav, DecodeSpec, MediaError, MediaItem, MediaSink, AUDIO_RATE};
 use avlm_encoders::Pcm;
 
 /// FFmpeg's I/O buffer: small, so live streams are not held back waiting to fill it.
@@ -75,12 +75,13 @@ impl AudioTimeline {
     }
 }
 
-/// `avformat_open_input` and `avformat_find_stream_info` over custom I/O,
-/// with the demuxer named by `format` when given (ffmpeg-next's
-/// `input_from_stream` always probes).
+/// `avformat_open_input` and, with `find_info`, `avformat_find_stream_info`
+/// over custom I/O, with the demuxer named by `format` when given
+/// (ffmpeg-next's `input_from_stream` always probes).
 fn open_input<F: FnMut() -> bool + Send + 'static>(
     mut io: StreamIo,
     format: Option<&str>,
+    find_info: bool,
     options: Dictionary,
     interrupted: F,
 ) -> Result<ffmpeg::format::context::Input, ffmpeg::Error> {
@@ -116,7 +117,11 @@ fn open_input<F: FnMut() -> bool + Send + 'static>(
         if opened < 0 {
             return Err(ffmpeg::Error::from(opened));
         }
-        let found = ffi::avformat_find_stream_info(ctx, std::ptr::null_mut());
+        let found = if find_info {
+            ffi::avformat_find_stream_info(ctx, std::ptr::null_mut())
+        } else {
+            0
+        };
         if found < 0 {
             ffi::avformat_close_input(&mut ctx);
             return Err(ffmpeg::Error::from(found));
@@ -148,12 +153,42 @@ pub fn decode(
         },
         head: head.clone(),
     };
+    // A PCM WAV is read past its header as headerless samples (wav.rs).
+    let (read, pcm_wav) = if matches!(format_hint, None | Some("wav")) {
+        wav::sniff(read).map_err(|e| {
+            if abort.is_aborted() {
+                MediaError::Aborted
+            } else {
+                MediaError::Internal(format!("reading the stream's first bytes: {e}"))
+            }
+        })?
+    } else {
+        (
+            wav::Prefixed {
+                prefix: Vec::new(),
+                at: 0,
+                inner: read,
+                limit: None,
+            },
+            None,
+        )
+    };
     let io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
         .map_err(|e| MediaError::Internal(format!("cannot set up FFmpeg I/O: {e}")))?;
     let mut options = Dictionary::new();
     // Probing may only pick a container or stream that carries its media
     // inside, and no demuxer may open another file or URL (formats.rs).
     let accepted = formats::whitelist();
+    let format_hint = match &pcm_wav {
+        Some(w) => {
+            options.set("sample_rate", &w.sample_rate.to_string());
+            // FFmpeg 5.1's `ch_layout` refuses counts with no default
+            // layout (9, 12, ...); its `channels` takes any.
+            options.set("channels", &w.channels.to_string());
+            Some(w.demuxer)
+        }
+        None => format_hint,
+    };
     options.set("format_whitelist", format_hint.unwrap_or(&accepted));
     options.set("protocol_whitelist", formats::NO_PROTOCOLS);
     // Live input: don't sit on seconds of media before the first output.
@@ -163,11 +198,16 @@ pub fn decode(
     // One demuxer named: use it, as probing never picks demuxers that have
     // no probe (G.711, G.722, ...); several: probe among them.
     let forced = format_hint.filter(|h| !h.contains(','));
-    if matches!(forced, Some("mulaw" | "alaw")) {
+    if pcm_wav.is_none() && matches!(forced, Some("mulaw" | "alaw")) {
         // G.711 is 8 kHz mono; FFmpeg's headerless demuxers assume 44.1 kHz.
         options.set("sample_rate", "8000");
     }
-    let opened = open_input(io, forced, options, move || interrupt_abort.is_aborted());
+    // Headerless PCM has all its parameters from the start: reading ahead to
+    // find them (1 s, analyzeduration) would only delay a live stream.
+    let headerless = pcm_wav.is_some() || matches!(forced, Some("mulaw" | "alaw"));
+    let opened = open_input(io, forced, !headerless, options, move || {
+        interrupt_abort.is_aborted()
+    });
     let mut input = match opened {
         Ok(input) => {
             head.take();
@@ -178,7 +218,10 @@ pub fn decode(
         Err(_) if abort.is_closed() && abort.bytes_read() == 0 => return Ok(()),
         Err(e) => return open_failed(e, format_hint, &head.take(), abort.is_closed()),
     };
-    let container = input.format().name().to_string();
+    let container = match pcm_wav {
+        Some(_) => "wav".to_string(),
+        None => input.format().name().to_string(),
+    };
 
     let audio_stream = match audio_track {
         // FFmpeg's best skips an audio stream whose parameters probing did

@@ -12,6 +12,7 @@ pub mod raw;
 pub mod resample;
 pub mod sniff;
 pub mod video;
+pub mod wav;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
