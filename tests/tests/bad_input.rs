@@ -170,6 +170,16 @@ async fn bad_config_values_name_the_field() {
         "channels",
     )
     .await;
+    let mut config = container_config();
+    config.modalities = pb::Modalities::AudioVideo as i32;
+    config.options.as_mut().unwrap().video_width = Some(4096);
+    expect_failure(
+        &server.url(),
+        vec![config_msg(config)],
+        Code::InvalidArgument,
+        "video_width",
+    )
+    .await;
     server.shutdown().await.unwrap();
 }
 
