@@ -405,7 +405,10 @@ mod tests {
     const W: f64 = 0.032;
 
     fn run(config: EndpointConfig, probs: &[f32]) -> Vec<SpeechEvent> {
-        let mut ep = Endpointer::new(config);
+        run_on(Endpointer::new(config), probs)
+    }
+
+    fn run_on(mut ep: Endpointer, probs: &[f32]) -> Vec<SpeechEvent> {
         let mut out = Vec::new();
         for (i, &p) in probs.iter().enumerate() {
             ep.push(i as f64 * W, (i + 1) as f64 * W, p, &mut out);
@@ -536,7 +539,7 @@ mod tests {
         // limit reached at about 3.1 s (pre-roll included).
         let mut probs = pattern(&[(0.9, 120), (0.0, 30)]);
         probs[80] = 0.3;
-        let events = run(config, &probs);
+        let events = run(config.clone(), &probs);
         let SpeechEvent::End { end_s, reason, .. } = events[1] else {
             panic!("{events:?}")
         };
@@ -550,6 +553,14 @@ mod tests {
         assert!(
             matches!(events[2], SpeechEvent::Start { start_s, .. } if (start_s - end_s).abs() < 1e-9)
         );
+        // Not before audio kept whole (a partial heard up to 2.8 s): the
+        // speech runs on across the later cut.
+        let mut ep = Endpointer::new(config);
+        ep.keep_whole_until(2.8);
+        let ends = closed(&run_on(ep, &probs));
+        assert_eq!(ends[0].2, EndReason::MaxLength);
+        assert!(ends[0].1 >= 2.8, "split at {} before 2.8 s", ends[0].1);
+        assert!((ends[1].0 - ends[0].1).abs() < 1e-9, "{ends:?}");
     }
 
     fn closed(events: &[SpeechEvent]) -> Vec<(f64, f64, EndReason)> {
@@ -587,32 +598,6 @@ mod tests {
         let ends = closed(&events);
         assert_eq!(ends.len(), 2, "{events:?}");
         assert!((ends[1].0 - 65.0 * W).abs() < 1e-9, "{ends:?}");
-    }
-
-    #[test]
-    fn a_split_does_not_fall_before_audio_kept_whole() {
-        let config = EndpointConfig {
-            max_segment_s: 3.0,
-            ..EndpointConfig::default()
-        };
-        // As in the quietest-point test, with a dip at 2.576 s; partials
-        // have heard up to 2.8 s.
-        let mut probs = pattern(&[(0.9, 120), (0.0, 30)]);
-        probs[80] = 0.3;
-        let mut ep = Endpointer::new(config);
-        ep.keep_whole_until(2.8);
-        let mut out = Vec::new();
-        for (i, &p) in probs.iter().enumerate() {
-            ep.push(i as f64 * W, (i + 1) as f64 * W, p, &mut out);
-        }
-        ep.finish(EndReason::EndOfStream, &mut out);
-        let ends = closed(&out);
-        assert_eq!(ends[0].2, EndReason::MaxLength);
-        assert!(ends[0].1 >= 2.8, "split at {} before 2.8 s", ends[0].1);
-        assert!(
-            (ends[1].0 - ends[0].1).abs() < 1e-9,
-            "speech runs on: {ends:?}"
-        );
     }
 
     #[test]

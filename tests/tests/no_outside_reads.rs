@@ -69,28 +69,23 @@ async fn manifests_and_scripts_naming_other_media_are_refused() {
 async fn a_format_hint_may_not_name_such_a_demuxer() {
     let server = start_server(server_config()).await;
     for hint in ["dash", "concat", "sdp", "hls", "image2", "lavfi"] {
-        let mut config = container_config();
-        config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
-            format_hint: hint.into(),
-            ..Default::default()
-        }));
         refused(
             &server.url(),
-            config,
+            with_hint(hint),
             &dash_manifest(),
             "not a demuxer this server reads client media with",
         )
         .await;
     }
     // A hint that names an accepted demuxer still works.
-    let mut config = container_config();
-    config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
-        format_hint: "webm".into(),
-        ..Default::default()
-    }));
-    let run = stream_bytes(&server.url(), config, read_media("speech.webm"), 8192)
-        .await
-        .expect("a webm hint is accepted");
+    let run = stream_bytes(
+        &server.url(),
+        with_hint("webm"),
+        read_media("speech.webm"),
+        8192,
+    )
+    .await
+    .expect("a webm hint is accepted");
     assert_matches_speech(&run.segments(), 0.1, "webm hinted");
     server.shutdown().await.unwrap();
 }

@@ -144,12 +144,10 @@ async fn audio_track_picks_one_of_several_audio_streams() {
     let url = server.url();
     let bytes = read_media("two_tracks.mkv");
     let with_track = |track: Option<u32>| {
-        let mut config = container_config();
-        config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
+        container_input(pb::ContainerInput {
             audio_track: track,
             ..Default::default()
-        }));
-        config
+        })
     };
     // FFmpeg's pick is the default-flagged first track: silence.
     let run = stream_bytes(&url, with_track(None), bytes.clone(), 16 * 1024)
@@ -172,15 +170,6 @@ async fn audio_track_picks_one_of_several_audio_streams() {
         status.message()
     );
     server.shutdown().await.unwrap();
-}
-
-fn with_hint(hint: &str) -> pb::StreamConfig {
-    let mut config = container_config();
-    config.input = Some(pb::stream_config::Input::Container(pb::ContainerInput {
-        format_hint: hint.into(),
-        ..Default::default()
-    }));
-    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

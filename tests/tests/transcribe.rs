@@ -15,6 +15,25 @@ fn transcribe_config() -> pb::StreamConfig {
     }
 }
 
+/// Streams speech.webm at its own pace, as a live client would.
+async fn live_speech(url: &str, config: pb::StreamConfig) -> Run {
+    let mut run = Run::default();
+    avlm_stream::client::stream(
+        url,
+        config,
+        avlm_stream::client::Source::File(media("speech.webm")),
+        avlm_stream::client::SendOptions {
+            chunk_bytes: 2048,
+            realtime: true,
+            stop: None,
+        },
+        |m| run.messages.push(m.clone()),
+    )
+    .await
+    .unwrap();
+    run
+}
+
 fn finals(run: &Run) -> Vec<pb::Final> {
     run.messages
         .iter()
@@ -139,20 +158,7 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
     let options = config.options.as_mut().unwrap();
     options.partial_results = Some(true);
     options.partial_interval_ms = Some(300);
-    let mut run = Run::default();
-    avlm_stream::client::stream(
-        &server.url(),
-        config,
-        avlm_stream::client::Source::File(media("speech.webm")),
-        avlm_stream::client::SendOptions {
-            chunk_bytes: 2048,
-            realtime: true,
-            stop: None,
-        },
-        |m| run.messages.push(m.clone()),
-    )
-    .await
-    .unwrap();
+    let run = live_speech(&server.url(), config).await;
     let finals = finals(&run);
     assert_eq!(finals.len(), 3);
     let mut partials = 0;
@@ -223,20 +229,7 @@ async fn splits_keep_partial_audio_whole_and_open_no_empty_segments() {
     options.partial_results = Some(true);
     options.partial_interval_ms = Some(200);
     options.max_segment_ms = Some(1500);
-    let mut run = Run::default();
-    avlm_stream::client::stream(
-        &server.url(),
-        config,
-        avlm_stream::client::Source::File(media("speech.webm")),
-        avlm_stream::client::SendOptions {
-            chunk_bytes: 2048,
-            realtime: true,
-            stop: None,
-        },
-        |m| run.messages.push(m.clone()),
-    )
-    .await
-    .unwrap();
+    let run = live_speech(&server.url(), config).await;
     let segments = run.segments();
     assert!(
         segments.iter().any(|s| s.reason == "max_length"),

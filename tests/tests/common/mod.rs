@@ -113,6 +113,22 @@ pub async fn start_server(config: ServerConfig) -> RunningServer {
         .expect("server starts (run tools/setup.sh for the runtime files)")
 }
 
+/// `container_config` reading `input`.
+pub fn container_input(input: pb::ContainerInput) -> pb::StreamConfig {
+    pb::StreamConfig {
+        input: Some(pb::stream_config::Input::Container(input)),
+        ..container_config()
+    }
+}
+
+/// `container_config` with a format hint.
+pub fn with_hint(hint: &str) -> pb::StreamConfig {
+    container_input(pb::ContainerInput {
+        format_hint: hint.into(),
+        ..Default::default()
+    })
+}
+
 pub fn container_config() -> pb::StreamConfig {
     pb::StreamConfig {
         task: pb::Task::Segments as i32,
