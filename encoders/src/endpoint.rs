@@ -504,18 +504,7 @@ mod tests {
         };
         let probs = pattern(&[(0.9, 100), (0.0, 30)]);
         let events = run(config, &probs);
-        let ends: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                SpeechEvent::End {
-                    start_s,
-                    end_s,
-                    reason,
-                    ..
-                } => Some((*start_s, *end_s, *reason)),
-                _ => None,
-            })
-            .collect();
+        let ends = closed(&events);
         assert!(ends.len() >= 3, "{events:?}");
         for w in ends.windows(2) {
             assert!(
