@@ -322,6 +322,7 @@ pub fn decode(
     let mut decoded = frame::Audio::empty();
     let mut picture = frame::Video::empty();
     let mut bad_packets = 0u32;
+    let mut packets = 0u64;
     let mut busy = std::time::Duration::ZERO;
     // Byte position of the last EAGAIN, and how many followed there.
     let mut again: (Option<u64>, u32) = (None, 0);
@@ -353,19 +354,23 @@ pub fn decode(
             }
             Err(e) => match unread_tail(&abort, &mut input) {
                 // A trailing tag the demuxer trips on (APEv2 after WavPack)
-                // or a file cut a few bytes short: everything before it is
-                // decoded, as FFmpeg's own tools do.
-                Some(tail) if tail <= MAX_BAD_TAIL => {
+                // or a file cut a few bytes short, after media that read
+                // fine: everything before it is decoded, as FFmpeg's own
+                // tools do. (A demuxer that read to the end without handing
+                // out a packet, or wanted to seek, read nothing usable.)
+                Some(tail) if tail <= MAX_BAD_TAIL && packets > 0 && needs_seek(e).is_empty() => {
                     tracing::warn!(container, tail, "stopped {tail} bytes before the end: {e}");
                     break;
                 }
                 _ => {
                     return Err(MediaError::Undecodable(format!(
-                        "FFmpeg cannot read the {container} stream: {e}"
+                        "FFmpeg cannot read the {container} stream: {e}{}",
+                        needs_seek(e)
                     )))
                 }
             },
         }
+        packets += 1;
         let index = packet.stream();
         if let Some((ai, base, dec)) = audio.as_mut().filter(|(ai, ..)| *ai == index) {
             let _ = ai;
@@ -506,8 +511,22 @@ fn open_failed(
         (None, None) => " (it is no container or stream FFmpeg recognises)".to_string(),
     };
     Err(MediaError::Undecodable(format!(
-        "FFmpeg cannot open the media{what}: {e}"
+        "FFmpeg cannot open the media{what}: {e}{}",
+        needs_seek(e)
     )))
+}
+
+/// What FFmpeg's "Broken pipe" means here: the demuxer tried to seek, and a
+/// stream cannot.
+fn needs_seek(e: ffmpeg::Error) -> &'static str {
+    match e {
+        ffmpeg::Error::Other { errno } if errno == ffmpeg::ffi::EPIPE => {
+            " (the demuxer had to seek, which a stream cannot do: data it needs comes later \
+             in the file, as in an MP4 whose single fragment holds minutes of media; re-mux \
+             it for streaming, e.g. as fragmented MP4 with short fragments, or WebM)"
+        }
+        _ => "",
+    }
 }
 
 /// The error for a stream whose packets keep failing to decode.
