@@ -562,9 +562,7 @@ impl Reader {
                 .map_err(|e| e.to_string())?;
         }
         if packet.is_none() {
-            self.resampler
-                .flush(&mut self.pcm)
-                .map_err(|e| e.to_string())?;
+            self.resampler.flush(&mut self.pcm);
         }
         if self.samples == 0 {
             self.samples = self.offset_ms.unwrap_or(0) * i64::from(AUDIO_RATE) / 1000;

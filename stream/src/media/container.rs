@@ -179,13 +179,22 @@ pub fn decode(
     // Probing may only pick a container or stream that carries its media
     // inside, and no demuxer may open another file or URL (formats.rs).
     let accepted = formats::whitelist();
-    let format_hint = match &pcm_wav {
-        Some(w) => {
-            options.set("sample_rate", &w.sample_rate.to_string());
+    // Headerless samples (a PCM WAV past its header, or G.711 named by its
+    // hint: 8 kHz mono, where FFmpeg's headerless demuxers assume 44.1 kHz)
+    // have all their parameters from the start: reading ahead to find them
+    // (1 s, analyzeduration) would only delay a live stream.
+    let headerless = match (&pcm_wav, format_hint) {
+        (Some(w), _) => Some((w.demuxer, w.sample_rate, w.channels)),
+        (None, Some(g711 @ ("mulaw" | "alaw"))) => Some((g711, 8000, 1)),
+        _ => None,
+    };
+    let format_hint = match headerless {
+        Some((demuxer, rate, channels)) => {
+            options.set("sample_rate", &rate.to_string());
             // FFmpeg 5.1's `ch_layout` refuses counts with no default
             // layout (9, 12, ...); its `channels` takes any.
-            options.set("channels", &w.channels.to_string());
-            Some(w.demuxer)
+            options.set("channels", &channels.to_string());
+            Some(demuxer)
         }
         None => format_hint,
     };
@@ -198,14 +207,7 @@ pub fn decode(
     // One demuxer named: use it, as probing never picks demuxers that have
     // no probe (G.711, G.722, ...); several: probe among them.
     let forced = format_hint.filter(|h| !h.contains(','));
-    if pcm_wav.is_none() && matches!(forced, Some("mulaw" | "alaw")) {
-        // G.711 is 8 kHz mono; FFmpeg's headerless demuxers assume 44.1 kHz.
-        options.set("sample_rate", "8000");
-    }
-    // Headerless PCM has all its parameters from the start: reading ahead to
-    // find them (1 s, analyzeduration) would only delay a live stream.
-    let headerless = pcm_wav.is_some() || matches!(forced, Some("mulaw" | "alaw"));
-    let opened = open_input(io, forced, !headerless, options, move || {
+    let opened = open_input(io, forced, headerless.is_none(), options, move || {
         interrupt_abort.is_aborted()
     });
     let mut input = match opened {
@@ -358,7 +360,7 @@ pub fn decode(
                 // fine: everything before it is decoded, as FFmpeg's own
                 // tools do. (A demuxer that read to the end without handing
                 // out a packet, or wanted to seek, read nothing usable.)
-                Some(tail) if tail <= MAX_BAD_TAIL && packets > 0 && needs_seek(e).is_empty() => {
+                Some(tail) if tail <= MAX_BAD_TAIL && packets > 0 && !is_seek_failure(e) => {
                     tracing::warn!(container, tail, "stopped {tail} bytes before the end: {e}");
                     break;
                 }
@@ -443,7 +445,7 @@ pub fn decode(
             &mut pcm,
             &sink,
         )?;
-        resampler.flush(&mut pcm)?;
+        resampler.flush(&mut pcm);
         emit_audio(&mut timeline, &mut pcm, &sink)?;
     }
     if let Some((_, base, dec, conv, gate, held)) = video.as_mut() {
@@ -516,16 +518,20 @@ fn open_failed(
     )))
 }
 
-/// What FFmpeg's "Broken pipe" means here: the demuxer tried to seek, and a
-/// stream cannot.
+/// FFmpeg's "Broken pipe" here: the demuxer tried to seek, and a stream
+/// cannot.
+fn is_seek_failure(e: ffmpeg::Error) -> bool {
+    matches!(e, ffmpeg::Error::Other { errno } if errno == ffmpeg::ffi::EPIPE)
+}
+
+/// What a seek failure means, for the error message.
 fn needs_seek(e: ffmpeg::Error) -> &'static str {
-    match e {
-        ffmpeg::Error::Other { errno } if errno == ffmpeg::ffi::EPIPE => {
-            " (the demuxer had to seek, which a stream cannot do: data it needs comes later \
-             in the file, as in an MP4 whose single fragment holds minutes of media; re-mux \
-             it for streaming, e.g. as fragmented MP4 with short fragments, or WebM)"
-        }
-        _ => "",
+    if is_seek_failure(e) {
+        " (the demuxer had to seek, which a stream cannot do: data it needs comes later \
+         in the file, as in an MP4 whose single fragment holds minutes of media; re-mux \
+         it for streaming, e.g. as fragmented MP4 with short fragments, or WebM)"
+    } else {
+        ""
     }
 }
 

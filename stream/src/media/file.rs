@@ -45,6 +45,6 @@ pub fn decode_audio_file(path: &Path) -> Result<Vec<f32>, MediaError> {
     while decoder.receive_frame(&mut decoded).is_ok() {
         resampler.push(&decoded, &mut out)?;
     }
-    resampler.flush(&mut out)?;
+    resampler.flush(&mut out);
     Ok(out)
 }

@@ -81,7 +81,7 @@ pub fn decode(
                 sink.send(MediaItem::Flush)?;
             }
             Next::End => {
-                resampler.flush(&mut pcm)?;
+                resampler.flush(&mut pcm);
                 emit(&mut pcm, &mut emitted)?;
                 if !carry.is_empty() {
                     tracing::debug!(

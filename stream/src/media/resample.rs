@@ -84,7 +84,7 @@ impl ToMono16k {
         }
         if self.ctx.as_ref().map(|(k, _)| *k) != Some(key) {
             // A format change mid-stream: drain the old converter first.
-            self.flush(out)?;
+            self.flush(out);
             let ctx = resampling::Context::get(
                 key.format,
                 layout,
@@ -111,9 +111,8 @@ impl ToMono16k {
 
     /// Drains the converter's delay line. A failed drain loses only the few
     /// samples of filter delay, so it is not an error.
-    pub fn flush(&mut self, out: &mut Vec<f32>) -> Result<(), MediaError> {
+    pub fn flush(&mut self, out: &mut Vec<f32>) {
         let _ = self.convert(None, out);
-        Ok(())
     }
 
     /// Runs the converter on `input` (`None` drains it) and appends its

@@ -137,30 +137,29 @@ pub fn validate(
     }
 
     let input = match config.input.clone() {
-        None | Some(pb::stream_config::Input::Container(_)) => {
-            let hint = match &config.input {
-                Some(pb::stream_config::Input::Container(c)) if !c.format_hint.is_empty() => {
-                    let h = c.format_hint.trim();
-                    // check_hint names what it refuses: never a huge string.
-                    if h.len() > 64 {
-                        return Err(bad(
-                            "container.format_hint",
-                            format!("{} is not an FFmpeg demuxer name", quoted(h)),
-                        ));
-                    }
-                    crate::media::formats::check_hint(h)
-                        .map_err(|why| bad("container.format_hint", why))?;
-                    Some(h.to_string())
+        None => InputSpec::Container {
+            format_hint: None,
+            audio_track: None,
+        },
+        Some(pb::stream_config::Input::Container(c)) => {
+            let format_hint = if c.format_hint.is_empty() {
+                None
+            } else {
+                let h = c.format_hint.trim();
+                // check_hint names what it refuses: never a huge string.
+                if h.len() > 64 {
+                    return Err(bad(
+                        "container.format_hint",
+                        format!("{} is not an FFmpeg demuxer name", quoted(h)),
+                    ));
                 }
-                _ => None,
-            };
-            let audio_track = match &config.input {
-                Some(pb::stream_config::Input::Container(c)) => c.audio_track,
-                _ => None,
+                crate::media::formats::check_hint(h)
+                    .map_err(|why| bad("container.format_hint", why))?;
+                Some(h.to_string())
             };
             InputSpec::Container {
-                format_hint: hint,
-                audio_track,
+                format_hint,
+                audio_track: c.audio_track,
             }
         }
         Some(pb::stream_config::Input::RawPcm(raw)) => {
