@@ -2,11 +2,36 @@
 //! decode step writes one position in place instead of concatenating the
 //! whole cache; `truncate` rolls back to any earlier length (re-decoding a
 //! partial result reuses the shared prompt prefix this way).
+//!
+//! A cache may be bounded for endless streams ([`Window`]): it keeps the
+//! first `sinks` positions (BOS and the system prompt) and the most recent
+//! ones. Positions are indices in the cache (StreamingLLM): keys are stored
+//! rotated, and when old positions leave, the keys after them are rotated
+//! back by the evicted span (llama.cpp's context shift), in f32.
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{LlmError, Result};
 use crate::LlamaConfig;
+
+/// Sink + recent-window bounds of a cache for an endless stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Leading positions never evicted.
+    pub sinks: usize,
+    /// Most recent positions kept after the sinks.
+    pub recent: usize,
+    /// Positions evicted at least at once when the cache is full: each
+    /// eviction moves the whole window, so evicting in blocks amortises it.
+    pub evict: usize,
+}
+
+impl Window {
+    /// Positions the cache holds at most.
+    pub fn capacity(&self) -> usize {
+        self.sinks + self.recent
+    }
+}
 
 pub struct KvCache {
     /// Per layer, `[1, kv_heads, capacity, head_dim]`.
@@ -14,6 +39,10 @@ pub struct KvCache {
     values: Vec<Tensor>,
     len: usize,
     capacity: usize,
+    window: Option<Window>,
+    /// Positions evicted so far (a windowed cache's stream position is
+    /// `evicted + len`).
+    evicted: u64,
 }
 
 impl KvCache {
@@ -31,7 +60,32 @@ impl KvCache {
             values,
             len: 0,
             capacity,
+            window: None,
+            evicted: 0,
         })
+    }
+
+    /// A bounded cache that keeps `window.sinks` leading and up to
+    /// `window.recent` recent positions, evicting as it fills.
+    pub fn windowed(config: &LlamaConfig, window: Window, device: &Device) -> Result<Self> {
+        if window.recent == 0 || window.evict == 0 || window.evict > window.recent {
+            return Err(LlmError::InvalidInput(format!(
+                "a cache window needs 1 <= evict ({}) <= recent ({})",
+                window.evict, window.recent
+            )));
+        }
+        let mut cache = Self::new(config, window.capacity(), device)?;
+        cache.window = Some(window);
+        Ok(cache)
+    }
+
+    pub fn window(&self) -> Option<Window> {
+        self.window
+    }
+
+    /// Positions evicted so far by the window.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Positions filled.
@@ -68,6 +122,51 @@ impl KvCache {
 
     pub fn reset(&mut self) {
         self.len = 0;
+        self.evicted = 0;
+    }
+
+    /// How many positions must leave before `n` more fit: 0 when they fit
+    /// or the cache is not windowed.
+    pub(crate) fn eviction_for(&self, n: usize) -> usize {
+        match self.window {
+            Some(w) if self.len + n > self.capacity => {
+                let needed = self.len + n - self.capacity;
+                needed.max(w.evict).min(self.len.saturating_sub(w.sinks))
+            }
+            _ => 0,
+        }
+    }
+
+    /// Drops `d` positions after the sinks; `rotate_back` turns keys
+    /// `[1, kv_heads, n, head_dim]` rotated for position p into ones for p - d.
+    pub(crate) fn evict(
+        &mut self,
+        d: usize,
+        rotate_back: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let Some(w) = self.window else {
+            return Ok(());
+        };
+        let d = d.min(self.len.saturating_sub(w.sinks));
+        if d == 0 {
+            return Ok(());
+        }
+        let moved = self.len - w.sinks - d;
+        if moved > 0 {
+            for layer in 0..self.keys.len() {
+                let k = self.keys[layer]
+                    .narrow(2, w.sinks + d, moved)?
+                    .contiguous()?;
+                let v = self.values[layer]
+                    .narrow(2, w.sinks + d, moved)?
+                    .contiguous()?;
+                self.keys[layer].slice_set(&rotate_back(&k)?, 2, w.sinks)?;
+                self.values[layer].slice_set(&v, 2, w.sinks)?;
+            }
+        }
+        self.len -= d;
+        self.evicted += d as u64;
+        Ok(())
     }
 
     /// Checks `n` more positions fit.
@@ -122,6 +221,7 @@ impl KvCache {
             }
         }
         self.len = len;
+        self.evicted = other.evicted;
         Ok(())
     }
 }

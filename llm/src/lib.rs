@@ -16,13 +16,13 @@ pub mod model;
 pub mod tokenizer;
 mod weights;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, Window};
 pub use config::{LlamaConfig, RopeScaling, RopeStyle};
 pub use ctc::{CtcHead, CtcPrefixScorer, CtcState};
 pub use error::LlmError;
 pub use generate::{
-    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Generation, Interrupt,
-    StopCriteria,
+    beam_search, greedy, joint_beam_search, BeamConfig, BeamSearch, CtcGuide, Generation,
+    GreedySearch, Interrupt, StopCriteria,
 };
 pub use lora::Lora;
 pub use model::{Llama, WeightMode};

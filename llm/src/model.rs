@@ -317,6 +317,7 @@ impl Llama {
         if seq == 0 {
             return Err(LlmError::InvalidInput("no positions to run".into()));
         }
+        self.make_room(cache, seq)?;
         cache.reserve(seq)?;
         let pos = cache.len();
         let (cos, sin) = self.rope_tables(pos, seq)?;
@@ -344,8 +345,8 @@ impl Llama {
     }
 
     /// One decode step for several sequences at once: `ids[i]` runs after
-    /// what `caches[i]` holds. All caches must hold the same number of
-    /// positions (the live hypotheses of a beam search do). Returns logits
+    /// what `caches[i]` holds, at that cache's own position (rows of
+    /// different sessions and lengths step together). Returns logits
     /// `[ids.len(), vocab]`. The matmuls see all rows together, so each weight
     /// is read from memory once per step instead of once per sequence; the
     /// attention runs per sequence over its own cache.
@@ -357,23 +358,18 @@ impl Llama {
                 caches.len()
             )));
         }
-        let Some(first) = caches.first() else {
+        if caches.is_empty() {
             return Err(LlmError::InvalidInput("no sequences to run".into()));
-        };
-        let pos = first.len();
-        if let Some(c) = caches.iter().find(|c| c.len() != pos) {
-            return Err(LlmError::InvalidInput(format!(
-                "batched step over caches of different lengths ({pos} and {})",
-                c.len()
-            )));
         }
         if ids.len() == 1 {
             return self.forward(ids, caches[0], false);
         }
-        for c in caches.iter() {
+        for c in caches.iter_mut() {
+            self.make_room(c, 1)?;
             c.reserve(1)?;
         }
-        let (cos, sin) = self.rope_tables(pos, 1)?;
+        let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let (cos, sin) = self.rope_rows(&positions)?;
         let eps = self.config.rms_norm_eps as f32;
         // [batch, hidden]: one row per sequence, so every Linear is one matmul.
         let mut x = self.embed_tokens(ids)?.to_dtype(DType::F32)?;
@@ -391,6 +387,27 @@ impl Llama {
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         Ok(self.lm_head.forward(&x, true)?)
+    }
+
+    /// Evicts from a windowed `cache` what must go before `n` more
+    /// positions fit, rotating the kept keys back by the evicted span.
+    fn make_room(&self, cache: &mut KvCache, n: usize) -> Result<()> {
+        let d = cache.eviction_for(n);
+        if d == 0 {
+            return Ok(());
+        }
+        let half = self.inv_freq.len();
+        let back = -(d as f32);
+        cache.evict(d, |k| {
+            let rows = k.dim(2)?;
+            let angles: Vec<f32> = self.inv_freq.iter().map(|&f| back * f).collect();
+            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+            let table = |v: Vec<f32>| -> Result<Tensor> {
+                Ok(Tensor::from_vec(v, (1, half), &self.device)?.repeat((rows, 1))?)
+            };
+            self.rope_one(k, &table(cos)?, &table(sin)?)
+        })
     }
 
     /// [`Llama::attention`] for one new position of each of `caches`; `h` is
@@ -412,7 +429,13 @@ impl Llama {
         let q = heads(layer.wq.forward(h, true)?, c.num_heads)?;
         let k = heads(layer.wk.forward(h, true)?, c.num_kv_heads)?;
         let v = heads(layer.wv.forward(h, true)?, c.num_kv_heads)?;
-        let (q, k) = self.rope(&q, &k, cos, sin)?;
+        // Each row has its own position: the rows become the sequence axis
+        // of one rope call whose table row b holds row b's position.
+        let by_row = |t: &Tensor| -> Result<Tensor> {
+            let t = t.transpose(0, 2)?.contiguous()?;
+            Ok(self.rope_one(&t, cos, sin)?.transpose(0, 2)?.contiguous()?)
+        };
+        let (q, k) = (by_row(&q)?, by_row(&k)?);
         let group = c.num_heads / c.num_kv_heads;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(batch);
@@ -480,29 +503,39 @@ impl Llama {
 
     /// Rotary position embedding of queries and keys `[batch, heads, seq, head_dim]`.
     fn rope(&self, q: &Tensor, k: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
-        let rope = match self.config.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
-            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope,
-        };
-        Ok((rope(q, cos, sin)?, rope(k, cos, sin)?))
+        Ok((self.rope_one(q, cos, sin)?, self.rope_one(k, cos, sin)?))
     }
 
-    /// cos/sin `[seq, head_dim / 2]` for positions `pos..pos + seq`.
-    fn rope_tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+    /// Rotary position embedding of `x` `[batch, heads, seq, head_dim]`.
+    fn rope_one(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(match self.config.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
+            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(x, cos, sin)?,
+        })
+    }
+
+    /// cos/sin `[rows, head_dim / 2]`, row i for position `positions[i]`.
+    fn rope_rows(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for p in pos..pos + seq {
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
             for &f in &self.inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
+        let n = positions.len();
         Ok((
-            Tensor::from_vec(cos, (seq, half), &self.device)?,
-            Tensor::from_vec(sin, (seq, half), &self.device)?,
+            Tensor::from_vec(cos, (n, half), &self.device)?,
+            Tensor::from_vec(sin, (n, half), &self.device)?,
         ))
+    }
+
+    /// cos/sin `[seq, head_dim / 2]` for positions `pos..pos + seq`.
+    fn rope_tables(&self, pos: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        self.rope_rows(&(pos..pos + seq).collect::<Vec<_>>())
     }
 
     /// `[group * seq, pos + seq]`: row (g, i) sees keys up to position pos + i.

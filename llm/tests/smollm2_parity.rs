@@ -223,13 +223,15 @@ fn prefill_then_decode_equals_one_full_forward() {
     }
 }
 
-/// One batched decode step over several caches equals a separate one-token
-/// forward on each, and leaves each cache as that forward would.
+/// One batched decode step over several caches, each at its own position,
+/// equals a separate one-token forward on each, and leaves each cache as
+/// that forward would.
 fn check_batched_step(mode: WeightMode, tol: f32) {
     let m = model(mode);
     let prompt = ids(&golden()["prompts"][1]["ids"]);
-    // Three sequences with different histories of the same length.
-    let histories: [&[u32]; 3] = [&[42, 43, 44], &[7, 8, 9], &[1000, 2000, 3000]];
+    // Three sequences with histories of different lengths (rows of
+    // different sessions step together at their own positions).
+    let histories: [&[u32]; 3] = [&[42, 43, 44], &[7], &[1000, 2000, 3000, 5, 6]];
     let steps: [u32; 3] = [45, 10, 4000];
     let fresh = |h: &[u32]| {
         let mut c = m.new_cache(prompt.len() + 8).unwrap();
@@ -281,11 +283,16 @@ fn batched_step_rejects_mismatched_inputs() {
     let mut b = m.new_cache(8).unwrap();
     m.forward(&[1, 2], &mut a, false).unwrap();
     m.forward(&[1], &mut b, false).unwrap();
-    let err = m.forward_batch(&[3, 4], &mut [&mut a, &mut b]).unwrap_err();
-    assert!(err.to_string().contains("different lengths"), "{err}");
     let err = m.forward_batch(&[3], &mut [&mut a, &mut b]).unwrap_err();
     assert!(err.to_string().contains("1 tokens for 2 caches"), "{err}");
     assert!(m.forward_batch(&[], &mut []).is_err());
+    // A row whose cache is full fails the step before anything is written.
+    let mut full = m.new_cache(2).unwrap();
+    m.forward(&[1, 2], &mut full, false).unwrap();
+    let err = m
+        .forward_batch(&[3, 4], &mut [&mut a, &mut full])
+        .unwrap_err();
+    assert!(err.to_string().contains("KV cache full"), "{err}");
     // Nothing was written to either cache.
     assert_eq!((a.len(), b.len()), (2, 1));
 }
@@ -427,7 +434,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
         })
         .expect("one of the LLM's next 5 choices gives a sequence the synthetic audio spells");
 
-    let scorer = head.scorer(m, &audio).unwrap();
+    let scorer = std::sync::Arc::new(head.scorer(m, &audio).unwrap());
     let config = BeamConfig {
         width: 4,
         length_penalty: 0.0,
@@ -439,7 +446,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
     };
     let plain = beam_search(m, &cache, logits.clone(), &config).unwrap();
     let guide = |weight| CtcGuide {
-        scorer: &scorer,
+        scorer: scorer.clone(),
         weight,
         start: scorer.initial(),
     };
@@ -468,7 +475,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
     // Audio of two frames spelling one token: no labelling longer than two
     // tokens fits, and the search ends with what fits instead of nothing.
     let (short_audio, short_head) = spelled(m, &target[..1]);
-    let short = short_head.scorer(m, &short_audio).unwrap();
+    let short = std::sync::Arc::new(short_head.scorer(m, &short_audio).unwrap());
     let long = BeamConfig {
         stop: StopCriteria {
             max_new_tokens: 6,
@@ -483,7 +490,7 @@ fn joint_decoding_follows_the_ctc_head_and_weight_zero_is_plain_beam_search() {
         logits.clone(),
         &long,
         Some(CtcGuide {
-            scorer: &short,
+            scorer: short.clone(),
             weight: 0.7,
             start: short.initial(),
         }),
