@@ -9,7 +9,7 @@ use avlm_llm::{CtcHead, Llama, LlmError, Tokenizer, WeightMode};
 use avlm_projector::{Projector, ProjectorConfig, ProjectorError};
 use candle_core::Device;
 
-use super::manifest::{LlmFormat, LlmWeightMode, Manifest};
+use super::manifest::{LlmFormat, Manifest};
 
 /// Why a bundle cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,12 +94,7 @@ impl LoadedBundle {
         let device = Device::Cpu;
         let (llm, tokenizer) = match manifest.llm.format {
             LlmFormat::Gguf => {
-                let mode = match manifest.llm.weight_mode {
-                    LlmWeightMode::F32 => WeightMode::F32,
-                    LlmWeightMode::Q8 => WeightMode::Q8,
-                    LlmWeightMode::Mixed => WeightMode::Mixed,
-                    LlmWeightMode::Quantized => WeightMode::Quantized,
-                };
+                let mode = WeightMode::from(manifest.llm.weight_mode);
                 let path = at(&manifest.llm.weights);
                 let lora = match &manifest.llm.lora {
                     Some(p) => Some(avlm_llm::Lora::load(&at(p), &device)?),

@@ -123,6 +123,17 @@ pub enum LlmWeightMode {
     Quantized,
 }
 
+impl From<LlmWeightMode> for avlm_llm::WeightMode {
+    fn from(mode: LlmWeightMode) -> Self {
+        match mode {
+            LlmWeightMode::F32 => avlm_llm::WeightMode::F32,
+            LlmWeightMode::Q8 => avlm_llm::WeightMode::Q8,
+            LlmWeightMode::Mixed => avlm_llm::WeightMode::Mixed,
+            LlmWeightMode::Quantized => avlm_llm::WeightMode::Quantized,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSection {

@@ -17,6 +17,8 @@ pub enum Part {
     Encoder,
     Llm,
     Latency,
+    /// Batched decode: aggregate tokens/s at 1, 4, 8 and 16 rows.
+    Rows,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,7 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args
         .parts
         .iter()
-        .any(|p| matches!(p, Part::Encoder | Part::Llm))
+        .any(|p| matches!(p, Part::Encoder | Part::Llm | Part::Rows))
     {
         return Ok(());
     }
@@ -115,6 +117,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         for &t in &args.threads {
             models::encoder_table(&encoder, t)?;
         }
+    }
+    if args.parts.contains(&Part::Rows) {
+        let mode = avlm_stream::bundle::manifest::Manifest::read(&bundle)
+            .map_err(|e| anyhow::anyhow!(e))?
+            .llm
+            .weight_mode
+            .into();
+        models::rows_table(&gguf, mode, args.new_tokens.min(64))?;
     }
     if args.parts.contains(&Part::Llm) {
         let python = args

@@ -344,3 +344,38 @@ pub fn bundle_paths(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 pub fn kv_bytes(gguf: &Path) -> anyhow::Result<usize> {
     Ok(avlm_llm::LlamaConfig::from_gguf(gguf)?.kv_bytes_per_token())
 }
+
+/// Row counts of the batched decode measurement.
+pub const ROW_COUNTS: [usize; 4] = [1, 4, 8, 16];
+
+/// Aggregate decode tokens/s when `rows` sequences at different positions
+/// (as the scheduler's rows of different sessions are) step together, for
+/// each count in [`ROW_COUNTS`], in this process's thread count.
+pub fn rows_table(gguf: &Path, mode: WeightMode, new: usize) -> anyhow::Result<()> {
+    let llm = Llama::from_gguf(gguf, mode, &Device::Cpu)?;
+    let tok = Tokenizer::from_gguf(gguf)?;
+    let ids = prompt_ids(&tok, 160)?;
+    println!("\nBatched decode ({mode:?} weights, rows at prompt lengths 40..160, {new} steps)");
+    println!("{:>6} {:>16} {:>14}", "rows", "tokens/s (all)", "vs 1 row");
+    let mut one = None;
+    for rows in ROW_COUNTS {
+        let mut caches = (0..rows)
+            .map(|r| -> anyhow::Result<avlm_llm::KvCache> {
+                let len = 40 + (r * 120) / rows.max(2);
+                let mut c = llm.new_cache(len + new + 1)?;
+                llm.forward(&ids[..len], &mut c, false)?;
+                Ok(c)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let t = Instant::now();
+        for step in 0..new {
+            let tokens: Vec<u32> = (0..rows).map(|r| ids[(step + r) % ids.len()]).collect();
+            let mut refs: Vec<&mut avlm_llm::KvCache> = caches.iter_mut().collect();
+            llm.forward_batch(&tokens, &mut refs)?;
+        }
+        let tps = (rows * new) as f64 / t.elapsed().as_secs_f64();
+        let base = *one.get_or_insert(tps);
+        println!("{rows:>6} {tps:>16.1} {:>13.2}x", tps / base);
+    }
+    Ok(())
+}

@@ -2,13 +2,15 @@
 //! projector, and the LLM decoding from the prompt with the projected audio
 //! spliced in where the template says `{audio}`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use avlm_encoders::mel::{LogMel, HOP};
 use avlm_encoders::whisper::MAX_FRAMES;
 use avlm_encoders::MelSpectrogram;
 use avlm_llm::{
-    beam_search, greedy, joint_beam_search, BeamConfig, CtcGuide, Interrupt, Llama, StopCriteria,
+    BeamConfig, BeamSearch, CtcGuide, CtcPrefixScorer, Generation, GreedySearch, Interrupt,
+    KvCache, Llama, StopCriteria,
 };
 use candle_core::Tensor;
 
@@ -217,33 +219,70 @@ impl AsrPipeline {
         forced: &[u32],
         width: usize,
     ) -> Result<Transcript, BundleError> {
+        let mut d = self.begin(samples, forced, width, self.interrupt.clone())?;
+        self.prefill(&mut d, usize::MAX)?;
+        let llm = &self.bundle.llm;
+        loop {
+            d.select(llm)?;
+            let t = Instant::now();
+            let (ids, mut caches): (Vec<u32>, Vec<&mut KvCache>) = d.rows().unzip();
+            if ids.is_empty() {
+                break;
+            }
+            let rows = step_rows(llm, &ids, &mut caches)?;
+            d.accept(rows);
+            d.times.decode += t.elapsed();
+        }
+        self.finish(d)
+    }
+
+    /// Starts transcribing `samples` (16 kHz mono, at most 30 s used) with the
+    /// answer forced to start with `forced`: runs the encoder and projector
+    /// and lays out the prompt; [`AsrPipeline::prefill`] then runs it through
+    /// the LLM and the returned [`Decode`] is stepped one token per round.
+    pub fn begin(
+        &mut self,
+        samples: &[f32],
+        forced: &[u32],
+        width: usize,
+        interrupt: Interrupt,
+    ) -> Result<Decode, BundleError> {
         let mut times = StageTimes::default();
-        let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
-            return Ok(Transcript {
-                text: String::new(),
+        let empty = |times| Decode {
+            forced: forced.to_vec(),
+            audio_tokens: 0,
+            prompt_tokens: 0,
+            times,
+            state: DecodeState::Finished(Generation {
                 tokens: Vec::new(),
-                audio_tokens: 0,
-                prompt_tokens: 0,
-                times,
-            });
+                log_prob: 0.0,
+                stopped: false,
+            }),
+            silent: true,
         };
-        let tensor = |e: candle_core::Error| BundleError::Llm(avlm_llm::LlmError::from(e));
-        let audio_tokens = audio.dim(0).map_err(tensor)?;
+        let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
+            return Ok(empty(times));
+        };
+        let audio_tokens = audio.dim(0).map_err(tensor_error)?;
         let t = Instant::now();
         self.ensure_prefix_cache()?;
         let llm = &self.bundle.llm;
         let decoding = &self.bundle.manifest.decoding;
-        let rest = if self.suffix_ids.is_empty() {
-            audio.clone()
-        } else {
-            Tensor::cat(&[&audio, &llm.embed_tokens(&self.suffix_ids)?], 0).map_err(tensor)?
-        };
+        let mut parts = vec![audio.clone()];
+        if !self.suffix_ids.is_empty() {
+            parts.push(llm.embed_tokens(&self.suffix_ids)?);
+        }
+        if !forced.is_empty() {
+            parts.push(llm.embed_tokens(forced)?);
+        }
+        let input = Tensor::cat(&parts, 0).map_err(tensor_error)?;
         // The CTC head scores the audio alone (not the prompt around it).
         let ctc = match &self.bundle.ctc {
-            Some(head) => Some(head.scorer(llm, &audio)?),
+            Some(head) => Some(Arc::new(head.scorer(llm, &audio)?)),
             None => None,
         };
-        let prompt_tokens = self.prefix_ids.len() + rest.dim(0).map_err(tensor)?;
+        let fed_before = input.dim(0).map_err(tensor_error)?;
+        let prompt_tokens = self.prefix_ids.len() + fed_before - forced.len();
         let budget = decoding
             .token_budget(samples.len() as f64 / f64::from(crate::media::AUDIO_RATE))
             .max(forced.len() + 1);
@@ -251,42 +290,105 @@ impl AsrPipeline {
         if let Some(prefix) = &self.prefix_cache {
             cache.copy_prefix_from(prefix, prefix.len())?;
         }
-        let mut logits = Llama::last_logits(&llm.forward_embeds(&rest, &mut cache, false)?)?;
-        if !forced.is_empty() {
-            logits = Llama::last_logits(&llm.forward(forced, &mut cache, false)?)?;
-        }
         times.prefill = t.elapsed();
-        let stop = StopCriteria {
-            max_new_tokens: budget.saturating_sub(forced.len()).max(1),
-            stop_tokens: self.bundle.stop_ids.clone(),
-            interrupt: self.interrupt.clone(),
+        Ok(Decode {
+            forced: forced.to_vec(),
+            audio_tokens,
+            prompt_tokens,
+            times,
+            state: DecodeState::Prefill(Box::new(Prefill {
+                cache,
+                input,
+                fed: 0,
+                ctc,
+                width,
+                budget,
+                interrupt,
+            })),
+            silent: false,
+        })
+    }
+
+    /// Runs up to `max_tokens` more prompt positions of `d` through the LLM
+    /// (at least one when any are left); once the prompt is in, `d` is ready
+    /// to step. Returns the positions run.
+    pub fn prefill(&self, d: &mut Decode, max_tokens: usize) -> Result<usize, BundleError> {
+        let DecodeState::Prefill(p) = &mut d.state else {
+            return Ok(0);
         };
         let t = Instant::now();
-        let beam = |stop| BeamConfig {
-            width,
+        let llm = &self.bundle.llm;
+        let total = p.input.dim(0).map_err(tensor_error)?;
+        let n = (total - p.fed).min(max_tokens.max(1));
+        let chunk = p.input.narrow(0, p.fed, n).map_err(tensor_error)?;
+        let logits = Llama::last_logits(&llm.forward_embeds(&chunk, &mut p.cache, false)?)?;
+        p.fed += n;
+        d.times.prefill += t.elapsed();
+        if p.fed < total {
+            return Ok(n);
+        }
+        let DecodeState::Prefill(p) = std::mem::replace(&mut d.state, DecodeState::Taken) else {
+            unreachable!("matched above");
+        };
+        d.state = DecodeState::Search(self.search(*p, logits, &d.forced)?);
+        Ok(n)
+    }
+
+    fn search(&self, p: Prefill, logits: Vec<f32>, forced: &[u32]) -> Result<Search, BundleError> {
+        let llm = &self.bundle.llm;
+        let decoding = &self.bundle.manifest.decoding;
+        let stop = StopCriteria {
+            max_new_tokens: p.budget.saturating_sub(forced.len()).max(1),
+            stop_tokens: self.bundle.stop_ids.clone(),
+            interrupt: p.interrupt,
+        };
+        let beam = BeamConfig {
+            width: p.width,
             length_penalty: decoding.length_penalty,
             stop,
         };
         // A forced prefix the CTC head rules out (longer than the audio's
         // frames) cannot steer anything: the LLM decodes alone then.
-        let guided = match &ctc {
-            Some(scorer) => Some((scorer, scorer.advance(scorer.initial(), forced)?))
-                .filter(|(_, start)| start.prefix > f32::NEG_INFINITY),
-            None => None,
-        };
-        let generation = match guided {
-            Some((scorer, start)) => {
-                let guide = CtcGuide {
+        let guide = match p.ctc {
+            Some(scorer) => {
+                let start = scorer.advance(scorer.initial(), forced)?;
+                (start.prefix > f32::NEG_INFINITY).then(|| CtcGuide {
                     scorer,
                     weight: decoding.ctc_weight,
                     start,
-                };
-                joint_beam_search(llm, &cache, logits, &beam(stop), Some(guide))?
+                })
             }
-            None if width <= 1 => greedy(llm, &mut cache, logits, &stop)?,
-            None => beam_search(llm, &cache, logits, &beam(stop))?,
+            None => None,
         };
-        times.decode = t.elapsed();
+        Ok(match guide {
+            Some(guide) => Search::Beam(BeamSearch::new(llm, &p.cache, logits, beam, Some(guide))?),
+            None if p.width <= 1 => Search::Greedy(GreedySearch::new(p.cache, logits, beam.stop)),
+            None => Search::Beam(BeamSearch::new(llm, &p.cache, logits, beam, None)?),
+        })
+    }
+
+    /// The transcript of a decode that has stopped stepping.
+    pub fn finish(&self, d: Decode) -> Result<Transcript, BundleError> {
+        let generation = match d.state {
+            DecodeState::Finished(g) => g,
+            DecodeState::Search(Search::Greedy(s)) => s.finish().0,
+            DecodeState::Search(Search::Beam(s)) => s.finish(),
+            DecodeState::Prefill(_) | DecodeState::Taken => {
+                return Err(BundleError::Manifest(
+                    "a transcription finished before its prompt was run".into(),
+                ))
+            }
+        };
+        if d.silent {
+            return Ok(Transcript {
+                text: String::new(),
+                tokens: Vec::new(),
+                audio_tokens: 0,
+                prompt_tokens: 0,
+                times: d.times,
+            });
+        }
+        let forced = &d.forced;
         let mut tokens = forced.to_vec();
         tokens.extend(generation.tokens);
         // Repetition loops are cut in the generated part only: the forced
@@ -306,9 +408,9 @@ impl AsrPipeline {
         Ok(Transcript {
             text,
             tokens,
-            audio_tokens,
-            prompt_tokens,
-            times,
+            audio_tokens: d.audio_tokens,
+            prompt_tokens: d.prompt_tokens,
+            times: d.times,
         })
     }
 
@@ -326,6 +428,120 @@ impl AsrPipeline {
         }
         Ok(())
     }
+}
+
+/// The prompt of a transcription, run through the LLM in chunks.
+struct Prefill {
+    cache: KvCache,
+    /// `[positions, hidden]`: projected audio, the prompt after it, the forced answer.
+    input: Tensor,
+    fed: usize,
+    ctc: Option<Arc<CtcPrefixScorer>>,
+    width: usize,
+    /// Most tokens the answer may have, forced ones included.
+    budget: usize,
+    interrupt: Interrupt,
+}
+
+enum Search {
+    Greedy(GreedySearch),
+    Beam(BeamSearch),
+}
+
+enum DecodeState {
+    Prefill(Box<Prefill>),
+    Search(Search),
+    Finished(Generation),
+    /// Only while moving from one state to the next.
+    Taken,
+}
+
+/// One transcription in progress (see [`AsrPipeline::begin`]): its prompt
+/// is prefilled, then its search advances one token per round, its rows
+/// run by the caller, batched with other decodes' rows.
+pub struct Decode {
+    forced: Vec<u32>,
+    audio_tokens: usize,
+    prompt_tokens: usize,
+    /// Silence or audio too short for a token: nothing to decode.
+    silent: bool,
+    pub times: StageTimes,
+    state: DecodeState,
+}
+
+impl Decode {
+    /// Prompt positions still to run.
+    pub fn prefill_left(&self) -> usize {
+        match &self.state {
+            DecodeState::Prefill(p) => p.input.dim(0).map_or(0, |n| n - p.fed),
+            _ => 0,
+        }
+    }
+
+    /// Projected audio positions in the prompt.
+    pub fn audio_tokens(&self) -> usize {
+        self.audio_tokens
+    }
+
+    /// Whether the search has ended (or there was nothing to decode).
+    pub fn is_done(&self) -> bool {
+        match &self.state {
+            DecodeState::Finished(_) => true,
+            DecodeState::Search(Search::Greedy(s)) => s.is_done(),
+            DecodeState::Search(Search::Beam(s)) => s.is_done(),
+            DecodeState::Prefill(_) | DecodeState::Taken => false,
+        }
+    }
+
+    /// Picks the next tokens from the last logits (a no-op while prefilling).
+    pub fn select(&mut self, llm: &Llama) -> Result<(), BundleError> {
+        match &mut self.state {
+            DecodeState::Search(Search::Greedy(s)) => s.select()?,
+            DecodeState::Search(Search::Beam(s)) => s.select(llm)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The rows to run this round: (token, cache) of each live hypothesis.
+    pub fn rows(&mut self) -> Box<dyn Iterator<Item = (u32, &mut KvCache)> + '_> {
+        match &mut self.state {
+            DecodeState::Search(Search::Greedy(s)) => Box::new(s.row().into_iter()),
+            DecodeState::Search(Search::Beam(s)) => Box::new(s.rows()),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// The logits of [`Decode::rows`], in their order.
+    pub fn accept(&mut self, mut logits: Vec<Vec<f32>>) {
+        match &mut self.state {
+            DecodeState::Search(Search::Greedy(s)) => {
+                if let Some(l) = logits.pop() {
+                    s.accept(l);
+                }
+            }
+            DecodeState::Search(Search::Beam(s)) => s.accept(logits),
+            _ => {}
+        }
+    }
+}
+
+/// One decode step over `ids` with their caches: logits rows as Vecs.
+pub fn step_rows(
+    llm: &Llama,
+    ids: &[u32],
+    caches: &mut [&mut KvCache],
+) -> Result<Vec<Vec<f32>>, BundleError> {
+    let rows = llm
+        .forward_batch(ids, caches)?
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.to_vec2())
+        .map_err(tensor_error)?;
+    Ok(rows)
+}
+
+fn tensor_error(e: candle_core::Error) -> BundleError {
+    BundleError::Llm(avlm_llm::LlmError::from(e))
 }
 
 fn drop_last_frame(mel: &mut MelSpectrogram) {

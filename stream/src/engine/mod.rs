@@ -1,52 +1,98 @@
-//! The engine: one model thread that owns the loaded bundle and serves every
-//! session's transcription jobs from a bounded queue. Sessions submit a
-//! finished utterance and get the result through a callback; a full queue
-//! blocks the submitting session (backpressure), never drops work.
+//! The engine: one model thread that owns the loaded bundle and steps every
+//! session's transcriptions together. Sessions hand in requests without
+//! ever blocking (a full inbox gives the request back: a state the session
+//! reports, not a stall); the thread runs a [`scheduler`] that, each tick,
+//! prefills new prompts under a token budget and then runs one batched
+//! decode step over the live rows of every transcription in flight.
 
 pub mod asr;
 pub mod repetition;
+pub mod scheduler;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
 
-use avlm_llm::Interrupt;
 use avlm_proto as pb;
 
-pub use asr::{AsrPipeline, StageTimes, Transcript};
+pub use asr::{AsrPipeline, Decode, StageTimes, Transcript};
 
 use crate::bundle::{BundleError, LoadedBundle};
 
-/// Jobs waiting for the model thread.
-const QUEUE: usize = 32;
+/// Requests the model thread takes between two ticks.
+const INBOX: usize = 64;
 
-type Reply = Box<dyn FnOnce(Result<Transcript, String>) + Send>;
+/// Where a request's answer goes.
+pub type Reply = Box<dyn FnOnce(Result<Transcript, EngineError>) + Send>;
 
-struct Job {
-    samples: Vec<f32>,
+/// Why a transcription failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The model code failed on this request (its message says where).
+    #[error("{0}")]
+    Model(String),
+    /// The model code panicked on this request; other requests go on.
+    #[error("the model panicked on this utterance")]
+    Panicked,
+}
+
+/// One utterance to transcribe.
+pub struct Request {
+    /// 16 kHz mono.
+    pub samples: Vec<f32>,
     /// Text the answer must start with (already committed to the client).
-    forced: String,
-    /// A provisional re-decode of an open segment (`decoding.partial_beam_width`).
-    partial: bool,
-    /// Skips the work, or stops it between decoding steps, once nobody
-    /// waits for the answer (the session went away, a newer request replaced it).
-    cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
-    reply: Reply,
+    pub forced: String,
+    /// A provisional re-decode of an open segment (`decoding.partial_beam_width`):
+    /// admitted after every waiting final.
+    pub partial: bool,
+    /// Asked every tick: once `true` (the session went away, a newer request
+    /// replaced it) the request leaves, queued or running, without an answer.
+    pub cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub reply: Reply,
+}
+
+/// Counters the model thread keeps, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct EngineLoad {
+    /// Requests handed in and not yet answered or dropped.
+    pub in_flight: AtomicU64,
+    /// Rows the last decode step ran.
+    pub last_rows: AtomicU64,
+    /// Most rows one decode step has run.
+    pub max_rows: AtomicU64,
+    /// Decode steps run.
+    pub steps: AtomicU64,
+    /// Rows run over all steps.
+    pub rows: AtomicU64,
 }
 
 /// A handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Request>,
     info: Arc<pb::ModelInfo>,
+    load: Arc<EngineLoad>,
 }
 
-/// Why a job was not accepted.
-#[derive(Debug, thiserror::Error)]
+/// Why a request was not accepted.
+#[derive(thiserror::Error)]
 pub enum SubmitError {
     #[error("the model thread has stopped")]
     Stopped,
+    /// The inbox is full: the request comes back to be handed in later.
+    #[error("the model thread's inbox is full")]
+    Full(Request),
+}
+
+impl std::fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SubmitError::Stopped => "Stopped",
+            SubmitError::Full(_) => "Full",
+        })
+    }
 }
 
 impl Engine {
@@ -65,51 +111,18 @@ impl Engine {
             vision_encoder: String::new(),
             llm: bundle.llm.describe().to_string(),
         };
-        let mut pipeline = AsrPipeline::new(bundle)?;
-        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let pipeline = AsrPipeline::new(bundle)?;
+        let (tx, rx) = sync_channel::<Request>(INBOX);
+        let load = Arc::new(EngineLoad::default());
+        let thread_load = load.clone();
         std::thread::Builder::new()
             .name("avlm-engine".into())
-            .spawn(move || {
-                for job in rx {
-                    if (job.cancelled)() {
-                        continue;
-                    }
-                    pipeline.interrupted_by(Interrupt::when(job.cancelled.clone()));
-                    let started = Instant::now();
-                    // One job's failure, even a panic, must not take the model
-                    // thread (and every other session's transcription) down.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pipeline
-                            .encode_answer(&job.forced)
-                            .and_then(|forced| {
-                                if job.partial {
-                                    pipeline.transcribe_partial(&job.samples, &forced)
-                                } else {
-                                    pipeline.transcribe_with(&job.samples, &forced)
-                                }
-                            })
-                            .map_err(|e| e.to_string())
-                    }))
-                    .unwrap_or_else(|_| Err("the model panicked on this utterance".to_string()));
-                    if let Ok(t) = &result {
-                        tracing::debug!(
-                            audio_s = job.samples.len() as f64 / 16_000.0,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            audio_tokens = t.audio_tokens,
-                            new_tokens = t.tokens.len(),
-                            "transcribed"
-                        );
-                    }
-                    // The question holds the session's reply sender: keeping
-                    // it past its job would hold that call open.
-                    pipeline.interrupted_by(Interrupt::never());
-                    (job.reply)(result);
-                }
-            })
+            .spawn(move || scheduler::Scheduler::new(pipeline, thread_load).run(rx))
             .map_err(|e| BundleError::Manifest(format!("cannot start the model thread: {e}")))?;
         Ok(Engine {
             tx,
             info: Arc::new(info),
+            load,
         })
     }
 
@@ -117,50 +130,33 @@ impl Engine {
         &self.info
     }
 
-    /// Queues one utterance (16 kHz mono) whose answer starts with `forced`;
-    /// blocks while the queue is full.
-    pub fn submit(
-        &self,
-        samples: Vec<f32>,
-        forced: String,
-        cancelled: impl Fn() -> bool + Send + Sync + 'static,
-        reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
-    ) -> Result<(), SubmitError> {
-        self.queue(samples, forced, false, Arc::new(cancelled), Box::new(reply))
+    /// What the model thread is doing now.
+    pub fn load(&self) -> &EngineLoad {
+        &self.load
     }
 
-    /// Queues a provisional re-decode of an open segment's audio so far,
-    /// starting with `forced` (decoded with `decoding.partial_beam_width`);
-    /// blocks while the queue is full.
-    pub fn submit_partial(
-        &self,
-        samples: Vec<f32>,
-        forced: String,
-        cancelled: impl Fn() -> bool + Send + Sync + 'static,
-        reply: impl FnOnce(Result<Transcript, String>) + Send + 'static,
-    ) -> Result<(), SubmitError> {
-        self.queue(samples, forced, true, Arc::new(cancelled), Box::new(reply))
-    }
-
-    fn queue(
-        &self,
-        samples: Vec<f32>,
-        forced: String,
-        partial: bool,
-        cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
-        reply: Reply,
-    ) -> Result<(), SubmitError> {
-        let job = Job {
-            samples,
-            forced,
-            partial,
-            cancelled,
-            reply,
-        };
-        match self.tx.try_send(job) {
+    /// Hands in `request` without blocking.
+    pub fn try_submit(&self, request: Request) -> Result<(), SubmitError> {
+        self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(request) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) => self.tx.send(job).map_err(|_| SubmitError::Stopped),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+            Err(e) => {
+                self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    TrySendError::Full(request) => Err(SubmitError::Full(request)),
+                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
+                }
+            }
         }
+    }
+
+    /// Hands in `request`, waiting while the inbox is full (for callers
+    /// with nothing else to do, such as a session whose stream has ended).
+    pub fn submit_waiting(&self, request: Request) -> Result<(), SubmitError> {
+        self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(request).map_err(|_| {
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            SubmitError::Stopped
+        })
     }
 }

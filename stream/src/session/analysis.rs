@@ -137,7 +137,7 @@ impl Analysis {
         match decoded.recv() {
             Ok(Ok(())) if self.whole => {
                 let submitted = match &mut self.transcriber {
-                    Some(t) => t.whole(),
+                    Some(t) => t.whole() && t.finish(),
                     None => true,
                 };
                 if submitted && self.stats(true) {
@@ -147,8 +147,10 @@ impl Analysis {
                 }
             }
             Ok(Ok(())) => {
-                let ok =
-                    self.drain_tail() && self.flush(EndReason::EndOfStream) && self.stats(true);
+                let ok = self.drain_tail()
+                    && self.flush(EndReason::EndOfStream)
+                    && self.hand_in_held()
+                    && self.stats(true);
                 if ok {
                     Outcome::Done
                 } else {
@@ -252,6 +254,16 @@ impl Analysis {
     }
 
     /// Stats when `stats_interval` of media has gone by since the last.
+    /// Hands the model thread every final a full inbox held back.
+    fn hand_in_held(&mut self) -> bool {
+        let handed_in = self.transcriber.as_mut().is_none_or(Transcriber::finish);
+        if !handed_in {
+            self.out
+                .fail(Status::unavailable("the model thread has stopped"));
+        }
+        handed_in
+    }
+
     fn periodic_stats(&mut self) -> bool {
         if self.processed_s >= self.next_stats_s {
             while self.next_stats_s <= self.processed_s {
@@ -323,6 +335,7 @@ impl Analysis {
         } else {
             0.0
         };
+        let backlog = self.transcriber.as_ref().map(Transcriber::backlog);
         self.out.send(pb::server_message::Msg::Stats(pb::Stats {
             media_seconds_received: received,
             media_seconds_processed: self.processed_s,
@@ -334,6 +347,11 @@ impl Analysis {
             },
             bytes_received: self.meters.bytes_received.load(Ordering::Acquire),
             video_frames: decode.video_frames.load(Ordering::Acquire),
+            segments_pending: backlog.map_or(0, |b| b.segments.load(Ordering::Acquire) as u32),
+            audio_seconds_pending: backlog.map_or(0.0, |b| {
+                b.samples.load(Ordering::Acquire) as f64 / f64::from(VAD_SAMPLE_RATE)
+            }),
+            model_busy: backlog.is_some_and(|b| b.busy.load(Ordering::Acquire)),
         }))
     }
 }

@@ -12,7 +12,8 @@
 //! Keeps the audio of the open segment plus a few seconds of history so the
 //! pre-roll before an onset is there.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
 use tonic::Status;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Request, SubmitError};
 use crate::media::AUDIO_RATE;
 use crate::state::SessionLease;
 
@@ -123,8 +124,23 @@ impl Agreement {
     }
 }
 
+/// Model work a session is owed, for `Stats`.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Closed segments whose Final is not out yet.
+    pub segments: AtomicU64,
+    /// Their audio, in samples.
+    pub samples: AtomicU64,
+    /// The model thread's inbox was full at the last try.
+    pub busy: AtomicBool,
+}
+
 pub struct Transcriber {
     engine: Engine,
+    /// Finals the model thread's inbox had no room for, in order: handed in
+    /// before anything newer.
+    held: VecDeque<Request>,
+    backlog: Arc<Backlog>,
     /// Watched to skip work for a client that went away.
     tx: Reply,
     out: Forwarder,
@@ -151,6 +167,8 @@ impl Transcriber {
     ) -> Self {
         Transcriber {
             engine,
+            held: VecDeque::new(),
+            backlog: Arc::new(Backlog::default()),
             out: Forwarder::start(tx.clone(), lease, runtime),
             tx,
             buffer: Vec::new(),
@@ -196,6 +214,9 @@ impl Transcriber {
     /// Called after each VAD window with the open segment, if any: queues a
     /// partial re-decode when one is due. `false` when the engine is gone.
     pub fn tick(&mut self, open: Option<(u64, f64, f64)>, now_s: f64) -> bool {
+        if !self.hand_in_held() {
+            return false;
+        }
         let (Some(interval), Some((id, start_s, audio_start_s))) = (self.partial_interval_s, open)
         else {
             return true;
@@ -221,43 +242,92 @@ impl Transcriber {
         let generation = self.generation.load(Ordering::Acquire);
         let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
         let (agreement, out) = (self.agreement.clone(), self.out.clone());
-        self.engine
-            .submit_partial(
-                samples,
-                forced,
-                move || tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation,
-                move |result| {
-                    let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
-                    // A reply for a segment that already closed must not touch
-                    // the next segment's state.
-                    if a.segment != Some(id) {
-                        return;
-                    }
-                    a.in_flight = false;
-                    let Ok(t) = result else {
-                        return; // a failed partial is not fatal: the final reports
-                    };
-                    let compute_s = t.times.total().as_secs_f64();
-                    let (stable, unstable) =
-                        a.update(t.text.split_whitespace().map(str::to_string).collect());
-                    drop(a);
-                    let partial = pb::Partial {
-                        segment_id: id,
-                        stable_text: stable,
-                        unstable_text: unstable,
-                        start_s,
-                        end_s: now_s,
-                        compute_s,
-                    };
-                    out.deliver(
-                        Ok(pb::ServerMessage {
-                            msg: Some(pb::server_message::Msg::Partial(partial)),
-                        }),
-                        true,
-                    );
-                },
-            )
-            .is_ok()
+        let request = Request {
+            samples,
+            forced,
+            partial: true,
+            cancelled: Arc::new(move || {
+                tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation
+            }),
+            reply: Box::new(move |result| {
+                let mut a = agreement.lock().unwrap_or_else(|e| e.into_inner());
+                // A reply for a segment that already closed must not touch
+                // the next segment's state.
+                if a.segment != Some(id) {
+                    return;
+                }
+                a.in_flight = false;
+                let Ok(t) = result else {
+                    return; // a failed partial is not fatal: the final reports
+                };
+                let compute_s = t.times.total().as_secs_f64();
+                let (stable, unstable) =
+                    a.update(t.text.split_whitespace().map(str::to_string).collect());
+                drop(a);
+                let partial = pb::Partial {
+                    segment_id: id,
+                    stable_text: stable,
+                    unstable_text: unstable,
+                    start_s,
+                    end_s: now_s,
+                    compute_s,
+                };
+                out.deliver(
+                    Ok(pb::ServerMessage {
+                        msg: Some(pb::server_message::Msg::Partial(partial)),
+                    }),
+                    true,
+                );
+            }),
+        };
+        match self.engine.try_submit(request) {
+            Ok(()) => true,
+            // A busy model skips this partial; the next one is due soon.
+            Err(SubmitError::Full(_)) => {
+                self.backlog.busy.store(true, Ordering::Release);
+                self.agreement
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .in_flight = false;
+                true
+            }
+            Err(SubmitError::Stopped) => false,
+        }
+    }
+
+    /// What this session waits for from the model thread.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    /// Hands in the finals held back by a full inbox, oldest first, while
+    /// there is room; `false` when the model thread is gone.
+    fn hand_in_held(&mut self) -> bool {
+        while let Some(request) = self.held.pop_front() {
+            match self.engine.try_submit(request) {
+                Ok(()) => {}
+                Err(SubmitError::Full(request)) => {
+                    self.held.push_front(request);
+                    self.backlog.busy.store(true, Ordering::Release);
+                    return true;
+                }
+                Err(SubmitError::Stopped) => return false,
+            }
+        }
+        self.backlog.busy.store(false, Ordering::Release);
+        true
+    }
+
+    /// At the end of the stream: hands in every held final, waiting for
+    /// room (nothing else is left to do); `false` when the model thread is gone.
+    pub fn finish(&mut self) -> bool {
+        while let Some(request) = self.held.pop_front() {
+            if self.engine.submit_waiting(request).is_err() {
+                return false;
+            }
+        }
+        self.backlog.busy.store(false, Ordering::Release);
+        true
     }
 
     /// Media time of the newest audio a partial of the open segment was
@@ -324,11 +394,18 @@ impl Transcriber {
         let ended = Instant::now();
         let out = self.out.clone();
         let watch = self.tx.clone();
-        let submitted = self.engine.submit(
+        let backlog = self.backlog.clone();
+        let owed = samples.len() as u64;
+        backlog.segments.fetch_add(1, Ordering::AcqRel);
+        backlog.samples.fetch_add(owed, Ordering::AcqRel);
+        let request = Request {
             samples,
             forced,
-            move || watch.is_closed(),
-            move |result| {
+            partial: false,
+            cancelled: Arc::new(move || watch.is_closed()),
+            reply: Box::new(move |result| {
+                backlog.segments.fetch_sub(1, Ordering::AcqRel);
+                backlog.samples.fetch_sub(owed, Ordering::AcqRel);
                 let msg = match result {
                     Ok(t) => Ok(pb::ServerMessage {
                         msg: Some(pb::server_message::Msg::Final(pb::Final {
@@ -345,9 +422,10 @@ impl Transcriber {
                     ))),
                 };
                 out.deliver(msg, false);
-            },
-        );
-        submitted.is_ok()
+            }),
+        };
+        self.held.push_back(request);
+        self.hand_in_held()
     }
 }
 

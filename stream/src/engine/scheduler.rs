@@ -1,0 +1,310 @@
+//! The model thread's loop. Each tick:
+//! 1. takes new requests (blocking only when there is nothing to do) and
+//!    drops every request, queued or running, whose session no longer wants it;
+//! 2. prefills prompts under a per-tick token budget: running prefills first,
+//!    then new requests, finals before partials, each prompt in chunks;
+//! 3. runs one batched decode step over the live rows (beams) of every
+//!    transcription in flight, each row at its own position in its own cache;
+//! 4. answers the transcriptions whose search ended.
+//!
+//! A request that fails or panics is answered with its error and leaves; the
+//! others go on.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use avlm_llm::{Interrupt, KvCache};
+
+use super::asr::{step_rows, AsrPipeline, Decode};
+use super::{EngineError, EngineLoad, Request, Transcript};
+use crate::bundle::BundleError;
+
+/// Prompt positions prefilled per tick across all requests: bounds how long
+/// one tick keeps the live rows waiting for their next token.
+pub const TICK_PROMPT_TOKENS: usize = 256;
+
+/// Transcriptions decoding at once; more wait in the queue.
+pub const MAX_ACTIVE: usize = 16;
+
+/// Requests waiting here at most; beyond it they stay in the engine's
+/// bounded inbox, and then with their sessions.
+pub const MAX_WAITING: usize = 64;
+
+/// A request being transcribed.
+struct Active {
+    request: Meta,
+    decode: Decode,
+}
+
+/// A request without its samples.
+struct Meta {
+    partial: bool,
+    cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    reply: super::Reply,
+}
+
+pub struct Scheduler {
+    pipeline: AsrPipeline,
+    load: Arc<EngineLoad>,
+    finals: VecDeque<Request>,
+    partials: VecDeque<Request>,
+    active: Vec<Active>,
+}
+
+impl Scheduler {
+    pub fn new(pipeline: AsrPipeline, load: Arc<EngineLoad>) -> Self {
+        Scheduler {
+            pipeline,
+            load,
+            finals: VecDeque::new(),
+            partials: VecDeque::new(),
+            active: Vec::new(),
+        }
+    }
+
+    /// Serves requests until every sender is gone and all work is done.
+    pub fn run(mut self, inbox: Receiver<Request>) {
+        let mut open = true;
+        loop {
+            if self.idle() {
+                if !open {
+                    return;
+                }
+                match inbox.recv() {
+                    Ok(r) => self.enqueue(r),
+                    Err(_) => return,
+                }
+            }
+            while open && self.finals.len() + self.partials.len() < MAX_WAITING {
+                match inbox.try_recv() {
+                    Ok(r) => self.enqueue(r),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.tick();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.finals.is_empty() && self.partials.is_empty() && self.active.is_empty()
+    }
+
+    fn enqueue(&mut self, r: Request) {
+        if r.partial {
+            self.partials.push_back(r);
+        } else {
+            self.finals.push_back(r);
+        }
+    }
+
+    /// One round: drop, prefill, step, answer.
+    pub fn tick(&mut self) {
+        self.drop_cancelled();
+        self.prefill();
+        self.step();
+    }
+
+    fn done_with(&self) {
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.finals.len() + self.partials.len() + self.active.len();
+        self.finals.retain(|r| !(r.cancelled)());
+        self.partials.retain(|r| !(r.cancelled)());
+        self.active.retain(|a| !(a.request.cancelled)());
+        let after = self.finals.len() + self.partials.len() + self.active.len();
+        for _ in after..before {
+            self.done_with();
+        }
+    }
+
+    fn prefill(&mut self) {
+        let mut budget = TICK_PROMPT_TOKENS;
+        // Running prefills first, finals before partials.
+        self.active.sort_by_key(|a| a.request.partial);
+        let mut failed = Vec::new();
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if a.decode.prefill_left() == 0 {
+                continue;
+            }
+            let pipeline = &self.pipeline;
+            match guarded(|| pipeline.prefill(&mut a.decode, budget)) {
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        self.fail(failed);
+        while budget > 0 && self.active.len() < MAX_ACTIVE {
+            let Some(r) = self
+                .finals
+                .pop_front()
+                .or_else(|| self.partials.pop_front())
+            else {
+                break;
+            };
+            let meta = Meta {
+                partial: r.partial,
+                cancelled: r.cancelled,
+                reply: r.reply,
+            };
+            let pipeline = &mut self.pipeline;
+            let started = guarded(|| {
+                let forced = pipeline.encode_answer(&r.forced)?;
+                let d = &pipeline.bundle().manifest.decoding;
+                let width = if r.partial {
+                    d.partial_beam_width.unwrap_or(d.beam_width)
+                } else {
+                    d.beam_width
+                };
+                let mut decode = pipeline.begin(&r.samples, &forced, width, Interrupt::never())?;
+                let n = pipeline.prefill(&mut decode, budget)?;
+                Ok((decode, n))
+            });
+            match started {
+                Ok((decode, n)) => {
+                    budget = budget.saturating_sub(n);
+                    self.active.push(Active {
+                        request: meta,
+                        decode,
+                    });
+                }
+                Err(e) => {
+                    (meta.reply)(Err(e));
+                    self.done_with();
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        let mut failed = Vec::new();
+        let llm = &self.pipeline.bundle().llm;
+        for (i, a) in self.active.iter_mut().enumerate() {
+            if a.decode.prefill_left() == 0 {
+                if let Err(e) = guarded(|| a.decode.select(llm)) {
+                    failed.push((i, e));
+                }
+            }
+        }
+        self.fail(failed);
+        self.answer_finished();
+        let t = Instant::now();
+        let mut ids = Vec::new();
+        let mut counts = Vec::with_capacity(self.active.len());
+        let mut caches: Vec<&mut KvCache> = Vec::new();
+        for a in self.active.iter_mut() {
+            let before = ids.len();
+            if a.decode.prefill_left() == 0 {
+                for (id, cache) in a.decode.rows() {
+                    ids.push(id);
+                    caches.push(cache);
+                }
+            }
+            counts.push(ids.len() - before);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let llm = &self.pipeline.bundle().llm;
+        let batched = guarded(|| step_rows(llm, &ids, &mut caches));
+        drop(caches);
+        let rows = ids.len();
+        self.load.steps.fetch_add(1, Ordering::Relaxed);
+        self.load.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.load.last_rows.store(rows as u64, Ordering::Relaxed);
+        self.load.max_rows.fetch_max(rows as u64, Ordering::Relaxed);
+        match batched {
+            Ok(logits) => {
+                let elapsed = t.elapsed();
+                let mut logits = logits.into_iter();
+                for (a, &n) in self.active.iter_mut().zip(&counts) {
+                    if n > 0 {
+                        a.decode.accept(logits.by_ref().take(n).collect());
+                        a.decode.times.decode += elapsed.mul_f64(n as f64 / rows as f64);
+                    }
+                }
+            }
+            // The batch failed: each transcription steps alone, so only
+            // the one at fault fails.
+            Err(_) => self.step_alone(&counts),
+        }
+    }
+
+    fn step_alone(&mut self, counts: &[usize]) {
+        let llm = &self.pipeline.bundle().llm;
+        let mut failed = Vec::new();
+        for (i, (a, &n)) in self.active.iter_mut().zip(counts).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let t = Instant::now();
+            let run = guarded(|| {
+                let (ids, mut caches): (Vec<u32>, Vec<&mut KvCache>) = a.decode.rows().unzip();
+                step_rows(llm, &ids, &mut caches)
+            });
+            match run {
+                Ok(logits) => {
+                    a.decode.accept(logits);
+                    a.decode.times.decode += t.elapsed();
+                }
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        self.fail(failed);
+    }
+
+    fn answer_finished(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if !self.active[i].decode.is_done() {
+                i += 1;
+                continue;
+            }
+            let a = self.active.swap_remove(i);
+            let pipeline = &self.pipeline;
+            let decode = a.decode;
+            let result: Result<Transcript, EngineError> = guarded(|| pipeline.finish(decode));
+            if let Ok(t) = &result {
+                tracing::debug!(
+                    partial = a.request.partial,
+                    compute_ms = t.times.total().as_millis() as u64,
+                    audio_tokens = t.audio_tokens,
+                    new_tokens = t.tokens.len(),
+                    "transcribed"
+                );
+            }
+            (a.request.reply)(result);
+            self.done_with();
+        }
+    }
+
+    /// Answers the active requests at `failed` (indices) with their errors.
+    fn fail(&mut self, mut failed: Vec<(usize, EngineError)>) {
+        failed.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, e) in failed {
+            let a = self.active.remove(i);
+            tracing::warn!(error = %e, partial = a.request.partial, "a transcription failed");
+            (a.request.reply)(Err(e));
+            self.done_with();
+        }
+    }
+}
+
+/// Runs one request's share of the model work: its error, or a panic, stays
+/// with that request and never takes the model thread down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, BundleError>) -> Result<T, EngineError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(EngineError::Model(e.to_string())),
+        Err(_) => Err(EngineError::Panicked),
+    }
+}
