@@ -19,7 +19,10 @@ use futures::Stream;
 use tokio::sync::mpsc::{self, Receiver, Sender};
 use tonic::Status;
 
-pub type Reply = Result<pb::ServerMessage, Status>;
+use crate::error::SessionError;
+
+/// What a session sends its client: a message, or the error that ends the call.
+pub type Reply = Result<pb::ServerMessage, SessionError>;
 
 /// What tonic streams to the client.
 pub struct Replies {
@@ -31,7 +34,7 @@ struct Shared {
     rx: Option<Receiver<Reply>>,
     last_taken: Instant,
     /// The status owed to the client after the watchdog closed the queue.
-    owed: Option<Status>,
+    owed: Option<SessionError>,
 }
 
 /// A reply queue of `capacity` messages; with `stall_limit`, a watchdog
@@ -68,7 +71,7 @@ pub fn channel(capacity: usize, stall_limit: Option<Duration>) -> (Sender<Reply>
                         limit.as_secs_f64()
                     );
                     s.rx = None;
-                    s.owed = Some(Status::deadline_exceeded(format!(
+                    s.owed = Some(SessionError::deadline(format!(
                         "the client read no reply for {} s while replies waited (serve --idle-timeout-s)",
                         limit.as_secs_f64()
                     )));
@@ -80,10 +83,11 @@ pub fn channel(capacity: usize, stall_limit: Option<Duration>) -> (Sender<Reply>
     (tx, Replies { shared })
 }
 
+/// The transport edge: a session's errors become gRPC statuses here.
 impl Stream for Replies {
-    type Item = Reply;
+    type Item = Result<pb::ServerMessage, Status>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Reply>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         match s.rx.as_mut() {
             Some(rx) => {
@@ -91,9 +95,9 @@ impl Stream for Replies {
                 if matches!(next, Poll::Ready(Some(_))) {
                     s.last_taken = Instant::now();
                 }
-                next
+                next.map(|r| r.map(|r| r.map_err(Status::from)))
             }
-            None => Poll::Ready(s.owed.take().map(Err)),
+            None => Poll::Ready(s.owed.take().map(|e| Err(e.into()))),
         }
     }
 }

@@ -269,6 +269,15 @@ async fn splits_keep_partial_audio_whole_and_open_no_empty_segments() {
     server.shutdown().await.unwrap();
 }
 
+/// Requests the model thread has not answered yet.
+fn owed(server: &avlm_stream::server::RunningServer) -> u64 {
+    let engine = server.state.engine.as_ref().expect("a model is loaded");
+    engine
+        .load()
+        .in_flight
+        .load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// A session waiting for its transcripts is still a session: it keeps its
 /// slot (and counts as active) until its last Final is out, so
 /// `--max-sessions` bounds the model work queued, not only the media read.
@@ -291,11 +300,15 @@ async fn a_session_holds_its_slot_until_its_last_final() {
             Some(pb::server_message::Msg::Final(_)) => finals += 1,
             _ => {}
         }
-        // Every segment has ended and the media is all read, but the model
-        // still owes Finals: the session must still hold its slot.
-        if ends == 3 && finals < 3 {
+        // While the model still owes this (only) session work, the
+        // session holds its slot. The count is read before the engine's
+        // backlog: a slot freed while work was still owed fails here. (The
+        // client may read the last SpeechEnd after every Final is already
+        // queued to it, when the slot is rightly free.)
+        let active = server.state.active_sessions();
+        if ends >= 1 && finals < 3 && owed(&server) > 0 {
             assert_eq!(
-                server.state.active_sessions(),
+                active,
                 1,
                 "a session still owed {} Finals was no longer counted",
                 3 - finals
@@ -303,11 +316,11 @@ async fn a_session_holds_its_slot_until_its_last_final() {
             if !refused_while_waiting {
                 let (_, status) =
                     raw_call(&server.url(), whole_stream(container_config(), b"", 1)).await;
-                assert_eq!(
-                    status.expect_err("the slot is still taken").code(),
-                    Code::ResourceExhausted
-                );
-                refused_while_waiting = true;
+                // Accepted only when the work ran out in between.
+                if let Err(status) = status {
+                    assert_eq!(status.code(), Code::ResourceExhausted);
+                    refused_while_waiting = true;
+                }
             }
         }
     }

@@ -59,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "samples/latency")]
     pub latency_clips: PathBuf,
     /// Concurrent real-time stream counts for the latency section, ascending.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub latency_streams: Vec<usize>,
     /// Partial re-decode interval for the latency section, in ms.
     #[arg(long, default_value_t = 500)]

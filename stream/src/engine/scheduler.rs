@@ -53,7 +53,12 @@ pub struct Scheduler {
     finals: VecDeque<Request>,
     partials: VecDeque<Request>,
     active: Vec<Active>,
+    last_trim: Instant,
+    answered_since_trim: bool,
 }
+
+/// How often at most a busy thread returns freed heap to the system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Scheduler {
     pub fn new(pipeline: AsrPipeline, load: Arc<EngineLoad>) -> Self {
@@ -63,6 +68,8 @@ impl Scheduler {
             finals: VecDeque::new(),
             partials: VecDeque::new(),
             active: Vec::new(),
+            last_trim: Instant::now(),
+            answered_since_trim: false,
         }
     }
 
@@ -74,6 +81,7 @@ impl Scheduler {
                 if !open {
                     return;
                 }
+                give_back_memory();
                 match inbox.recv() {
                     Ok(r) => self.enqueue(r),
                     Err(_) => return,
@@ -109,6 +117,8 @@ impl Scheduler {
         self.step();
     }
 
+    /// Counts a request out; before its answer, so whoever gets the answer
+    /// sees the count without it.
     fn done_with(&self) {
         self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -178,8 +188,8 @@ impl Scheduler {
                     });
                 }
                 Err(e) => {
-                    (meta.reply)(Err(e));
                     self.done_with();
+                    (meta.reply)(Err(e));
                 }
             }
         }
@@ -263,6 +273,11 @@ impl Scheduler {
     }
 
     fn answer_finished(&mut self) {
+        if self.answered_since_trim && self.last_trim.elapsed() >= TRIM_EVERY {
+            give_back_memory();
+            self.last_trim = Instant::now();
+            self.answered_since_trim = false;
+        }
         let mut i = 0;
         while i < self.active.len() {
             if !self.active[i].decode.is_done() {
@@ -282,8 +297,9 @@ impl Scheduler {
                     "transcribed"
                 );
             }
-            (a.request.reply)(result);
             self.done_with();
+            (a.request.reply)(result);
+            self.answered_since_trim = true;
         }
     }
 
@@ -293,9 +309,21 @@ impl Scheduler {
         for (i, e) in failed {
             let a = self.active.remove(i);
             tracing::warn!(error = %e, partial = a.request.partial, "a transcription failed");
-            (a.request.reply)(Err(e));
             self.done_with();
+            (a.request.reply)(Err(e));
         }
+    }
+}
+
+/// Returns the heap that finished transcriptions freed (KV caches, prompt
+/// tensors) to the system while the thread has nothing to do: glibc keeps
+/// freed blocks in its arenas, so a burst of concurrent transcriptions
+/// would otherwise hold its peak memory for good.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

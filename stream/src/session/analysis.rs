@@ -6,19 +6,19 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::SessionError;
 use avlm_encoders::{
     EndReason, Endpointer, SpeechEvent, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE,
 };
 use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
-use tonic::Status;
 
 use crate::media::{DecodeMeter, MediaError, MediaItem};
 use crate::session::transcribe::Transcriber;
 
 /// Where server messages go; `false` from `send` means the client is gone.
 pub struct Outbox {
-    pub tx: Sender<Result<pb::ServerMessage, Status>>,
+    pub tx: Sender<crate::replies::Reply>,
 }
 
 impl Outbox {
@@ -28,7 +28,7 @@ impl Outbox {
             .is_ok()
     }
 
-    pub fn fail(&self, status: Status) {
+    pub fn fail(&self, status: SessionError) {
         let _ = self.tx.blocking_send(Err(status));
     }
 }
@@ -163,13 +163,14 @@ impl Analysis {
             }
             Err(_) => {
                 // The decoder thread ended without a result: it panicked.
-                self.out
-                    .fail(Status::internal("the media decoder stopped unexpectedly"));
+                self.out.fail(SessionError::internal(
+                    "the media decoder stopped unexpectedly",
+                ));
                 Outcome::Gone
             }
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "media failed");
-                self.out.fail(crate::error::media_status(&e));
+                self.out.fail(SessionError::from(&e));
                 Outcome::Gone
             }
         }
@@ -181,7 +182,7 @@ impl Analysis {
             if self.whole {
                 self.processed_s = start_s + samples.len() as f64 / f64::from(VAD_SAMPLE_RATE);
                 if t.buffered_samples() > crate::engine::asr::MAX_SAMPLES {
-                    self.out.fail(Status::failed_precondition(
+                    self.out.fail(SessionError::precondition(
                         "a whole_utterance stream holds at most 30 s of audio (the audio encoder's window); stream longer audio with voice activity segmentation instead",
                     ));
                     return false;
@@ -228,7 +229,7 @@ impl Analysis {
         let prob = match self.vad.probability(window) {
             Ok(p) => p,
             Err(e) => {
-                self.out.fail(Status::internal(format!(
+                self.out.fail(SessionError::internal(format!(
                     "voice activity detection failed: {e}"
                 )));
                 return false;
@@ -246,7 +247,7 @@ impl Analysis {
         if let Some(t) = &mut self.transcriber {
             if !t.tick(self.endpointer.open_segment(), end) {
                 self.out
-                    .fail(Status::unavailable("the model thread has stopped"));
+                    .fail(SessionError::unavailable("the model thread has stopped"));
                 return false;
             }
         }
@@ -259,7 +260,7 @@ impl Analysis {
         let handed_in = self.transcriber.as_mut().is_none_or(Transcriber::finish);
         if !handed_in {
             self.out
-                .fail(Status::unavailable("the model thread has stopped"));
+                .fail(SessionError::unavailable("the model thread has stopped"));
         }
         handed_in
     }
@@ -284,7 +285,7 @@ impl Analysis {
             for event in &self.events {
                 if !t.event(event) {
                     self.out
-                        .fail(Status::unavailable("the model thread has stopped"));
+                        .fail(SessionError::unavailable("the model thread has stopped"));
                     return false;
                 }
             }

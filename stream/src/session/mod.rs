@@ -20,7 +20,8 @@ use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
 use tonic::{Status, Streaming};
 
-use crate::error::media_status;
+use crate::error::SessionError;
+
 use crate::media::pipe::{byte_pipe, PipeWriter};
 use crate::media::sniff::{Mp4Layout, Mp4Sniffer};
 use crate::media::{self, DecodeMeter, InputSpec, MediaError, MediaSink};
@@ -46,7 +47,7 @@ pub async fn run(
         _ = tx.closed() => return,
         // A stream that never sends its config must not hold a slot.
         _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
-            return fail(&tx, Status::deadline_exceeded(format!(
+            return fail(&tx, SessionError::deadline(format!(
                 "no StreamConfig from the client within {} s of opening the stream (serve --idle-timeout-s)",
                 idle.unwrap_or_default().as_secs_f64()
             )))
@@ -60,17 +61,17 @@ pub async fn run(
         Ok(Some(pb::ClientMessage {
             msg: Some(pb::client_message::Msg::Media(_)),
         })) => {
-            return fail(&tx, Status::invalid_argument("a MediaChunk came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
+            return fail(&tx, SessionError::bad_input("a MediaChunk came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
         }
         Ok(Some(pb::ClientMessage {
             msg: Some(pb::client_message::Msg::Control(_)),
         })) => {
-            return fail(&tx, Status::invalid_argument("a Control came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
+            return fail(&tx, SessionError::bad_input("a Control came before the StreamConfig: the first message of a stream must be a StreamConfig")).await;
         }
         Ok(Some(pb::ClientMessage { msg: None })) => {
             return fail(
                 &tx,
-                Status::invalid_argument(
+                SessionError::bad_input(
                     "empty ClientMessage: the first message of a stream must be a StreamConfig",
                 ),
             )
@@ -79,7 +80,7 @@ pub async fn run(
         Ok(None) => {
             return fail(
                 &tx,
-                Status::invalid_argument("the stream ended before its StreamConfig"),
+                SessionError::bad_input("the stream ended before its StreamConfig"),
             )
             .await
         }
@@ -102,14 +103,14 @@ pub async fn run(
             Ok(Err(e)) => {
                 return fail(
                     &tx,
-                    Status::internal(format!("cannot start voice activity detection: {e}")),
+                    SessionError::internal(format!("cannot start voice activity detection: {e}")),
                 )
                 .await
             }
             Err(e) => {
                 return fail(
                     &tx,
-                    Status::internal(format!("cannot start voice activity detection: {e}")),
+                    SessionError::internal(format!("cannot start voice activity detection: {e}")),
                 )
                 .await
             }
@@ -151,7 +152,7 @@ pub async fn run(
     if let Err(e) = spawned {
         return fail(
             &tx,
-            Status::resource_exhausted(format!("cannot start a decoder thread: {e}")),
+            SessionError::resource(format!("cannot start a decoder thread: {e}")),
         )
         .await;
     }
@@ -199,7 +200,7 @@ pub async fn run(
         abort.abort();
         return fail(
             &tx,
-            Status::resource_exhausted(format!("cannot start an analysis thread: {e}")),
+            SessionError::resource(format!("cannot start an analysis thread: {e}")),
         )
         .await;
     }
@@ -217,21 +218,21 @@ pub async fn run(
         .await
     {
         abort.abort();
-        tracing::info!(code = ?status.code(), message = status.message(), "session failed");
+        tracing::info!(kind = status.kind.label(), message = %status.message, "session failed");
         fail(&tx, status).await;
     }
     drop(lease);
 }
 
 /// Ends the stream with `status` (if the client still listens).
-async fn fail(tx: &Sender<Reply>, status: Status) {
+async fn fail(tx: &Sender<Reply>, status: SessionError) {
     let _ = tx.send(Err(status)).await;
 }
 
 /// Client-side failures seen while reading the request stream.
-fn inbound_status(status: Status, state: &ServerState) -> Status {
+fn inbound_status(status: Status, state: &ServerState) -> SessionError {
     if status.code() == tonic::Code::Internal && status.message().contains("decode") {
-        return Status::invalid_argument(format!(
+        return SessionError::bad_input(format!(
             "a ClientMessage could not be decoded: {}",
             status.message()
         ));
@@ -239,13 +240,13 @@ fn inbound_status(status: Status, state: &ServerState) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {
-        return Status::resource_exhausted(format!(
+        return SessionError::resource(format!(
             "a message exceeds the server's limit of {} bytes (serve --max-message-bytes): send media in smaller chunks ({})",
             state.config.max_message_bytes,
             status.message()
         ));
     }
-    status
+    SessionError::from_inbound(&status)
 }
 
 struct Reader {
@@ -264,7 +265,7 @@ impl Reader {
         tx: &Sender<Reply>,
         state: &ServerState,
         analysis_done: &mut tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), SessionError> {
         let idle = state.config.idle_timeout;
         loop {
             let msg = tokio::select! {
@@ -278,7 +279,7 @@ impl Reader {
                     if let Some(w) = self.writer.take() {
                         w.abort_handle().abort();
                     }
-                    return Err(Status::deadline_exceeded(format!(
+                    return Err(SessionError::deadline(format!(
                         "no message from the client for {} s: a live stream sends media as it is captured (serve --idle-timeout-s)",
                         idle.unwrap_or_default().as_secs_f64()
                     )));
@@ -305,7 +306,7 @@ impl Reader {
             };
             match msg.msg {
                 Some(pb::client_message::Msg::Config(_)) => {
-                    return Err(Status::invalid_argument(
+                    return Err(SessionError::bad_input(
                         "a second StreamConfig: a stream takes exactly one, as its first message",
                     ));
                 }
@@ -314,7 +315,7 @@ impl Reader {
                     match pb::control::Action::try_from(control.action) {
                         Ok(pb::control::Action::Flush) => {
                             if self.ended {
-                                return Err(Status::invalid_argument(
+                                return Err(SessionError::bad_input(
                                     "Control FLUSH after END_OF_STREAM",
                                 ));
                             }
@@ -324,33 +325,33 @@ impl Reader {
                         }
                         Ok(pb::control::Action::EndOfStream) => self.close(),
                         _ => {
-                            return Err(Status::invalid_argument(format!(
+                            return Err(SessionError::bad_input(format!(
                                 "Control.action {} is not a known action",
                                 control.action
                             )))
                         }
                     }
                 }
-                None => return Err(Status::invalid_argument("empty ClientMessage")),
+                None => return Err(SessionError::bad_input("empty ClientMessage")),
             }
         }
     }
 
-    async fn media(&mut self, chunk: pb::MediaChunk) -> Result<(), Status> {
+    async fn media(&mut self, chunk: pb::MediaChunk) -> Result<(), SessionError> {
         if self.ended {
-            return Err(Status::invalid_argument(format!(
+            return Err(SessionError::bad_input(format!(
                 "MediaChunk seq {} after END_OF_STREAM",
                 chunk.seq
             )));
         }
         if chunk.seq != self.expected_seq {
             return Err(if chunk.seq > self.expected_seq {
-                Status::data_loss(format!(
+                SessionError::data_loss(format!(
                     "MediaChunk seq {} arrived where {} was expected: chunks {}..{} are missing",
                     chunk.seq, self.expected_seq, self.expected_seq, chunk.seq
                 ))
             } else {
-                Status::invalid_argument(format!(
+                SessionError::bad_input(format!(
                     "MediaChunk seq {} repeats or goes back (expected {}): seq starts at 0 and grows by one per chunk",
                     chunk.seq, self.expected_seq
                 ))
@@ -359,7 +360,7 @@ impl Reader {
         self.expected_seq += 1;
         if let Some(sniffer) = &mut self.sniffer {
             if sniffer.push(&chunk.data) == Mp4Layout::IndexAtEnd {
-                return Err(media_status(&MediaError::IndexAtEnd));
+                return Err(SessionError::from(&MediaError::IndexAtEnd));
             }
             if sniffer.verdict() == Mp4Layout::Streamable {
                 self.sniffer = None;

@@ -20,9 +20,9 @@ use std::time::Instant;
 use avlm_encoders::SpeechEvent;
 use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
-use tonic::Status;
 
 use crate::engine::{Engine, Request, SubmitError};
+use crate::error::SessionError;
 use crate::media::AUDIO_RATE;
 use crate::state::SessionLease;
 
@@ -40,6 +40,19 @@ type Reply = Sender<crate::replies::Reply>;
 struct Forwarder {
     queue: tokio::sync::mpsc::UnboundedSender<crate::replies::Reply>,
     backlog: Arc<AtomicU64>,
+    order: Arc<Mutex<FinalOrder>>,
+}
+
+/// Finals go out in segment order, whatever order the model thread (which
+/// decodes many at once) finishes them in.
+#[derive(Default)]
+struct FinalOrder {
+    /// Tickets handed out (one per final).
+    issued: u64,
+    /// The ticket whose final goes out next.
+    next: u64,
+    /// Finals done before an earlier one.
+    ready: std::collections::BTreeMap<u64, crate::replies::Reply>,
 }
 
 /// Partials allowed to wait for a slow client.
@@ -71,7 +84,41 @@ impl Forwarder {
             drop(lease);
             drop(reply);
         });
-        Forwarder { queue, backlog }
+        Forwarder {
+            queue,
+            backlog,
+            order: Arc::default(),
+        }
+    }
+
+    /// The place in line of the next final.
+    fn ticket(&self) -> u64 {
+        let mut o = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        o.issued += 1;
+        o.issued - 1
+    }
+
+    /// Sends the final of `ticket` once every earlier one is out.
+    fn deliver_final(&self, ticket: u64, msg: crate::replies::Reply) {
+        let mut o = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        o.ready.insert(ticket, msg);
+        loop {
+            let next = o.next;
+            let Some(msg) = o.ready.remove(&next) else {
+                break;
+            };
+            o.next += 1;
+            self.deliver(msg, false);
+        }
+    }
+
+    /// Sends a partial unless an earlier segment's final is still owed
+    /// (the partial would overtake it; the next one comes soon).
+    fn deliver_partial(&self, msg: crate::replies::Reply) {
+        let o = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        if o.next == o.issued {
+            self.deliver(msg, true);
+        }
     }
 
     fn deliver(&self, msg: crate::replies::Reply, droppable: bool) {
@@ -272,12 +319,9 @@ impl Transcriber {
                     end_s: now_s,
                     compute_s,
                 };
-                out.deliver(
-                    Ok(pb::ServerMessage {
-                        msg: Some(pb::server_message::Msg::Partial(partial)),
-                    }),
-                    true,
-                );
+                out.deliver_partial(Ok(pb::ServerMessage {
+                    msg: Some(pb::server_message::Msg::Partial(partial)),
+                }));
             }),
         };
         match self.engine.try_submit(request) {
@@ -396,6 +440,7 @@ impl Transcriber {
         let watch = self.tx.clone();
         let backlog = self.backlog.clone();
         let owed = samples.len() as u64;
+        let ticket = out.ticket();
         backlog.segments.fetch_add(1, Ordering::AcqRel);
         backlog.samples.fetch_add(owed, Ordering::AcqRel);
         let request = Request {
@@ -417,11 +462,11 @@ impl Transcriber {
                             text: t.text,
                         })),
                     }),
-                    Err(e) => Err(Status::internal(format!(
+                    Err(e) => Err(SessionError::internal(format!(
                         "transcribing segment {id} failed: {e}"
                     ))),
                 };
-                out.deliver(msg, false);
+                out.deliver_final(ticket, msg);
             }),
         };
         self.held.push_back(request);

@@ -1,9 +1,9 @@
 //! Validation of a client's `StreamConfig` into the session's settings: the
 //! engine never sees unchecked input, and every rejection names the field.
 
+use crate::error::SessionError;
 use avlm_encoders::EndpointConfig;
 use avlm_proto as pb;
-use tonic::Status;
 
 use crate::config::SessionDefaults;
 use crate::media::{DecodeSpec, InputSpec, RawSampleFormat, VideoSpec};
@@ -48,8 +48,8 @@ fn quoted(value: &str) -> String {
     }
 }
 
-fn bad(field: &str, why: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("StreamConfig.{field}: {why}"))
+fn bad(field: &str, why: impl std::fmt::Display) -> SessionError {
+    SessionError::bad_input(format!("StreamConfig.{field}: {why}"))
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -58,7 +58,7 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     lo: T,
     hi: T,
     unit: &str,
-) -> Result<T, Status> {
+) -> Result<T, SessionError> {
     if value < lo || value > hi {
         return Err(bad(
             field,
@@ -83,7 +83,7 @@ pub fn validate(
     config: pb::StreamConfig,
     defaults: &SessionDefaults,
     caps: &Capabilities,
-) -> Result<ValidConfig, Status> {
+) -> Result<ValidConfig, SessionError> {
     let model_name = caps.model_name.as_str();
     let task = match pb::Task::try_from(config.task) {
         Ok(pb::Task::Unspecified | pb::Task::Segments) => Task::Segments,
@@ -100,7 +100,7 @@ pub fn validate(
     };
     let o = config.options.clone().unwrap_or_default();
     if !o.model.is_empty() && o.model != model_name {
-        return Err(Status::not_found(format!(
+        return Err(SessionError::not_found(format!(
             "StreamConfig.options.model: no model named {} on this server (available: {model_name:?})",
             quoted(&o.model)
         )));
@@ -113,7 +113,7 @@ pub fn validate(
             ));
         }
         Task::Transcribe if !caps.transcribe => {
-            return Err(Status::unimplemented(
+            return Err(SessionError::unsupported(
                 "task TRANSCRIBE needs a model bundle, and this server runs without one (serve --bundle DIR); it serves task SEGMENTS",
             ));
         }
@@ -124,7 +124,7 @@ pub fn validate(
             ));
         }
         Task::Caption => {
-            return Err(Status::unimplemented(format!(
+            return Err(SessionError::unsupported(format!(
                 "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task {}",
                 if caps.transcribe {
                     "SEGMENTS and TRANSCRIBE"
@@ -358,7 +358,8 @@ pub fn validate(
 mod tests {
     use super::*;
 
-    fn check(config: pb::StreamConfig) -> Result<ValidConfig, Status> {
+    /// Validation as a client sees it: errors through the one status map.
+    fn check(config: pb::StreamConfig) -> Result<ValidConfig, tonic::Status> {
         validate(
             config,
             &SessionDefaults::default(),
@@ -367,6 +368,7 @@ mod tests {
                 transcribe: false,
             },
         )
+        .map_err(tonic::Status::from)
     }
 
     #[test]
