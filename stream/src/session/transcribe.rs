@@ -53,6 +53,9 @@ struct FinalOrder {
     next: u64,
     /// Finals done before an earlier one.
     ready: std::collections::BTreeMap<u64, crate::replies::Reply>,
+    /// A partial done while a final handed in before it was still owed:
+    /// (tickets issued when it was handed in, the partial).
+    partial: Option<(u64, crate::replies::Reply)>,
 }
 
 /// Partials allowed to wait for a slow client.
@@ -110,14 +113,29 @@ impl Forwarder {
             o.next += 1;
             self.deliver(msg, false);
         }
+        // The partial waited for the finals before it; once its own
+        // segment's final is out it is stale.
+        match o.partial.take() {
+            Some((before, msg)) if o.next == before => self.deliver(msg, true),
+            Some((before, msg)) if o.next < before => o.partial = Some((before, msg)),
+            _ => {}
+        }
     }
 
-    /// Sends a partial unless an earlier segment's final is still owed
-    /// (the partial would overtake it; the next one comes soon).
-    fn deliver_partial(&self, msg: crate::replies::Reply) {
-        let o = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        if o.next == o.issued {
-            self.deliver(msg, true);
+    /// Finals handed in so far: a partial handed in now goes out after them.
+    fn finals_issued(&self) -> u64 {
+        self.order.lock().unwrap_or_else(|e| e.into_inner()).issued
+    }
+
+    /// Sends a partial handed in after `before` finals once they are out
+    /// (the batched engine may finish it first); a newer one replaces it.
+    fn deliver_partial(&self, before: u64, msg: crate::replies::Reply) {
+        let mut o = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        match o.next.cmp(&before) {
+            std::cmp::Ordering::Equal => self.deliver(msg, true),
+            std::cmp::Ordering::Less => o.partial = Some((before, msg)),
+            // Its own segment's final is out: stale.
+            std::cmp::Ordering::Greater => {}
         }
     }
 
@@ -289,6 +307,7 @@ impl Transcriber {
         let generation = self.generation.load(Ordering::Acquire);
         let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
         let (agreement, out) = (self.agreement.clone(), self.out.clone());
+        let before = out.finals_issued();
         let request = Request {
             samples,
             forced,
@@ -319,9 +338,12 @@ impl Transcriber {
                     end_s: now_s,
                     compute_s,
                 };
-                out.deliver_partial(Ok(pb::ServerMessage {
-                    msg: Some(pb::server_message::Msg::Partial(partial)),
-                }));
+                out.deliver_partial(
+                    before,
+                    Ok(pb::ServerMessage {
+                        msg: Some(pb::server_message::Msg::Partial(partial)),
+                    }),
+                );
             }),
         };
         match self.engine.try_submit(request) {
