@@ -198,6 +198,30 @@ impl KvCache {
         ))
     }
 
+    /// Runs `f` on the keys and values of `layer` as f32 slices laid out
+    /// `[kv_heads, capacity, head_dim]`, with the capacity (CPU caches only).
+    pub(crate) fn with_layer<R>(
+        &self,
+        layer: usize,
+        f: impl FnOnce(&[f32], &[f32], usize) -> R,
+    ) -> Result<R> {
+        let (ks, kl) = self.keys[layer].storage_and_layout();
+        let (vs, vl) = self.values[layer].storage_and_layout();
+        match (&*ks, &*vs) {
+            (
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(k)),
+                candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)),
+            ) if kl.is_contiguous() && vl.is_contiguous() => Ok(f(
+                &k[kl.start_offset()..],
+                &v[vl.start_offset()..],
+                self.capacity,
+            )),
+            _ => Err(LlmError::InvalidInput(
+                "the one-token attention kernel needs a contiguous f32 CPU cache".into(),
+            )),
+        }
+    }
+
     /// Marks `n` appended positions as filled (after all layers wrote them).
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod generate;
 pub mod lora;
 pub mod model;
+pub mod q8;
 pub mod tokenizer;
 mod weights;
 

@@ -11,6 +11,7 @@ use crate::cache::KvCache;
 use crate::config::{LlamaConfig, RopeStyle};
 use crate::error::{LlmError, Result};
 use crate::lora::{Lora, PROJECTIONS};
+use crate::q8::Q8Matrix;
 use crate::weights::{self, Gguf, HfWeights};
 
 /// How GGUF matmul weights are kept in memory.
@@ -28,10 +29,35 @@ pub enum WeightMode {
     Mixed,
 }
 
+/// A matmul weight as candle holds it, or as our 8-bit kernel does.
+enum Weight {
+    Candle(QMatMul),
+    Q8(Q8Matrix),
+}
+
+impl Weight {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Candle(w) => w.forward(x),
+            Weight::Q8(w) => {
+                let dims = x.dims().to_vec();
+                let k = *dims.last().unwrap_or(&0);
+                let m = x.elem_count() / k.max(1);
+                let y = w.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m);
+                let mut out = dims;
+                if let Some(last) = out.last_mut() {
+                    *last = w.out_features();
+                }
+                Tensor::from_vec(y, out, x.device())
+            }
+        }
+    }
+}
+
 /// A matmul weight, optionally with a second copy for one-token steps.
 struct Linear {
-    main: QMatMul,
-    step: Option<QMatMul>,
+    main: Weight,
+    step: Option<Weight>,
 }
 
 impl Linear {
@@ -41,6 +67,18 @@ impl Linear {
             _ => self.main.forward(x),
         }
     }
+}
+
+/// Our 8-bit copy of `q` (its rows quantized from the dequantized values,
+/// as a Q8_0 re-quantization would); `None` on devices other than the CPU.
+fn q8_weight(q: &QTensor, device: &Device) -> Result<Option<Weight>> {
+    if !device.is_cpu() {
+        return Ok(None);
+    }
+    let dense = q.dequantize(device)?;
+    let (n, k) = dense.dims2()?;
+    let data = dense.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Q8Matrix::from_dense(&data, n, k).map(Weight::Q8))
 }
 
 struct Layer {
@@ -87,17 +125,31 @@ impl Llama {
         let q8 = mode == WeightMode::Q8;
         let mixed = mode == WeightMode::Mixed;
         let linear = |q: QTensor| -> Result<Linear> {
-            let step = if mixed {
-                Some(weights::requantize_q8(&q)?)
+            let ours = if mixed || q8 {
+                q8_weight(&q, device)?
             } else {
                 None
             };
-            let main = if q8 {
-                weights::requantize_q8(&q)?
-            } else {
-                weights::matmul(q, dq)?
-            };
-            Ok(Linear { main, step })
+            Ok(match (ours, mixed) {
+                (Some(step), true) => Linear {
+                    main: Weight::Candle(weights::matmul(q, dq)?),
+                    step: Some(step),
+                },
+                (Some(main), false) => Linear { main, step: None },
+                // Off the CPU, or rows not in blocks of 32: candle's Q8_0.
+                (None, _) if mixed => Linear {
+                    step: Some(Weight::Candle(weights::requantize_q8(&q)?)),
+                    main: Weight::Candle(weights::matmul(q, dq)?),
+                },
+                (None, _) if q8 => Linear {
+                    main: Weight::Candle(weights::requantize_q8(&q)?),
+                    step: None,
+                },
+                (None, _) => Linear {
+                    main: Weight::Candle(weights::matmul(q, dq)?),
+                    step: None,
+                },
+            })
         };
         let embed_q = g.qtensor("token_embd.weight", device)?;
         let embed = embed_q.dequantize(device)?;
@@ -184,7 +236,7 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let mut mm = |name: &str| -> Result<Linear> {
                 Ok(Linear {
-                    main: QMatMul::Tensor(w.take(&format!("{p}.{name}.weight"))?),
+                    main: Weight::Candle(QMatMul::Tensor(w.take(&format!("{p}.{name}.weight"))?)),
                     step: None,
                 })
             };
@@ -203,11 +255,11 @@ impl Llama {
         let norm = w.take("model.norm.weight")?;
         // An untied model must ship its output head: never fall back to the embeddings.
         let lm_head = Linear {
-            main: if config.tie_word_embeddings {
+            main: Weight::Candle(if config.tie_word_embeddings {
                 QMatMul::Tensor(embed.clone())
             } else {
                 QMatMul::Tensor(w.take("lm_head.weight")?)
-            },
+            }),
             step: None,
         };
         let description = format!(
@@ -436,23 +488,26 @@ impl Llama {
             Ok(self.rope_one(&t, cos, sin)?.transpose(0, 2)?.contiguous()?)
         };
         let (q, k) = (by_row(&q)?, by_row(&k)?);
-        let group = c.num_heads / c.num_kv_heads;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut outs = Vec::with_capacity(batch);
+        let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
+        let width = c.num_heads * c.head_dim;
+        let mut out = vec![0.0f32; batch * width];
         for (b, cache) in caches.iter_mut().enumerate() {
-            let (k_all, v_all) = cache.append(index, &k.narrow(0, b, 1)?, &v.narrow(0, b, 1)?)?;
-            let qb = q
-                .narrow(0, b, 1)?
-                .reshape((1, c.num_kv_heads, group, c.head_dim))?;
-            let scores = (qb.matmul(&k_all.t()?)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(
-                probs
-                    .matmul(&v_all)?
-                    .reshape((1, c.num_heads * c.head_dim))?,
-            );
+            cache.append(index, &k.narrow(0, b, 1)?, &v.narrow(0, b, 1)?)?;
+            let len = cache.len() + 1;
+            let row = &mut out[b * width..(b + 1) * width];
+            cache.with_layer(index, |keys, values, capacity| {
+                one_token_attention(
+                    c,
+                    &q[b * width..(b + 1) * width],
+                    keys,
+                    values,
+                    capacity,
+                    len,
+                    row,
+                )
+            })?;
         }
-        let out = Tensor::cat(&outs, 0)?;
+        let out = Tensor::from_vec(out, (batch, width), &self.device)?;
         Ok(layer.wo.forward(&out, true)?)
     }
 
@@ -479,6 +534,19 @@ impl Llama {
         let k = heads(layer.wk.forward(h, one)?, c.num_kv_heads)?;
         let v = heads(layer.wv.forward(h, one)?, c.num_kv_heads)?;
         let (q, k) = self.rope(&q, &k, cos, sin)?;
+        if seq == 1 && self.device.is_cpu() {
+            // The same kernel as a batched step's rows, so a row gives the
+            // same numbers alone and in a batch.
+            let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
+            cache.append(index, &k, &v)?;
+            let len = cache.len() + 1;
+            let mut out = vec![0.0f32; c.num_heads * c.head_dim];
+            cache.with_layer(index, |keys, values, capacity| {
+                one_token_attention(c, &q, keys, values, capacity, len, &mut out)
+            })?;
+            let out = Tensor::from_vec(out, (1, 1, c.num_heads * c.head_dim), &self.device)?;
+            return Ok(layer.wo.forward(&out, one)?);
+        }
         let (k_all, v_all) = cache.append(index, &k, &v)?;
 
         let group = c.num_heads / c.num_kv_heads;
@@ -581,4 +649,65 @@ impl Llama {
         }
         best as u32
     }
+}
+
+/// Attention of one new position over `len` cached ones, in plain loops:
+/// one call per row instead of a dozen tensor operations, which dominate a
+/// small model's decode step. `q` is `[heads, head_dim]` (rotated), `keys`
+/// and `values` `[kv_heads, capacity, head_dim]`; writes `[heads, head_dim]`.
+fn one_token_attention(
+    c: &LlamaConfig,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    capacity: usize,
+    len: usize,
+    out: &mut [f32],
+) {
+    let hd = c.head_dim;
+    let group = c.num_heads / c.num_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0.0f32; len];
+    for h in 0..c.num_heads {
+        let g = h / group;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let kg = &keys[g * capacity * hd..];
+        let vg = &values[g * capacity * hd..];
+        let mut max = f32::NEG_INFINITY;
+        for (p, s) in scores.iter_mut().enumerate() {
+            let kp = &kg[p * hd..(p + 1) * hd];
+            *s = dot(qh, kp) * scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let oh = &mut out[h * hd..(h + 1) * hd];
+        oh.fill(0.0);
+        for (p, &s) in scores.iter().enumerate() {
+            let w = s / sum;
+            for (o, &x) in oh.iter_mut().zip(&vg[p * hd..(p + 1) * hd]) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// Dot product in 8 lanes (the compiler vectorises it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
 }
