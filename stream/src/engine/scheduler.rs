@@ -23,9 +23,13 @@ use super::asr::{step_rows, AsrPipeline, Decode};
 use super::{EngineError, EngineLoad, Request, Transcript};
 use crate::bundle::BundleError;
 
-/// Prompt positions prefilled per tick across all requests: bounds how long
-/// one tick keeps the live rows waiting for their next token.
+/// Prompt positions prefilled per tick across all requests while no rows
+/// are decoding.
 pub const TICK_PROMPT_TOKENS: usize = 256;
+
+/// The same while rows are decoding: a CPU prefills a few ms a position,
+/// and every live row waits for the tick to end before its next token.
+pub const TICK_PROMPT_TOKENS_DECODING: usize = 64;
 
 /// Transcriptions decoding at once; more wait in the queue.
 pub const MAX_ACTIVE: usize = 16;
@@ -135,7 +139,12 @@ impl Scheduler {
     }
 
     fn prefill(&mut self) {
-        let mut budget = TICK_PROMPT_TOKENS;
+        let decoding = self.active.iter().any(|a| a.decode.prefill_left() == 0);
+        let mut budget = if decoding {
+            TICK_PROMPT_TOKENS_DECODING
+        } else {
+            TICK_PROMPT_TOKENS
+        };
         // Running prefills first, finals before partials.
         self.active.sort_by_key(|a| a.request.partial);
         let mut failed = Vec::new();
@@ -154,11 +163,15 @@ impl Scheduler {
         }
         self.fail(failed);
         while budget > 0 && self.active.len() < MAX_ACTIVE {
-            let Some(r) = self
-                .finals
-                .pop_front()
-                .or_else(|| self.partials.pop_front())
-            else {
+            // Partials start only while no final is waiting or running: a
+            // final's latency is what a client waits on; a partial is a preview.
+            let finals_busy = self.active.iter().any(|a| !a.request.partial);
+            let next = match self.finals.pop_front() {
+                Some(r) => Some(r),
+                None if !finals_busy => self.partials.pop_front(),
+                None => None,
+            };
+            let Some(r) = next else {
                 break;
             };
             let meta = Meta {
