@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::engine::{AsrPipeline, Transcript};
-use common::quick_bundle;
+use common::{quick_bundle, read_wav};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,14 +39,6 @@ fn load_err(dir: &Path) -> String {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e.to_string(),
     }
-}
-
-fn read_wav(path: &str) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    bytes[44..]
-        .chunks_exact(2)
-        .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
-        .collect()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::engine::{AsrPipeline, Engine, EngineError, Request, Transcript};
-use common::quick_bundle;
+use common::{quick_bundle, read_wav};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -21,14 +21,6 @@ fn root() -> PathBuf {
 
 fn init() {
     avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
-}
-
-fn read_wav(path: &str) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    bytes[44..]
-        .chunks_exact(2)
-        .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
-        .collect()
 }
 
 fn card(n: u32) -> Vec<f32> {

@@ -58,3 +58,12 @@ pub fn avlm() -> Command {
         .env("AVLM_LOG", "error");
     c
 }
+
+/// 16-bit mono PCM of a canonical 44-byte-header WAV file, as f32.
+pub fn read_wav(path: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
+        .collect()
+}
