@@ -11,6 +11,10 @@ pub mod runtime;
 pub mod vad;
 pub mod whisper;
 
+/// The audio rate every model here takes: Whisper's front end and Silero
+/// VAD, and so all audio avlm decodes.
+pub const SAMPLE_RATE: u32 = 16_000;
+
 pub use endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
 pub use error::EncoderError;
 pub use media::{Frame, Pcm};

@@ -21,7 +21,7 @@ pub const N_FFT: usize = 400;
 /// Samples between frames (10 ms at 16 kHz).
 pub const HOP: usize = 160;
 /// Sample rate the front end expects.
-pub const SAMPLE_RATE: u32 = 16_000;
+pub use crate::SAMPLE_RATE;
 const N_BINS: usize = N_FFT / 2 + 1;
 
 /// A log-mel spectrogram: `n_mels` rows of `frames` values, row-major.

@@ -16,7 +16,7 @@ use ort::value::TensorRef;
 use crate::{runtime, EncoderError};
 
 /// Sample rate the VAD runs at.
-pub const VAD_SAMPLE_RATE: u32 = 16_000;
+pub const VAD_SAMPLE_RATE: u32 = crate::SAMPLE_RATE;
 /// Samples per VAD window at 16 kHz (32 ms).
 pub const VAD_CHUNK_SAMPLES: usize = 512;
 /// Left context carried from the previous window.

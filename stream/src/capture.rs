@@ -48,7 +48,7 @@ pub struct CaptureSpec {
     pub max_fps: f64,
 }
 
-const AUDIO_RATE: i32 = 16_000;
+const AUDIO_RATE: i32 = avlm_encoders::SAMPLE_RATE as i32;
 /// MJPEG quantiser (2 best – 31 worst) and FFmpeg's lambda scale for it.
 const JPEG_QSCALE: i32 = 5;
 const FF_QP2LAMBDA: i32 = 118;

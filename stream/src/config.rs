@@ -17,13 +17,16 @@ pub struct SessionDefaults {
 }
 
 impl Default for SessionDefaults {
+    /// Endpointing as the endpointer's own defaults say.
     fn default() -> Self {
+        let e = avlm_encoders::EndpointConfig::default();
+        let ms = |s: f64| (s * 1000.0).round() as u32;
         SessionDefaults {
-            vad_threshold: 0.5,
-            min_silence_ms: 500,
-            min_speech_ms: 250,
-            pre_roll_ms: 100,
-            max_segment_ms: 30_000,
+            vad_threshold: e.threshold,
+            min_silence_ms: ms(e.min_silence_s),
+            min_speech_ms: ms(e.min_speech_s),
+            pre_roll_ms: ms(e.pre_roll_s),
+            max_segment_ms: ms(e.max_segment_s),
             video_fps: 25.0,
             video_width: 224,
             video_height: 224,
@@ -58,6 +61,21 @@ pub struct ServerConfig {
     pub shutdown_grace: std::time::Duration,
 }
 
+/// The ONNX Runtime library tools/setup.sh installs, inside the `.avlm` folder.
+pub const ORT_LIB: &str = "lib/libonnxruntime.so.1.31.1";
+
+/// The Silero VAD model tools/setup.sh installs, inside the `.avlm` folder.
+pub const VAD_MODEL: &str = "models/silero_vad.onnx";
+
+/// Default `max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
+
+/// Default `max_message_bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Default `partial_interval_ms` of a session with partial results.
+pub const DEFAULT_PARTIAL_INTERVAL_MS: u32 = 500;
+
 /// Default `shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 
@@ -70,10 +88,10 @@ impl ServerConfig {
     pub fn with_runtime_in(root: &std::path::Path) -> Self {
         let state = root.join(".avlm");
         ServerConfig {
-            ort_lib: state.join("lib/libonnxruntime.so.1.31.1"),
-            vad_model: state.join("models/silero_vad.onnx"),
-            max_sessions: 16,
-            max_message_bytes: 4 << 20,
+            ort_lib: state.join(ORT_LIB),
+            vad_model: state.join(VAD_MODEL),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             pipe_bytes: 1 << 20,
             defaults: SessionDefaults::default(),
             bundle: Some(state.join("bundles/default")).filter(|b| b.join("avlm.toml").is_file()),

@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 }
 
 fn init() {
-    avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
+    avlm_encoders::runtime::init(&root().join(".avlm").join(avlm_stream::config::ORT_LIB)).unwrap();
 }
 
 /// The quick bundle (default, 6 new tokens) with `edit` applied to its manifest.

@@ -71,7 +71,7 @@ fn default_bundle_transcribe_chain_matches_the_python_reference() {
             "the default bundle's CTC head changed: regenerate the golden (tools/golden/make_transcribe_golden.py)"
         );
     }
-    avlm_encoders::runtime::init(&root().join(".avlm/lib/libonnxruntime.so.1.31.1")).unwrap();
+    avlm_encoders::runtime::init(&root().join(".avlm").join(avlm_stream::config::ORT_LIB)).unwrap();
     // The reference computes in float64 from the dequantized weights: so
     // does this check, whatever weight mode the bundle runs in (mixed or q8
     // steps are checked against the reference in avlm-llm's parity tests).

@@ -152,7 +152,8 @@ async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::read(&args.input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
     let max = args.sessions.iter().copied().max().unwrap_or(1);
     let server = avlm_stream::server::start(
-        args.runtime.server_config(max, 4 << 20),
+        args.runtime
+            .server_config(max, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES),
         "127.0.0.1:0".parse()?,
     )
     .await?;

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::serve::RuntimeArgs;
 
-const RATE: usize = 16_000;
+const RATE: usize = avlm_encoders::SAMPLE_RATE as usize;
 /// 20 ms of audio per message, as a live capture would send.
 const CHUNK: usize = RATE / 50;
 
@@ -216,7 +216,7 @@ pub async fn latency(
 ) -> anyhow::Result<()> {
     let clips = Arc::new(load_clips(clips_dir)?);
     let max = streams.iter().copied().max().unwrap_or(1);
-    let config = runtime.server_config(max, 4 << 20);
+    let config = runtime.server_config(max, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
     anyhow::ensure!(
         config.bundle.is_some(),
         "no model bundle (run tools/setup.sh or pass --bundle)"

@@ -245,7 +245,9 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<i32> {
         Some(url) => (url.clone(), None),
         None => {
             eprintln!("loading the model…");
-            let config = args.runtime.server_config(1, 4 << 20);
+            let config = args
+                .runtime
+                .server_config(1, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
             (server.url(), Some(server))
         }

@@ -13,10 +13,10 @@ pub struct ServeArgs {
     #[arg(long, env = "AVLM_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Most concurrent sessions; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "AVLM_MAX_SESSIONS", default_value_t = 16)]
+    #[arg(long, env = "AVLM_MAX_SESSIONS", default_value_t = avlm_stream::config::DEFAULT_MAX_SESSIONS)]
     pub max_sessions: usize,
     /// Largest client message in bytes; larger ones end the stream with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "AVLM_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "AVLM_MAX_MESSAGE_BYTES", default_value_t = avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Seconds without any client message before a stream is ended with
     /// DEADLINE_EXCEEDED and its slot freed (0: never).
@@ -49,8 +49,8 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     pub fn server_config(&self, max_sessions: usize, max_message_bytes: usize) -> ServerConfig {
         ServerConfig {
-            ort_lib: paths::resolve(self.ort_lib.clone(), "lib/libonnxruntime.so.1.31.1"),
-            vad_model: paths::resolve(self.vad_model.clone(), "models/silero_vad.onnx"),
+            ort_lib: paths::resolve(self.ort_lib.clone(), avlm_stream::config::ORT_LIB),
+            vad_model: paths::resolve(self.vad_model.clone(), avlm_stream::config::VAD_MODEL),
             max_sessions,
             max_message_bytes,
             pipe_bytes: 1 << 20,

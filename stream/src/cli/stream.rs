@@ -166,7 +166,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     let (url, local) = match &args.server {
         Some(url) => (url.clone(), None),
         None => {
-            let mut config = args.runtime.server_config(4, 4 << 20);
+            let mut config = args
+                .runtime
+                .server_config(4, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
             // Only transcription needs the model bundle.
             if !matches!(args.task, TaskArg::Transcribe) {
                 config.bundle = None;

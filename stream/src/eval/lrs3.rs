@@ -157,7 +157,7 @@ impl Backend {
                     modalities: pb::Modalities::Audio as i32,
                     input: Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
                         sample_format: pb::SampleFormat::F32le as i32,
-                        sample_rate: 16_000,
+                        sample_rate: crate::media::AUDIO_RATE,
                         channels: 1,
                     })),
                     options: Some(pb::StreamOptions {
@@ -213,7 +213,7 @@ pub async fn run(
                     return Err("an SNR condition needs a noise recording".into())
                 }
             };
-            let audio_s = audio.len() as f64 / 16_000.0;
+            let audio_s = audio.len() as f64 / f64::from(crate::media::AUDIO_RATE);
             let started = Instant::now();
             let hypothesis = backend
                 .transcribe(audio)

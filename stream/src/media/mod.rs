@@ -21,7 +21,7 @@ use std::sync::Arc;
 use avlm_encoders::{Frame, Pcm};
 
 /// Sample rate of all decoded audio.
-pub const AUDIO_RATE: u32 = 16_000;
+pub const AUDIO_RATE: u32 = avlm_encoders::SAMPLE_RATE;
 
 /// Sample layout of raw PCM input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -319,7 +319,9 @@ pub fn validate(
             video_height: Some(video_height),
             stats_interval_ms: Some(stats_interval_ms),
             whole_utterance: Some(o.whole_utterance.unwrap_or(false)),
-            partial_interval_ms: o.partial_interval_ms.or(Some(500)),
+            partial_interval_ms: o
+                .partial_interval_ms
+                .or(Some(crate::config::DEFAULT_PARTIAL_INTERVAL_MS)),
         }),
     };
     let whole_utterance = o.whole_utterance.unwrap_or(false);
@@ -331,7 +333,8 @@ pub fn validate(
     }
     let partial_interval_ms = in_range(
         "options.partial_interval_ms",
-        o.partial_interval_ms.unwrap_or(500),
+        o.partial_interval_ms
+            .unwrap_or(crate::config::DEFAULT_PARTIAL_INTERVAL_MS),
         100,
         10_000,
         " ms",
