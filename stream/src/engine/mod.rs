@@ -24,7 +24,7 @@ use crate::bundle::{BundleError, LoadedBundle};
 const INBOX: usize = 64;
 
 /// Where a request's answer goes.
-pub type Reply = Box<dyn FnOnce(Result<Transcript, EngineError>) + Send>;
+pub type AnswerTo = Box<dyn FnOnce(Result<Transcript, EngineError>) + Send>;
 
 /// Why a transcription failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,7 +50,7 @@ pub struct Request {
     /// Asked every tick: once `true` (the session went away, a newer request
     /// replaced it) the request leaves, queued or running, without an answer.
     pub cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
-    pub reply: Reply,
+    pub reply: AnswerTo,
 }
 
 /// Counters the model thread keeps, readable from anywhere.

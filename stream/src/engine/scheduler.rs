@@ -48,7 +48,7 @@ struct Active {
 struct Meta {
     partial: bool,
     cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
-    reply: super::Reply,
+    reply: super::AnswerTo,
 }
 
 pub struct Scheduler {

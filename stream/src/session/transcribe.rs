@@ -29,7 +29,8 @@ use crate::state::SessionLease;
 /// Audio kept while no segment is open, at least.
 const IDLE_HISTORY_S: f64 = 5.0;
 
-type Reply = Sender<crate::replies::Reply>;
+/// The session's reply stream.
+type ReplyTx = Sender<crate::replies::Reply>;
 
 /// Carries replies from the model thread to the client in order without
 /// ever blocking the model thread on one slow client: the engine side pushes
@@ -67,7 +68,7 @@ impl Forwarder {
     /// a session waiting for its transcripts still counts against
     /// `--max-sessions`. It is released before `reply`, so a client that saw
     /// the end of its call finds the slot free.
-    fn start(reply: Reply, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
+    fn start(reply: ReplyTx, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicU64::new(0));
         let pending = backlog.clone();
@@ -207,7 +208,7 @@ pub struct Transcriber {
     held: VecDeque<Request>,
     backlog: Arc<Backlog>,
     /// Watched to skip work for a client that went away.
-    tx: Reply,
+    tx: ReplyTx,
     out: Forwarder,
     buffer: Vec<f32>,
     buffer_start_s: f64,
@@ -225,7 +226,7 @@ impl Transcriber {
     /// `lease` is the session's slot, held until the last transcript is out.
     pub fn new(
         engine: Engine,
-        tx: Reply,
+        tx: ReplyTx,
         lease: Arc<SessionLease>,
         partial_interval_s: Option<f64>,
         runtime: &tokio::runtime::Handle,
