@@ -73,6 +73,29 @@ async fn every_speech_segment_gets_a_final_with_its_times() {
         );
         assert!(fin.decode_latency_s > 0.0);
     }
+    // The whole file arrives at once, so Finals are owed when the stream
+    // ends: the last Stats still comes last, with nothing pending, and
+    // earlier Stats never count fewer segments than the client awaits.
+    let last = run.messages.last().and_then(|m| m.msg.as_ref());
+    let Some(pb::server_message::Msg::Stats(stats)) = last else {
+        panic!("the last message is not Stats: {last:?}");
+    };
+    assert_eq!((stats.segments_pending, stats.seconds_buffered), (0, 0.0));
+    let (mut ended, mut finished) = (0u32, 0u32);
+    for m in &run.messages {
+        match &m.msg {
+            Some(pb::server_message::Msg::Segment(s))
+                if s.kind == pb::segment::Kind::SpeechEnd as i32 =>
+            {
+                ended += 1
+            }
+            Some(pb::server_message::Msg::Final(_)) => finished += 1,
+            Some(pb::server_message::Msg::Stats(s)) => {
+                assert!(s.segments_pending >= ended - finished, "{s:?}")
+            }
+            _ => {}
+        }
+    }
     // Deterministic: the same media gives the same text.
     let again = stream_bytes(
         &server.url(),

@@ -336,8 +336,14 @@ impl Analysis {
         } else {
             0.0
         };
-        let backlog = self.transcriber.as_ref().map(Transcriber::backlog);
-        self.out.send(pb::server_message::Msg::Stats(pb::Stats {
+        // The last Stats goes out after every final still owed, so it is the
+        // stream's last message and nothing is pending by then.
+        let backlog = self
+            .transcriber
+            .as_ref()
+            .filter(|_| !ended)
+            .map(Transcriber::backlog);
+        let stats = pb::server_message::Msg::Stats(pb::Stats {
             media_seconds_received: received,
             media_seconds_processed: self.processed_s,
             real_time_factor: rtf,
@@ -353,6 +359,10 @@ impl Analysis {
                 b.samples.load(Ordering::Acquire) as f64 / f64::from(VAD_SAMPLE_RATE)
             }),
             model_busy: backlog.is_some_and(|b| b.busy.load(Ordering::Acquire)),
-        }))
+        });
+        match &self.transcriber {
+            Some(t) if ended => t.send_last(stats),
+            _ => self.out.send(stats),
+        }
     }
 }

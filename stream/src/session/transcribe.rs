@@ -42,6 +42,8 @@ struct Forwarder {
     queue: tokio::sync::mpsc::UnboundedSender<crate::replies::Reply>,
     backlog: Arc<AtomicU64>,
     order: Arc<Mutex<FinalOrder>>,
+    /// The session's model work owed, counted down as finals go out.
+    owed: Arc<Backlog>,
 }
 
 /// Finals go out in segment order, whatever order the model thread (which
@@ -52,8 +54,9 @@ struct FinalOrder {
     issued: u64,
     /// The ticket whose final goes out next.
     next: u64,
-    /// Finals done before an earlier one.
-    ready: std::collections::BTreeMap<u64, crate::replies::Reply>,
+    /// Finals done before an earlier one, with the samples of their
+    /// segment (`None`: the stream's last Stats, which follows every final).
+    ready: std::collections::BTreeMap<u64, (crate::replies::Reply, Option<u64>)>,
     /// A partial done while a final handed in before it was still owed:
     /// (tickets issued when it was handed in, the partial).
     partial: Option<(u64, crate::replies::Reply)>,
@@ -68,7 +71,12 @@ impl Forwarder {
     /// a session waiting for its transcripts still counts against
     /// `--max-sessions`. It is released before `reply`, so a client that saw
     /// the end of its call finds the slot free.
-    fn start(reply: ReplyTx, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
+    fn start(
+        reply: ReplyTx,
+        lease: Arc<SessionLease>,
+        owed: Arc<Backlog>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicU64::new(0));
         let pending = backlog.clone();
@@ -92,6 +100,7 @@ impl Forwarder {
             queue,
             backlog,
             order: Arc::default(),
+            owed,
         }
     }
 
@@ -103,16 +112,22 @@ impl Forwarder {
     }
 
     /// Sends the final of `ticket` once every earlier one is out.
-    fn deliver_final(&self, ticket: u64, msg: crate::replies::Reply) {
+    fn deliver_final(&self, ticket: u64, msg: crate::replies::Reply, samples: Option<u64>) {
         let mut o = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        o.ready.insert(ticket, msg);
+        o.ready.insert(ticket, (msg, samples));
         loop {
             let next = o.next;
-            let Some(msg) = o.ready.remove(&next) else {
+            let Some((msg, samples)) = o.ready.remove(&next) else {
                 break;
             };
             o.next += 1;
             self.deliver(msg, false);
+            // Counted out once it is on its way, so Stats never report fewer
+            // segments owed than the client is still waiting for.
+            if let Some(samples) = samples {
+                self.owed.segments.fetch_sub(1, Ordering::AcqRel);
+                self.owed.samples.fetch_sub(samples, Ordering::AcqRel);
+            }
         }
         // The partial waited for the finals before it; once its own
         // segment's final is out it is stale.
@@ -231,11 +246,12 @@ impl Transcriber {
         partial_interval_s: Option<f64>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
+        let backlog = Arc::new(Backlog::default());
         Transcriber {
             engine,
             held: VecDeque::new(),
-            backlog: Arc::new(Backlog::default()),
-            out: Forwarder::start(tx.clone(), lease, runtime),
+            out: Forwarder::start(tx.clone(), lease, backlog.clone(), runtime),
+            backlog,
             tx,
             buffer: Vec::new(),
             buffer_start_s: 0.0,
@@ -362,6 +378,15 @@ impl Transcriber {
         }
     }
 
+    /// Sends the stream's last message (its final Stats) after every final
+    /// still owed; `false` when the client is gone.
+    pub fn send_last(&self, msg: pb::server_message::Msg) -> bool {
+        let ticket = self.out.ticket();
+        self.out
+            .deliver_final(ticket, Ok(pb::ServerMessage { msg: Some(msg) }), None);
+        !self.tx.is_closed()
+    }
+
     /// What this session waits for from the model thread.
     pub fn backlog(&self) -> &Backlog {
         &self.backlog
@@ -472,8 +497,6 @@ impl Transcriber {
             partial: false,
             cancelled: Arc::new(move || watch.is_closed()),
             reply: Box::new(move |result| {
-                backlog.segments.fetch_sub(1, Ordering::AcqRel);
-                backlog.samples.fetch_sub(owed, Ordering::AcqRel);
                 let msg = match result {
                     Ok(t) => Ok(pb::ServerMessage {
                         msg: Some(pb::server_message::Msg::Final(pb::Final {
@@ -489,7 +512,7 @@ impl Transcriber {
                         "transcribing segment {id} failed: {e}"
                     ))),
                 };
-                out.deliver_final(ticket, msg);
+                out.deliver_final(ticket, msg, Some(owed));
             }),
         };
         self.held.push_back(request);
