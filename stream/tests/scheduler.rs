@@ -31,11 +31,15 @@ fn card(n: u32) -> Vec<f32> {
 
 type Answer = Result<Transcript, EngineError>;
 
+/// Session numbers of the requests made here.
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 fn request(samples: Vec<f32>, forced: &str, partial: bool) -> (Request, Receiver<Answer>) {
     let (tx, rx) = channel();
     let r = Request {
         samples,
         forced: forced.to_string(),
+        session: NEXT.fetch_add(1, Ordering::Relaxed),
         partial,
         cancelled: Arc::new(|| false),
         reply: Box::new(move |a| {
@@ -118,6 +122,7 @@ fn a_request_nobody_waits_for_leaves_without_an_answer() {
         .try_submit(Request {
             samples: long,
             forced: String::new(),
+            session: 0,
             partial: false,
             cancelled: Arc::new(move || flag.load(Ordering::Acquire)),
             reply: Box::new(move |a| {

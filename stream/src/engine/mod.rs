@@ -44,6 +44,10 @@ pub struct Request {
     pub samples: Vec<f32>,
     /// Text the answer must start with (already committed to the client).
     pub forced: String,
+    /// Who asked (any number unique to the session): finals are admitted
+    /// round-robin over sessions, so one client's backlog does not hold up
+    /// the others.
+    pub session: u64,
     /// A provisional re-decode of an open segment (`decoding.partial_beam_width`):
     /// admitted after every waiting final.
     pub partial: bool,

@@ -46,6 +46,7 @@ struct Active {
 
 /// A request without its samples.
 struct Meta {
+    session: u64,
     partial: bool,
     cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
     reply: super::AnswerTo,
@@ -166,7 +167,7 @@ impl Scheduler {
             // Partials start only while no final is waiting or running: a
             // final's latency is what a client waits on; a partial is a preview.
             let finals_busy = self.active.iter().any(|a| !a.request.partial);
-            let next = match self.finals.pop_front() {
+            let next = match self.next_final() {
                 Some(r) => Some(r),
                 None if !finals_busy => self.partials.pop_front(),
                 None => None,
@@ -175,6 +176,7 @@ impl Scheduler {
                 break;
             };
             let meta = Meta {
+                session: r.session,
                 partial: r.partial,
                 cancelled: r.cancelled,
                 reply: r.reply,
@@ -206,6 +208,20 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// The oldest waiting final of a session with the fewest transcriptions
+    /// running: a client that sent a whole file at once takes its turn with
+    /// the live ones instead of ahead of them.
+    fn next_final(&mut self) -> Option<Request> {
+        let running = |s: u64| {
+            self.active
+                .iter()
+                .filter(|a| a.request.session == s)
+                .count()
+        };
+        let pick = (0..self.finals.len()).min_by_key(|&i| (running(self.finals[i].session), i))?;
+        self.finals.remove(pick)
     }
 
     fn step(&mut self) {

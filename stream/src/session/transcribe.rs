@@ -216,8 +216,13 @@ pub struct Backlog {
     pub busy: AtomicBool,
 }
 
+/// Numbers the sessions for the engine's round-robin.
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+
 pub struct Transcriber {
     engine: Engine,
+    /// This session's number for the engine.
+    session: u64,
     /// Finals the model thread's inbox had no room for, in order: handed in
     /// before anything newer.
     held: VecDeque<Request>,
@@ -249,6 +254,7 @@ impl Transcriber {
         let backlog = Arc::new(Backlog::default());
         Transcriber {
             engine,
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
             held: VecDeque::new(),
             out: Forwarder::start(tx.clone(), lease, backlog.clone(), runtime),
             backlog,
@@ -328,6 +334,7 @@ impl Transcriber {
         let request = Request {
             samples,
             forced,
+            session: self.session,
             partial: true,
             cancelled: Arc::new(move || {
                 tx_watch.is_closed() || gen_watch.load(Ordering::Acquire) != generation
@@ -494,6 +501,7 @@ impl Transcriber {
         let request = Request {
             samples,
             forced,
+            session: self.session,
             partial: false,
             cancelled: Arc::new(move || watch.is_closed()),
             reply: Box::new(move |result| {
