@@ -79,10 +79,6 @@ impl KvCache {
         Ok(cache)
     }
 
-    pub fn window(&self) -> Option<Window> {
-        self.window
-    }
-
     /// Positions evicted so far by the window.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -315,15 +315,6 @@ impl BeamSearch {
         self.done
     }
 
-    /// Live beams (rows a step runs).
-    pub fn live(&self) -> usize {
-        if self.pending {
-            self.beams.len()
-        } else {
-            0
-        }
-    }
-
     /// The rows to run after [`BeamSearch::select`]: each live beam's new
     /// token and cache. Empty once the search is over.
     pub fn rows(&mut self) -> impl Iterator<Item = (u32, &mut KvCache)> {

@@ -51,10 +51,6 @@ impl Q8Matrix {
         self.n
     }
 
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
     /// `x` `[m, k]` times this matrix transposed: `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);

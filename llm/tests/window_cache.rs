@@ -105,12 +105,6 @@ fn windowed_cache_matches_the_reference_for_three_times_its_capacity() {
         }
         worst = worst.max(err);
     }
-    assert!(
-        cache.bytes()
-            == KvCache::windowed(m.config(), w, &Device::Cpu)
-                .unwrap()
-                .bytes()
-    );
     assert_eq!(cache.evicted() as usize + cache.len(), ids.len());
     eprintln!("worst windowed logit error {worst:.2e}");
 }

@@ -62,8 +62,6 @@ pub struct AsrPipeline {
     suffix_ids: Vec<u32>,
     window: EncoderWindow,
     normalize: bool,
-    /// Asked before each decoding step (see [`AsrPipeline::interrupted_by`]).
-    interrupt: Interrupt,
 }
 
 impl AsrPipeline {
@@ -92,15 +90,7 @@ impl AsrPipeline {
             prefix_cache: None,
             prefix_ids,
             suffix_ids,
-            interrupt: Interrupt::never(),
         })
-    }
-
-    /// Decodes from now on stop (with [`avlm_llm::LlmError::Interrupted`])
-    /// at the first step where `interrupt` says so: the model thread sets it
-    /// per job, so a decode nobody waits for any more gives the thread back.
-    pub fn interrupted_by(&mut self, interrupt: Interrupt) {
-        self.interrupt = interrupt;
     }
 
     pub fn bundle(&self) -> &LoadedBundle {
@@ -197,8 +187,7 @@ impl AsrPipeline {
         samples: &[f32],
         forced: &[u32],
     ) -> Result<Transcript, BundleError> {
-        let width = self.bundle.manifest.decoding.beam_width;
-        self.decode(samples, forced, width)
+        self.decode(samples, forced, false)
     }
 
     /// A provisional transcript of an open segment's audio so far, starting
@@ -208,18 +197,16 @@ impl AsrPipeline {
         samples: &[f32],
         forced: &[u32],
     ) -> Result<Transcript, BundleError> {
-        let d = &self.bundle.manifest.decoding;
-        let width = d.partial_beam_width.unwrap_or(d.beam_width);
-        self.decode(samples, forced, width)
+        self.decode(samples, forced, true)
     }
 
     fn decode(
         &mut self,
         samples: &[f32],
         forced: &[u32],
-        width: usize,
+        partial: bool,
     ) -> Result<Transcript, BundleError> {
-        let mut d = self.begin(samples, forced, width, self.interrupt.clone())?;
+        let mut d = self.begin(samples, forced, partial)?;
         self.prefill(&mut d, usize::MAX)?;
         let llm = &self.bundle.llm;
         loop {
@@ -240,13 +227,21 @@ impl AsrPipeline {
     /// answer forced to start with `forced`: runs the encoder and projector
     /// and lays out the prompt; [`AsrPipeline::prefill`] then runs it through
     /// the LLM and the returned [`Decode`] is stepped one token per round.
+    /// A `partial` re-decode searches with `decoding.partial_beam_width`.
+    /// Nothing interrupts its search: a caller that no longer wants the
+    /// answer stops stepping it.
     pub fn begin(
         &mut self,
         samples: &[f32],
         forced: &[u32],
-        width: usize,
-        interrupt: Interrupt,
+        partial: bool,
     ) -> Result<Decode, BundleError> {
+        let decoding = &self.bundle.manifest.decoding;
+        let width = if partial {
+            decoding.partial_beam_width.unwrap_or(decoding.beam_width)
+        } else {
+            decoding.beam_width
+        };
         let mut times = StageTimes::default();
         let empty = |times| Decode {
             forced: forced.to_vec(),
@@ -303,7 +298,6 @@ impl AsrPipeline {
                 ctc,
                 width,
                 budget,
-                interrupt,
             })),
             silent: false,
         })
@@ -340,7 +334,7 @@ impl AsrPipeline {
         let stop = StopCriteria {
             max_new_tokens: p.budget.saturating_sub(forced.len()).max(1),
             stop_tokens: self.bundle.stop_ids.clone(),
-            interrupt: p.interrupt,
+            interrupt: Interrupt::never(),
         };
         let beam = BeamConfig {
             width: p.width,
@@ -440,7 +434,6 @@ struct Prefill {
     width: usize,
     /// Most tokens the answer may have, forced ones included.
     budget: usize,
-    interrupt: Interrupt,
 }
 
 enum Search {
@@ -476,11 +469,6 @@ impl Decode {
             DecodeState::Prefill(p) => p.input.dim(0).map_or(0, |n| n - p.fed),
             _ => 0,
         }
-    }
-
-    /// Projected audio positions in the prompt.
-    pub fn audio_tokens(&self) -> usize {
-        self.audio_tokens
     }
 
     /// Whether the search has ended (or there was nothing to decode).

@@ -62,14 +62,8 @@ pub struct Request {
 pub struct EngineLoad {
     /// Requests handed in and not yet answered or dropped.
     pub in_flight: AtomicU64,
-    /// Rows the last decode step ran.
-    pub last_rows: AtomicU64,
     /// Most rows one decode step has run.
     pub max_rows: AtomicU64,
-    /// Decode steps run.
-    pub steps: AtomicU64,
-    /// Rows run over all steps.
-    pub rows: AtomicU64,
 }
 
 /// A handle to the model thread; cheap to clone.

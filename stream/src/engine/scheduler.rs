@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use avlm_llm::{Interrupt, KvCache};
+use avlm_llm::KvCache;
 
 use super::asr::{step_rows, AsrPipeline, Decode};
 use super::{EngineError, EngineLoad, Request, Transcript};
@@ -184,13 +184,7 @@ impl Scheduler {
             let pipeline = &mut self.pipeline;
             let started = guarded(|| {
                 let forced = pipeline.encode_answer(&r.forced)?;
-                let d = &pipeline.bundle().manifest.decoding;
-                let width = if r.partial {
-                    d.partial_beam_width.unwrap_or(d.beam_width)
-                } else {
-                    d.beam_width
-                };
-                let mut decode = pipeline.begin(&r.samples, &forced, width, Interrupt::never())?;
+                let mut decode = pipeline.begin(&r.samples, &forced, r.partial)?;
                 let n = pipeline.prefill(&mut decode, budget)?;
                 Ok((decode, n))
             });
@@ -257,9 +251,6 @@ impl Scheduler {
         let batched = guarded(|| step_rows(llm, &ids, &mut caches));
         drop(caches);
         let rows = ids.len();
-        self.load.steps.fetch_add(1, Ordering::Relaxed);
-        self.load.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        self.load.last_rows.store(rows as u64, Ordering::Relaxed);
         self.load.max_rows.fetch_max(rows as u64, Ordering::Relaxed);
         match batched {
             Ok(logits) => {

@@ -71,12 +71,7 @@ impl Forwarder {
     /// a session waiting for its transcripts still counts against
     /// `--max-sessions`. It is released before `reply`, so a client that saw
     /// the end of its call finds the slot free.
-    fn start(
-        reply: ReplyTx,
-        lease: Arc<SessionLease>,
-        owed: Arc<Backlog>,
-        runtime: &tokio::runtime::Handle,
-    ) -> Self {
+    fn start(reply: ReplyTx, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicU64::new(0));
         let pending = backlog.clone();
@@ -100,7 +95,7 @@ impl Forwarder {
             queue,
             backlog,
             order: Arc::default(),
-            owed,
+            owed: Arc::default(),
         }
     }
 
@@ -226,7 +221,6 @@ pub struct Transcriber {
     /// Finals the model thread's inbox had no room for, in order: handed in
     /// before anything newer.
     held: VecDeque<Request>,
-    backlog: Arc<Backlog>,
     /// Watched to skip work for a client that went away.
     tx: ReplyTx,
     out: Forwarder,
@@ -251,13 +245,11 @@ impl Transcriber {
         partial_interval_s: Option<f64>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
-        let backlog = Arc::new(Backlog::default());
         Transcriber {
             engine,
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
             held: VecDeque::new(),
-            out: Forwarder::start(tx.clone(), lease, backlog.clone(), runtime),
-            backlog,
+            out: Forwarder::start(tx.clone(), lease, runtime),
             tx,
             buffer: Vec::new(),
             buffer_start_s: 0.0,
@@ -374,7 +366,7 @@ impl Transcriber {
             Ok(()) => true,
             // A busy model skips this partial; the next one is due soon.
             Err(SubmitError::Full(_)) => {
-                self.backlog.busy.store(true, Ordering::Release);
+                self.out.owed.busy.store(true, Ordering::Release);
                 self.agreement
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -394,9 +386,9 @@ impl Transcriber {
         !self.tx.is_closed()
     }
 
-    /// What this session waits for from the model thread.
+    /// Model work this stream is still owed, for `Stats`.
     pub fn backlog(&self) -> &Backlog {
-        &self.backlog
+        &self.out.owed
     }
 
     /// Hands in the finals held back by a full inbox, oldest first, while
@@ -407,13 +399,13 @@ impl Transcriber {
                 Ok(()) => {}
                 Err(SubmitError::Full(request)) => {
                     self.held.push_front(request);
-                    self.backlog.busy.store(true, Ordering::Release);
+                    self.out.owed.busy.store(true, Ordering::Release);
                     return true;
                 }
                 Err(SubmitError::Stopped) => return false,
             }
         }
-        self.backlog.busy.store(false, Ordering::Release);
+        self.out.owed.busy.store(false, Ordering::Release);
         true
     }
 
@@ -425,7 +417,7 @@ impl Transcriber {
                 return false;
             }
         }
-        self.backlog.busy.store(false, Ordering::Release);
+        self.out.owed.busy.store(false, Ordering::Release);
         true
     }
 
@@ -493,7 +485,7 @@ impl Transcriber {
         let ended = Instant::now();
         let out = self.out.clone();
         let watch = self.tx.clone();
-        let backlog = self.backlog.clone();
+        let backlog = self.out.owed.clone();
         let owed = samples.len() as u64;
         let ticket = out.ticket();
         backlog.segments.fetch_add(1, Ordering::AcqRel);
