@@ -1,7 +1,8 @@
 //! Front ends and ONNX encoders of avlm, free of any transport or LLM code:
 //! plain media value types, the ONNX Runtime set-up, Silero voice activity
 //! and the endpointer that turns speech probabilities into segments, Whisper's
-//! log-mel front end and the Whisper encoder in ONNX.
+//! log-mel front end and the Whisper encoder in ONNX, the vision front end
+//! (resize, pad, normalise) and vision encoders in ONNX.
 
 pub mod endpoint;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod media;
 pub mod mel;
 pub mod runtime;
 pub mod vad;
+pub mod vision;
 pub mod whisper;
 
 /// The audio rate every model here takes: Whisper's front end and Silero
@@ -20,4 +22,5 @@ pub use error::EncoderError;
 pub use media::{Frame, Pcm};
 pub use mel::{LogMel, MelSpectrogram};
 pub use vad::{SileroVad, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE};
+pub use vision::{VisionEncoder, VisionFeatures, VisionPreprocess};
 pub use whisper::{Features, WhisperEncoder};

@@ -63,9 +63,11 @@ mod error;
 mod llama_avsr;
 mod load;
 mod projector;
+mod vision;
 
 pub use compress::compress;
 pub use config::{Activation, Compression, ProjectorConfig};
 pub use error::{ProjectorError, Result};
 pub use llama_avsr::{llama_avsr_key_map, LlamaAvsrModality};
 pub use projector::{Projector, ProjectorWeights};
+pub use vision::{adaptive_avg_pool, pixel_shuffle, VisionTokens};

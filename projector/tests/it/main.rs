@@ -6,3 +6,4 @@ mod compress;
 mod config;
 mod load;
 mod mlp;
+mod vision;
