@@ -66,7 +66,7 @@ impl VisionTokens {
                 }
             }
             VisionTokens::PixelShuffle { factor } => {
-                if factor == 0 || grid.0 % factor != 0 || grid.1 % factor != 0 {
+                if factor == 0 || !grid.0.is_multiple_of(factor) || !grid.1.is_multiple_of(factor) {
                     return bad(format!(
                         "pixel shuffle factor {factor} must divide the {}x{} patch grid",
                         grid.0, grid.1
