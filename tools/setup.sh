@@ -101,6 +101,7 @@ if [[ ! -f $BUNDLE/avlm.toml || $ROOT/tools/bundle/make_default_bundle.py -nt $B
   || differs "$ROOT/weights/default/lora.safetensors" "$BUNDLE/lora.safetensors" \
   || differs "$ROOT/weights/default/ctc.safetensors" "$BUNDLE/ctc.safetensors" \
   || differs "$ROOT/weights/default/encoder_top.safetensors" "$BUNDLE/encoder_top.safetensors" \
+  || differs "$ROOT/weights/default/vision_projector.safetensors" "$BUNDLE/vision_projector.safetensors" \
   || { [[ -f $ROOT/weights/default/encoder_top.safetensors ]] \
     && [[ ! -f $TUNED_ENC || $STATE/models/whisper-tiny.en-encoder.onnx -nt $TUNED_ENC ]]; }; then
   log "writing the default model bundle in $BUNDLE"

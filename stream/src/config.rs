@@ -76,6 +76,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Default `partial_interval_ms` of a session with partial results.
 pub const DEFAULT_PARTIAL_INTERVAL_MS: u32 = 500;
 
+/// Most frames a second a caption session may ask the captioner to see.
+pub const MAX_CAPTION_FPS: f32 = 10.0;
+
 /// Default `shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 

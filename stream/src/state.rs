@@ -113,6 +113,9 @@ impl ServerState {
         if self.engine.is_some() {
             tasks.push(pb::Task::Transcribe);
         }
+        if self.engine.as_ref().is_some_and(|e| e.vision().is_some()) {
+            tasks.push(pb::Task::Caption);
+        }
         tasks
     }
 }

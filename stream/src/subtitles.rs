@@ -1,6 +1,68 @@
-//! SubRip (.srt) and WebVTT (.vtt) subtitles from `Final` transcripts.
+//! SubRip (.srt) and WebVTT (.vtt) subtitles from `Final` transcripts and
+//! `Caption`s of the video (marked `[video]`, so they are told apart from
+//! what was said).
 
 use std::fmt::Write;
+
+use avlm_proto as pb;
+
+/// Longest a caption stays on screen when no newer caption replaces it.
+pub const CAPTION_HOLD_S: f64 = 4.0;
+
+/// What marks a caption of the video in subtitles.
+pub const CAPTION_MARK: &str = "[video]";
+
+/// Collects a stream's finals and captions as it arrives.
+#[derive(Debug, Default)]
+pub struct CueCollector {
+    finals: Vec<Cue>,
+    captions: Vec<(f64, String)>,
+}
+
+impl CueCollector {
+    pub fn push(&mut self, msg: &pb::ServerMessage) {
+        match &msg.msg {
+            Some(pb::server_message::Msg::Final(f)) => self.finals.push(Cue {
+                start_s: f.start_s,
+                end_s: f.end_s,
+                text: f.text.clone(),
+            }),
+            Some(pb::server_message::Msg::Caption(c)) => {
+                self.captions.push((c.media_time_s, c.text.clone()))
+            }
+            _ => {}
+        }
+    }
+
+    /// Finals collected.
+    pub fn finals(&self) -> usize {
+        self.finals.len()
+    }
+
+    /// Captions collected.
+    pub fn captions(&self) -> usize {
+        self.captions.len()
+    }
+
+    /// Every cue: the finals, and each caption from its media time until the
+    /// next caption or [`CAPTION_HOLD_S`], marked [`CAPTION_MARK`].
+    pub fn cues(&self) -> Vec<Cue> {
+        let mut captions = self.captions.clone();
+        captions.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut cues = self.finals.clone();
+        for (i, (t, text)) in captions.iter().enumerate() {
+            let until = captions
+                .get(i + 1)
+                .map_or(t + CAPTION_HOLD_S, |(next, _)| next.min(t + CAPTION_HOLD_S));
+            cues.push(Cue {
+                start_s: *t,
+                end_s: until,
+                text: format!("{CAPTION_MARK} {text}"),
+            });
+        }
+        cues
+    }
+}
 
 /// One subtitle: media times in seconds and its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +144,34 @@ pub fn webvtt(cues: &[Cue]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_hold_until_the_next_one_and_are_marked() {
+        let mut c = CueCollector::default();
+        let caption = |t: f64, text: &str| pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Caption(pb::Caption {
+                text: text.into(),
+                media_time_s: t,
+                ..Default::default()
+            })),
+        };
+        c.push(&caption(1.0, "A tiger."));
+        c.push(&caption(2.5, "A pineapple."));
+        c.push(&pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Final(pb::Final {
+                text: "hello".into(),
+                start_s: 0.5,
+                end_s: 1.5,
+                ..Default::default()
+            })),
+        });
+        let cues = c.cues();
+        assert_eq!((c.finals(), c.captions()), (1, 2));
+        assert_eq!(cues[1].text, "[video] A tiger.");
+        assert_eq!((cues[1].start_s, cues[1].end_s), (1.0, 2.5));
+        assert_eq!(cues[2].end_s, 2.5 + CAPTION_HOLD_S);
+        assert!(srt(&cues).contains("[video] A pineapple."));
+    }
 
     /// A strict reader: returns (start, end, text) per cue or an error.
     fn parse(doc: &str, vtt: bool) -> Result<Vec<(String, String, String)>, String> {

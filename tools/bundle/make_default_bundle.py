@@ -69,6 +69,38 @@ ENCODER_TOP = "encoder_top.safetensors"
 BASE_ENCODER = "whisper-tiny.en-encoder.onnx"
 TUNED_ENCODER = "whisper-tiny.en-encoder.default-top.onnx"
 
+# Optional: the live captioner (tools/vision/train_captioner.py): its projector, and the
+# EfficientNet-Lite2 encoder tools/setup.sh converts into the models folder.
+VISION_PROJECTOR = "vision_projector.safetensors"
+VISION_ENCODER = "efficientnet-lite2.onnx"
+VISION_MANIFEST = r'''
+[vision]
+encoder = "../../models/efficientnet-lite2.onnx"
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+hidden = 1280
+tokens = { kind = "pooled_grid", grid = 3 }   # the pooled vector, then the 9x9 map pooled to 3x3
+
+[projector.vision]
+prefix = "vision"
+weights = "vision_projector.safetensors"
+compression = { kind = "stack", k = 1 }
+activation = "gelu"
+layer_norm = false
+hidden = 576
+
+[caption]
+system = "<|im_start|>system\nA live video. When something new comes into view, say what it is in one short sentence.<|im_end|>\n"
+frame_open = "\n["
+separator = ","
+reply_prompt = "]\nAssistant:"
+end = "<|im_end|>"
+threshold = 0.725
+max_new_tokens = 32
+window = 512
+fps = 2.0
+'''
+
 # Written verbatim.  The \n inside the prompt are TOML basic-string escapes.
 MANIFEST = r'''# avlm model bundle: default (Whisper tiny.en encoder + SmolLM2-135M-Instruct)
 name = "default"
@@ -236,7 +268,18 @@ def make_default_bundle(bundle_dir: str, trained: bool = True) -> tuple[str, str
         for name in TRAINED_FILES[1:]:
             if os.path.exists(os.path.join(bundle_dir, name)):
                 os.remove(os.path.join(bundle_dir, name))
-    _write(manifest, manifest_text(trained, tuned).encode("utf-8"))
+    text = manifest_text(trained, tuned)
+    vision = os.path.join(TRAINED, VISION_PROJECTOR)
+    encoder = os.path.join(bundle_dir, "..", "..", "models", VISION_ENCODER)
+    if trained and os.path.exists(vision) and os.path.exists(encoder):
+        shutil.copyfile(vision, os.path.join(bundle_dir, VISION_PROJECTOR + ".tmp"))
+        os.replace(os.path.join(bundle_dir, VISION_PROJECTOR + ".tmp"), os.path.join(bundle_dir, VISION_PROJECTOR))
+        text = text.replace("SmolLM2-135M-Instruct (GGUF).",
+                            "SmolLM2-135M-Instruct (GGUF); live captions from EfficientNet-Lite2 (ImageNet) frames.", 1)
+        text += VISION_MANIFEST
+    elif os.path.exists(os.path.join(bundle_dir, VISION_PROJECTOR)):
+        os.remove(os.path.join(bundle_dir, VISION_PROJECTOR))
+    _write(manifest, text.encode("utf-8"))
     return manifest, projector
 
 

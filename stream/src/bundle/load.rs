@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use avlm_encoders::{EncoderError, WhisperEncoder};
+use avlm_encoders::{EncoderError, VisionEncoder, VisionPreprocess, WhisperEncoder};
 use avlm_llm::{CtcHead, Llama, LlmError, Tokenizer, WeightMode};
-use avlm_projector::{Projector, ProjectorConfig, ProjectorError};
+use avlm_projector::{Projector, ProjectorConfig, ProjectorError, VisionTokens};
 use candle_core::Device;
 
 use super::manifest::{LlmFormat, Manifest};
@@ -56,6 +56,31 @@ pub struct LoadedBundle {
     pub stop_ids: Vec<u32>,
     /// The CTC head of joint decoding, when `decoding.ctc_weight` > 0.
     pub ctc: Option<CtcHead>,
+    /// Live captions, when the bundle has `[vision]`.
+    pub vision: Option<VisionParts>,
+}
+
+/// What live captions need besides the LLM.
+pub struct VisionParts {
+    pub encoder: VisionEncoder,
+    pub preprocess: VisionPreprocess,
+    pub tokens: VisionTokens,
+    pub projector: Projector,
+    pub format: CaptionFormat,
+}
+
+/// The caption stream format as token ids (see `manifest::CaptionSection`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionFormat {
+    pub system: Vec<u32>,
+    pub frame_open: Vec<u32>,
+    pub separator: u32,
+    pub reply_prompt: Vec<u32>,
+    pub end: u32,
+    pub threshold: f32,
+    pub max_new_tokens: usize,
+    pub window: usize,
+    pub fps: f32,
 }
 
 impl LoadedBundle {
@@ -185,6 +210,7 @@ impl LoadedBundle {
             }
             (_, false) => None,
         };
+        let vision = load_vision(dir, &manifest, &tokenizer, hidden, threads, &device)?;
         Ok(LoadedBundle {
             dir: dir.to_path_buf(),
             manifest,
@@ -194,11 +220,34 @@ impl LoadedBundle {
             tokenizer,
             stop_ids,
             ctc,
+            vision,
         })
     }
 
     /// A few lines describing what was loaded, for `avlm validate`.
     pub fn summary(&self) -> String {
+        let mut text = self.audio_summary();
+        if let Some(v) = &self.vision {
+            text.push_str(&format!(
+                "\n  vision encoder: {enc} ({size}x{size} -> {patches} patches of width {dim}{pooled}), tokens {tokens:?}\n  vision projector: {proj:?}\n  captions: {fps} frames/s, speak below P(separator) {thr}, up to {new} tokens, KV window {sys} sink + {win} recent positions",
+                enc = v.encoder.path().display(),
+                size = v.encoder.size(),
+                patches = v.encoder.patches(),
+                dim = v.encoder.dim(),
+                pooled = if v.encoder.has_pooled() { " + pooled" } else { "" },
+                tokens = v.tokens,
+                proj = v.projector.config(),
+                fps = v.format.fps,
+                thr = v.format.threshold,
+                new = v.format.max_new_tokens,
+                sys = v.format.system.len(),
+                win = v.format.window,
+            ));
+        }
+        text
+    }
+
+    fn audio_summary(&self) -> String {
         let m = &self.manifest;
         let audio = m.audio.as_ref().map(|a| (a.window, a.normalize_waveform));
         let c = self.llm.config();
@@ -230,4 +279,124 @@ impl LoadedBundle {
             },
         )
     }
+}
+
+/// Loads and checks the vision encoder, its projector and the caption format.
+fn load_vision(
+    dir: &Path,
+    manifest: &Manifest,
+    tokenizer: &Tokenizer,
+    llm_hidden: usize,
+    threads: usize,
+    device: &Device,
+) -> Result<Option<VisionParts>, BundleError> {
+    let (section, proj, caption) = match (
+        &manifest.vision,
+        &manifest.projector.vision,
+        &manifest.caption,
+    ) {
+        (None, None, None) => return Ok(None),
+        (Some(v), Some(p), Some(c)) => (v, p, c),
+        _ => {
+            return Err(BundleError::Manifest(
+                "live captions need all of [vision], [projector.vision] and [caption]".into(),
+            ))
+        }
+    };
+    let encoder = VisionEncoder::load(&dir.join(&section.encoder), threads)?;
+    if encoder.dim() != section.hidden {
+        return Err(BundleError::Mismatch(format!(
+            "vision encoder {} outputs width {}; vision.hidden says {}",
+            section.encoder.display(),
+            encoder.dim(),
+            section.hidden
+        )));
+    }
+    if section.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+        return Err(BundleError::Manifest(format!(
+            "vision.std must be positive, got {:?}",
+            section.std
+        )));
+    }
+    let side = (encoder.patches() as f64).sqrt().round() as usize;
+    let grid = if side * side == encoder.patches() {
+        (side, side)
+    } else {
+        (1, encoder.patches())
+    };
+    section
+        .tokens
+        .check(grid, encoder.has_pooled())
+        .map_err(|e| BundleError::Mismatch(format!("vision.tokens: {e}")))?;
+    let width = section.tokens.width(section.hidden);
+    let projector = Projector::load(
+        &dir.join(proj.weights.as_ref().unwrap_or(&manifest.projector.weights)),
+        &proj.prefix,
+        ProjectorConfig {
+            compression: proj.compression,
+            activation: proj.activation,
+            layer_norm: proj.layer_norm,
+            input_dim: width,
+            hidden_dim: proj.hidden,
+            output_dim: llm_hidden,
+        },
+        device,
+    )?;
+    projector.check(width, llm_hidden)?;
+    let one_token = |what: &str, text: &str| -> Result<u32, BundleError> {
+        match tokenizer.encode(text)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(BundleError::Mismatch(format!(
+                "caption.{what} {text:?} must be one token; the tokenizer makes {} of it",
+                ids.len()
+            ))),
+        }
+    };
+    let nonempty = |what: &str, text: &str| -> Result<Vec<u32>, BundleError> {
+        let ids = tokenizer.encode(text)?;
+        if ids.is_empty() {
+            return Err(BundleError::Manifest(format!("caption.{what} is empty")));
+        }
+        Ok(ids)
+    };
+    if !(caption.threshold > 0.0 && caption.threshold < 1.0) {
+        return Err(BundleError::Manifest(format!(
+            "caption.threshold is {}; it must be in (0, 1)",
+            caption.threshold
+        )));
+    }
+    if caption.max_new_tokens == 0 || caption.window < 64 {
+        return Err(BundleError::Manifest(
+            "caption.max_new_tokens must be at least 1 and caption.window at least 64".into(),
+        ));
+    }
+    if !(caption.fps > 0.0 && caption.fps <= crate::config::MAX_CAPTION_FPS) {
+        return Err(BundleError::Manifest(format!(
+            "caption.fps is {}; it must be in (0, {}]",
+            caption.fps,
+            crate::config::MAX_CAPTION_FPS
+        )));
+    }
+    let format = CaptionFormat {
+        system: nonempty("system", &caption.system)?,
+        frame_open: nonempty("frame_open", &caption.frame_open)?,
+        separator: one_token("separator", &caption.separator)?,
+        reply_prompt: nonempty("reply_prompt", &caption.reply_prompt)?,
+        end: one_token("end", &caption.end)?,
+        threshold: caption.threshold,
+        max_new_tokens: caption.max_new_tokens,
+        window: caption.window,
+        fps: caption.fps,
+    };
+    Ok(Some(VisionParts {
+        preprocess: VisionPreprocess {
+            size: encoder.size() as u32,
+            mean: section.mean,
+            std: section.std,
+        },
+        encoder,
+        tokens: section.tokens,
+        projector,
+        format,
+    }))
 }

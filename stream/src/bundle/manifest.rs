@@ -25,6 +25,28 @@
 //! max_context = 2048
 //! [prompts]
 //! transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
+//! # [vision]                   # optional: live captions (task CAPTION)
+//! # encoder = "../../models/efficientnet-lite2.onnx"
+//! # mean = [0.485, 0.456, 0.406]
+//! # std = [0.229, 0.224, 0.225]
+//! # hidden = 1280
+//! # tokens = { kind = "pooled_grid", grid = 3 }   # or "grid", or { kind = "pixel_shuffle", factor = 4 }
+//! # [projector.vision]
+//! # prefix = "vision"
+//! # weights = "vision_projector.safetensors"   # optional: its own file
+//! # compression = { kind = "stack", k = 1 }
+//! # activation = "gelu"
+//! # hidden = 576
+//! # [caption]                  # VideoLLM-online's stream format
+//! # system = "<|im_start|>system\nA live video.<|im_end|>\n"
+//! # frame_open = "\n["
+//! # separator = ","
+//! # reply_prompt = "]\nAssistant:"
+//! # end = "<|im_end|>"
+//! # threshold = 0.725
+//! # max_new_tokens = 32
+//! # window = 512
+//! # fps = 2.0
 //! [decoding]
 //! beam_width = 1
 //! # partial_beam_width = 1      # optional: partial re-decodes (default: beam_width)
@@ -56,6 +78,68 @@ pub struct Manifest {
     pub prompts: Prompts,
     #[serde(default)]
     pub decoding: Decoding,
+    /// The vision encoder of live captions.
+    pub vision: Option<VisionSection>,
+    /// The stream format and decisions of live captions.
+    pub caption: Option<CaptionSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionSection {
+    /// ONNX: `pixel_values` [batch, 3, size, size] -> `patches` [batch, n, hidden] (+ `pooled`).
+    pub encoder: PathBuf,
+    /// Per-channel (RGB) mean and standard deviation of `x / 255`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Encoder output width.
+    pub hidden: usize,
+    /// How the encoder's outputs become a frame's tokens.
+    pub tokens: avlm_projector::VisionTokens,
+}
+
+/// VideoLLM-online's stream: `system` + `frame_open` + frame (`separator`
+/// frame)* ; after each frame the model either predicts `separator` (stay
+/// silent) or speaks: `reply_prompt`, the reply, `end`, then `frame_open`
+/// before the next frame. Every piece is tokenised on its own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionSection {
+    pub system: String,
+    pub frame_open: String,
+    /// Must be one token.
+    pub separator: String,
+    pub reply_prompt: String,
+    /// The token that ends a reply (one token).
+    pub end: String,
+    /// Speak when P(separator) falls below this (a session may change it).
+    #[serde(default = "default_caption_threshold")]
+    pub threshold: f32,
+    #[serde(default = "default_caption_tokens")]
+    pub max_new_tokens: usize,
+    /// Recent positions a caption stream's KV cache keeps after the system
+    /// prompt (its attention sinks): memory stays flat on endless video.
+    #[serde(default = "default_caption_window")]
+    pub window: usize,
+    /// Frames a second the captioner sees unless a session asks otherwise.
+    #[serde(default = "default_caption_fps")]
+    pub fps: f32,
+}
+
+fn default_caption_threshold() -> f32 {
+    0.725
+}
+
+fn default_caption_tokens() -> usize {
+    32
+}
+
+fn default_caption_window() -> usize {
+    512
+}
+
+fn default_caption_fps() -> f32 {
+    2.0
 }
 
 /// How much audio the encoder sees at once.
@@ -91,6 +175,8 @@ pub struct ProjectorSection {
     pub weights: PathBuf,
     pub audio: Option<ProjectorModality>,
     pub video: Option<ProjectorModality>,
+    /// The vision encoder's tokens (captions).
+    pub vision: Option<ProjectorModality>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +184,9 @@ pub struct ProjectorSection {
 pub struct ProjectorModality {
     /// Tensor name prefix in the weights file (`{prefix}.fc1.weight`, ...).
     pub prefix: String,
+    /// A weights file of this modality's own; unset: `projector.weights`.
+    #[serde(default)]
+    pub weights: Option<PathBuf>,
     pub compression: Compression,
     pub activation: Activation,
     #[serde(default)]

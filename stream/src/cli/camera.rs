@@ -59,6 +59,10 @@ pub struct CameraArgs {
     /// Show finals only, no partial text.
     #[arg(long)]
     pub no_partials: bool,
+    /// No captions of the video (they are on when the video is captured and
+    /// the server's model has a vision encoder).
+    #[arg(long)]
+    pub no_captions: bool,
     /// Media time between partial re-decodes, in ms.
     #[arg(long)]
     pub partial_interval_ms: Option<u32>,
@@ -170,10 +174,14 @@ impl CameraArgs {
         }
     }
 
-    fn config(&self) -> pb::StreamConfig {
+    fn config(&self, captions: bool) -> pb::StreamConfig {
         pb::StreamConfig {
             task: pb::Task::Transcribe as i32,
-            modalities: pb::Modalities::Audio as i32,
+            modalities: if captions {
+                pb::Modalities::AudioVideo
+            } else {
+                pb::Modalities::Audio
+            } as i32,
             input: Some(pb::stream_config::Input::Container(pb::ContainerInput {
                 format_hint: "matroska".into(),
                 audio_track: None,
@@ -185,6 +193,7 @@ impl CameraArgs {
                 model: self.model.clone().unwrap_or_default(),
                 partial_results: Some(!self.no_partials),
                 partial_interval_ms: self.partial_interval_ms,
+                captions: captions.then_some(true),
                 ..Default::default()
             }),
         }
@@ -269,26 +278,37 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<i32> {
         realtime: false,
         stop: Some(super::stop_on_ctrl_c()),
     };
+    // Captions when there is video and the server can describe it.
+    let captions = spec.video
+        && !args.no_captions
+        && match client::connect(&url).await {
+            Ok(mut c) => c
+                .get_info(pb::GetInfoRequest {})
+                .await
+                .map(|r| r.into_inner().tasks.contains(&(pb::Task::Caption as i32)))
+                .unwrap_or(false),
+            Err(_) => false,
+        };
     let mut view = LiveView::new(args.json);
-    let mut cues = Vec::new();
-    let result = client::stream(&url, args.config(), Source::Capture(spec), send, |msg| {
-        if let Some(pb::server_message::Msg::Final(f)) = &msg.msg {
-            cues.push(avlm_stream::subtitles::Cue {
-                start_s: f.start_s,
-                end_s: f.end_s,
-                text: f.text.clone(),
-            });
-        }
-        view.show(msg);
-    })
+    let mut cues = avlm_stream::subtitles::CueCollector::default();
+    let result = client::stream(
+        &url,
+        args.config(captions),
+        Source::Capture(spec),
+        send,
+        |msg| {
+            cues.push(msg);
+            view.show(msg);
+        },
+    )
     .await;
     view.clear_partial();
     if let Some(server) = local {
         server.shutdown().await?;
     }
-    super::stream::write_subtitles(&cues, args.srt.as_deref(), args.vtt.as_deref())?;
+    super::stream::write_subtitles(&cues.cues(), args.srt.as_deref(), args.vtt.as_deref())?;
     if !args.json {
-        eprintln!("{} final(s)", cues.len());
+        eprintln!("{} final(s), {} caption(s)", cues.finals(), cues.captions());
     }
     super::stream::finish(result, args.json)
 }
@@ -351,6 +371,19 @@ impl LiveView {
                     clock(f.start_s),
                     clock(f.end_s),
                     f.text.trim()
+                );
+            }
+            Some(Msg::Caption(c)) => {
+                if self.partial_shown {
+                    let _ = write!(out, "\r\x1b[2K");
+                    self.partial_shown = false;
+                }
+                let _ = writeln!(
+                    out,
+                    "[{}] {} {}",
+                    clock(c.media_time_s),
+                    avlm_stream::subtitles::CAPTION_MARK,
+                    c.text.trim()
                 );
             }
             _ => {}

@@ -48,6 +48,10 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
             "seconds_buffered": round3(s.seconds_buffered),
             "bytes_received": s.bytes_received,
             "video_frames": s.video_frames,
+            "segments_pending": s.segments_pending,
+            "audio_seconds_pending": round3(s.audio_seconds_pending),
+            "model_busy": s.model_busy,
+            "caption_frames": s.caption_frames,
         }),
         Some(Msg::Partial(p)) => json!({
             "type": "partial", "segment_id": p.segment_id, "stable_text": p.stable_text,
@@ -58,7 +62,8 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
             "end_s": round3(f.end_s), "decode_latency_s": f.decode_latency_s, "compute_s": f.compute_s,
         }),
         Some(Msg::Caption(c)) => {
-            json!({"type": "caption", "text": c.text, "media_time_s": round3(c.media_time_s)})
+            json!({"type": "caption", "text": c.text, "media_time_s": round3(c.media_time_s),
+                "latency_s": c.latency_s, "compute_s": c.compute_s})
         }
         None => json!({"type": "empty"}),
     }
@@ -94,13 +99,18 @@ pub fn human(out: &mut impl Write, msg: &pb::ServerMessage) -> std::io::Result<(
         }
         Some(Msg::Stats(s)) => writeln!(
             out,
-            "stats     {:.1}s received · {:.1}s processed · RTF {:.3} · {:.1}s buffered · {} bytes{}",
+            "stats     {:.1}s received · {:.1}s processed · RTF {:.3} · {:.1}s buffered · {} bytes{}{}",
             s.media_seconds_received,
             s.media_seconds_processed,
             s.real_time_factor,
             s.seconds_buffered,
             s.bytes_received,
-            if s.video_frames > 0 { format!(" · {} frames", s.video_frames) } else { String::new() }
+            if s.video_frames > 0 { format!(" · {} frames", s.video_frames) } else { String::new() },
+            if s.caption_frames > 0 {
+                format!(" · {} captioned", s.caption_frames)
+            } else {
+                String::new()
+            }
         )?,
         Some(Msg::Partial(p)) => writeln!(out, "partial   #{:<3} {}\x1b[2m{}\x1b[0m", p.segment_id, p.stable_text, p.unstable_text)?,
         Some(Msg::Final(f)) => writeln!(out, "final     #{:<3} {:>8.2}s – {:>8.2}s  {}", f.segment_id, f.start_s, f.end_s, f.text)?,

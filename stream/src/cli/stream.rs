@@ -38,9 +38,22 @@ pub struct StreamArgs {
     /// What the server should do with the media.
     #[arg(long, value_enum, default_value = "segments")]
     pub task: TaskArg,
-    /// Which streams of the media to use.
-    #[arg(long, value_enum, default_value = "audio")]
-    pub modalities: ModalitiesArg,
+    /// Which streams of the media to use [default: video for --task caption,
+    /// audio and video with --captions, else audio].
+    #[arg(long, value_enum)]
+    pub modalities: Option<ModalitiesArg>,
+    /// Also caption the video (with --task transcribe or segments).
+    #[arg(long)]
+    pub captions: bool,
+    /// Frames a second the captioner looks at (the model's default when absent).
+    #[arg(long)]
+    pub caption_fps: Option<f32>,
+    /// Speak when the captioner's probability of staying silent falls below this (0-1).
+    #[arg(long)]
+    pub caption_threshold: Option<f32>,
+    /// Most tokens of one caption.
+    #[arg(long)]
+    pub caption_max_tokens: Option<u32>,
     /// Send at the media's own pace (as a live capture would) instead of as fast as the server takes it.
     #[arg(long)]
     pub realtime: bool,
@@ -132,9 +145,12 @@ impl StreamArgs {
                 TaskArg::Caption => pb::Task::Caption,
             } as i32,
             modalities: match self.modalities {
-                ModalitiesArg::Audio => pb::Modalities::Audio,
-                ModalitiesArg::Video => pb::Modalities::Video,
-                ModalitiesArg::Av => pb::Modalities::AudioVideo,
+                Some(ModalitiesArg::Audio) => pb::Modalities::Audio,
+                Some(ModalitiesArg::Video) => pb::Modalities::Video,
+                Some(ModalitiesArg::Av) => pb::Modalities::AudioVideo,
+                None if matches!(self.task, TaskArg::Caption) => pb::Modalities::Video,
+                None if self.captions => pb::Modalities::AudioVideo,
+                None => pb::Modalities::Audio,
             } as i32,
             input: Some(input),
             options: Some(pb::StreamOptions {
@@ -147,6 +163,10 @@ impl StreamArgs {
                 model: self.model.clone().unwrap_or_default(),
                 partial_results: self.partials.then_some(true),
                 partial_interval_ms: self.partial_interval_ms,
+                captions: self.captions.then_some(true),
+                caption_fps: self.caption_fps,
+                caption_threshold: self.caption_threshold,
+                caption_max_tokens: self.caption_max_tokens,
                 ..Default::default()
             }),
         }
@@ -169,8 +189,8 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
             let mut config = args
                 .runtime
                 .server_config(4, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
-            // Only transcription needs the model bundle.
-            if !matches!(args.task, TaskArg::Transcribe) {
+            // Only transcription and captions need the model bundle.
+            if matches!(args.task, TaskArg::Segments) && !args.captions {
                 config.bundle = None;
             }
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
@@ -184,15 +204,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     };
     let json = args.json;
     let stdout = std::io::stdout();
-    let mut cues = Vec::new();
+    let mut cues = avlm_stream::subtitles::CueCollector::default();
     let result = client::stream(&url, args.config(), source, send, |msg| {
-        if let Some(pb::server_message::Msg::Final(f)) = &msg.msg {
-            cues.push(avlm_stream::subtitles::Cue {
-                start_s: f.start_s,
-                end_s: f.end_s,
-                text: f.text.clone(),
-            });
-        }
+        cues.push(msg);
         let mut out = stdout.lock();
         let _ = if json {
             writeln!(out, "{}", print::to_json(msg)).and_then(|_| out.flush())
@@ -205,11 +219,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
         server.shutdown().await?;
     }
     // Subtitles hold what arrived, even when the stream failed part way.
-    write_subtitles(&cues, args.srt.as_deref(), args.vtt.as_deref())?;
+    write_subtitles(&cues.cues(), args.srt.as_deref(), args.vtt.as_deref())?;
     finish(result, json)
 }
 
-/// Writes the finals as SubRip and/or WebVTT.
+/// Writes the finals and captions as SubRip and/or WebVTT.
 pub(super) fn write_subtitles(
     cues: &[avlm_stream::subtitles::Cue],
     srt: Option<&std::path::Path>,

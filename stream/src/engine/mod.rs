@@ -6,6 +6,7 @@
 //! decode step over the live rows of every transcription in flight.
 
 pub mod asr;
+pub mod caption;
 pub mod repetition;
 pub mod scheduler;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use avlm_proto as pb;
 
 pub use asr::{AsrPipeline, Decode, StageTimes, Transcript};
+pub use caption::{CaptionEvent, CaptionSettings, CaptionSink, CaptionWork, VisionFrontEnd};
 
 use crate::bundle::{BundleError, LoadedBundle};
 
@@ -57,6 +59,19 @@ pub struct Request {
     pub reply: AnswerTo,
 }
 
+/// A number for a new session, unique in this process: the engine tells
+/// sessions apart by it (round-robin finals, caption rows).
+pub fn session_number() -> u64 {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    SESSIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the model thread takes in.
+pub enum Work {
+    Transcribe(Request),
+    Caption(CaptionWork),
+}
+
 /// Counters the model thread keeps, readable from anywhere.
 #[derive(Debug, Default)]
 pub struct EngineLoad {
@@ -64,14 +79,20 @@ pub struct EngineLoad {
     pub in_flight: AtomicU64,
     /// Most rows one decode step has run.
     pub max_rows: AtomicU64,
+    /// Caption streams open.
+    pub caption_rows: AtomicU64,
+    /// KV cache bytes the caption streams hold.
+    pub caption_kv_bytes: AtomicU64,
 }
 
 /// A handle to the model thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    tx: SyncSender<Request>,
+    tx: SyncSender<Work>,
     info: Arc<pb::ModelInfo>,
     load: Arc<EngineLoad>,
+    vision: Option<Arc<VisionFrontEnd>>,
+    caption_defaults: Option<(CaptionSettings, f32)>,
 }
 
 /// Why a request was not accepted.
@@ -96,7 +117,23 @@ impl std::fmt::Debug for SubmitError {
 impl Engine {
     /// Loads the bundle in `dir` and starts the model thread.
     pub fn start(dir: &Path, threads: usize) -> Result<Self, BundleError> {
-        let bundle = LoadedBundle::load(dir, threads)?;
+        let mut bundle = LoadedBundle::load(dir, threads)?;
+        let (vision, format) = match bundle.vision.take() {
+            Some(parts) => {
+                let (front, format) = VisionFrontEnd::new(parts);
+                (Some(Arc::new(front)), Some(format))
+            }
+            None => (None, None),
+        };
+        let caption_defaults = format.as_ref().map(|f| {
+            (
+                CaptionSettings {
+                    threshold: f.threshold,
+                    max_new_tokens: f.max_new_tokens,
+                },
+                f.fps,
+            )
+        });
         let info = pb::ModelInfo {
             name: bundle.manifest.name.clone(),
             vad: String::new(),
@@ -106,21 +143,26 @@ impl Engine {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            vision_encoder: String::new(),
+            vision_encoder: vision
+                .as_ref()
+                .map(|v| v.name().to_string())
+                .unwrap_or_default(),
             llm: bundle.llm.describe().to_string(),
         };
         let pipeline = AsrPipeline::new(bundle)?;
-        let (tx, rx) = sync_channel::<Request>(INBOX);
+        let (tx, rx) = sync_channel::<Work>(INBOX);
         let load = Arc::new(EngineLoad::default());
         let thread_load = load.clone();
         std::thread::Builder::new()
             .name("avlm-engine".into())
-            .spawn(move || scheduler::Scheduler::new(pipeline, thread_load).run(rx))
+            .spawn(move || scheduler::Scheduler::new(pipeline, format, thread_load).run(rx))
             .map_err(|e| BundleError::Manifest(format!("cannot start the model thread: {e}")))?;
         Ok(Engine {
             tx,
             info: Arc::new(info),
             load,
+            vision,
+            caption_defaults,
         })
     }
 
@@ -133,26 +175,56 @@ impl Engine {
         &self.load
     }
 
+    /// The vision front end, when the bundle captions video.
+    pub fn vision(&self) -> Option<&Arc<VisionFrontEnd>> {
+        self.vision.as_ref()
+    }
+
+    /// The bundle's caption settings and frame rate, when it captions video.
+    pub fn caption_defaults(&self) -> Option<(CaptionSettings, f32)> {
+        self.caption_defaults
+    }
+
     /// Hands in `request` without blocking.
     pub fn try_submit(&self, request: Request) -> Result<(), SubmitError> {
         self.load.in_flight.fetch_add(1, Ordering::AcqRel);
-        match self.tx.try_send(request) {
+        match self.tx.try_send(Work::Transcribe(request)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
                 match e {
-                    TrySendError::Full(request) => Err(SubmitError::Full(request)),
-                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
+                    TrySendError::Full(Work::Transcribe(request)) => {
+                        Err(SubmitError::Full(request))
+                    }
+                    _ => Err(SubmitError::Stopped),
                 }
             }
         }
+    }
+
+    /// Hands in caption work without blocking: `Ok(false)` when the inbox
+    /// is full (the caller drops the frame).
+    pub fn try_caption(&self, work: CaptionWork) -> Result<bool, SubmitError> {
+        match self.tx.try_send(Work::Caption(work)) {
+            Ok(()) => Ok(true),
+            Err(TrySendError::Full(_)) => Ok(false),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Hands in caption work, waiting while the inbox is full (opening and
+    /// closing a stream must not be lost).
+    pub fn caption_waiting(&self, work: CaptionWork) -> Result<(), SubmitError> {
+        self.tx
+            .send(Work::Caption(work))
+            .map_err(|_| SubmitError::Stopped)
     }
 
     /// Hands in `request`, waiting while the inbox is full (for callers
     /// with nothing else to do, such as a session whose stream has ended).
     pub fn submit_waiting(&self, request: Request) -> Result<(), SubmitError> {
         self.load.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(request).map_err(|_| {
+        self.tx.send(Work::Transcribe(request)).map_err(|_| {
             self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
             SubmitError::Stopped
         })

@@ -20,8 +20,9 @@ use std::time::Instant;
 use avlm_llm::KvCache;
 
 use super::asr::{step_rows, AsrPipeline, Decode};
-use super::{EngineError, EngineLoad, Request, Transcript};
-use crate::bundle::BundleError;
+use super::caption::{CaptionRow, CaptionWork};
+use super::{EngineError, EngineLoad, Request, Transcript, Work};
+use crate::bundle::{BundleError, CaptionFormat};
 
 /// Prompt positions prefilled per tick across all requests while no rows
 /// are decoding.
@@ -58,6 +59,9 @@ pub struct Scheduler {
     finals: VecDeque<Request>,
     partials: VecDeque<Request>,
     active: Vec<Active>,
+    /// The caption stream format, when the bundle captions video.
+    format: Option<CaptionFormat>,
+    captions: Vec<CaptionRow>,
     last_trim: Instant,
     answered_since_trim: bool,
 }
@@ -66,20 +70,26 @@ pub struct Scheduler {
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Scheduler {
-    pub fn new(pipeline: AsrPipeline, load: Arc<EngineLoad>) -> Self {
+    pub fn new(
+        pipeline: AsrPipeline,
+        format: Option<CaptionFormat>,
+        load: Arc<EngineLoad>,
+    ) -> Self {
         Scheduler {
             pipeline,
             load,
             finals: VecDeque::new(),
             partials: VecDeque::new(),
             active: Vec::new(),
+            format,
+            captions: Vec::new(),
             last_trim: Instant::now(),
             answered_since_trim: false,
         }
     }
 
     /// Serves requests until every sender is gone and all work is done.
-    pub fn run(mut self, inbox: Receiver<Request>) {
+    pub fn run(mut self, inbox: Receiver<Work>) {
         let mut open = true;
         loop {
             if self.idle() {
@@ -104,10 +114,17 @@ impl Scheduler {
     }
 
     fn idle(&self) -> bool {
-        self.finals.is_empty() && self.partials.is_empty() && self.active.is_empty()
+        self.finals.is_empty()
+            && self.partials.is_empty()
+            && self.active.is_empty()
+            && !self.captions.iter().any(CaptionRow::busy)
     }
 
-    fn enqueue(&mut self, r: Request) {
+    fn enqueue(&mut self, work: Work) {
+        let r = match work {
+            Work::Transcribe(r) => r,
+            Work::Caption(c) => return self.caption_work(c),
+        };
         if r.partial {
             self.partials.push_back(r);
         } else {
@@ -115,11 +132,119 @@ impl Scheduler {
         }
     }
 
+    fn caption_work(&mut self, work: CaptionWork) {
+        match work {
+            CaptionWork::Open {
+                session,
+                settings,
+                events,
+                cancelled,
+            } => {
+                let Some(format) = &self.format else {
+                    events(super::CaptionEvent::Failed(EngineError::Model(
+                        "this bundle has no vision encoder".into(),
+                    )));
+                    return;
+                };
+                let llm = &self.pipeline.bundle().llm;
+                match guarded(|| CaptionRow::cache(llm, format)) {
+                    Ok(cache) => {
+                        self.captions.push(CaptionRow::open(
+                            cache, format, session, settings, events, cancelled,
+                        ));
+                        self.count_captions();
+                    }
+                    Err(e) => events(super::CaptionEvent::Failed(e)),
+                }
+            }
+            CaptionWork::Frame {
+                session,
+                embeds,
+                media_time_s,
+                at,
+            } => {
+                if let Some(row) = self.captions.iter_mut().find(|r| r.session == session) {
+                    row.push(embeds, media_time_s, at);
+                }
+            }
+            CaptionWork::Close { session } => {
+                if let Some(row) = self.captions.iter_mut().find(|r| r.session == session) {
+                    row.close();
+                }
+                self.finish_captions();
+            }
+        }
+    }
+
+    fn count_captions(&self) {
+        self.load
+            .caption_rows
+            .store(self.captions.len() as u64, Ordering::Relaxed);
+        self.load.caption_kv_bytes.store(
+            self.captions
+                .iter()
+                .map(CaptionRow::kv_bytes)
+                .sum::<usize>() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Removes the caption rows that are closed and done, telling their sessions.
+    fn finish_captions(&mut self) {
+        let before = self.captions.len();
+        self.captions.retain(|row| {
+            if row.finished() {
+                row.closed();
+                false
+            } else {
+                true
+            }
+        });
+        if self.captions.len() != before {
+            self.count_captions();
+        }
+    }
+
     /// One round: drop, prefill, step, answer.
     pub fn tick(&mut self) {
         self.drop_cancelled();
-        self.prefill();
+        let budget = self.caption_frames();
+        self.prefill(budget);
         self.step();
+        self.finish_captions();
+    }
+
+    /// Runs one waiting frame of each caption stream (its tokens and the
+    /// speak-or-not decision); returns the prompt budget left for transcriptions.
+    fn caption_frames(&mut self) -> usize {
+        let decoding = self.active.iter().any(|a| a.decode.prefill_left() == 0)
+            || self.captions.iter().any(|r| !r.wants_prefill() && r.busy());
+        let mut budget = if decoding {
+            TICK_PROMPT_TOKENS_DECODING
+        } else {
+            TICK_PROMPT_TOKENS
+        };
+        let Some(format) = &self.format else {
+            return budget;
+        };
+        let llm = &self.pipeline.bundle().llm;
+        let mut failed = Vec::new();
+        for (i, row) in self.captions.iter_mut().enumerate() {
+            if !row.wants_prefill() {
+                continue;
+            }
+            let cost = row.prefill_cost();
+            if let Err(e) = guarded(|| row.frame_step(llm, format)) {
+                failed.push((i, e));
+            }
+            budget = budget.saturating_sub(cost);
+        }
+        for (i, e) in failed.into_iter().rev() {
+            let row = self.captions.remove(i);
+            tracing::warn!(error = %e, "a caption stream failed");
+            row.failed(e);
+        }
+        budget
     }
 
     /// Counts a request out; before its answer, so whoever gets the answer
@@ -133,19 +258,24 @@ impl Scheduler {
         self.finals.retain(|r| !(r.cancelled)());
         self.partials.retain(|r| !(r.cancelled)());
         self.active.retain(|a| !(a.request.cancelled)());
+        let rows = self.captions.len();
+        self.captions.retain(|r| {
+            let gone = (r.cancelled)();
+            if gone {
+                r.closed();
+            }
+            !gone
+        });
+        if self.captions.len() != rows {
+            self.count_captions();
+        }
         let after = self.finals.len() + self.partials.len() + self.active.len();
         for _ in after..before {
             self.done_with();
         }
     }
 
-    fn prefill(&mut self) {
-        let decoding = self.active.iter().any(|a| a.decode.prefill_left() == 0);
-        let mut budget = if decoding {
-            TICK_PROMPT_TOKENS_DECODING
-        } else {
-            TICK_PROMPT_TOKENS
-        };
+    fn prefill(&mut self, mut budget: usize) {
         // Running prefills first, finals before partials.
         self.active.sort_by_key(|a| a.request.partial);
         let mut failed = Vec::new();
@@ -244,6 +374,17 @@ impl Scheduler {
             }
             counts.push(ids.len() - before);
         }
+        let mut speaking = Vec::new();
+        if let Some(format) = &self.format {
+            let bundle = self.pipeline.bundle();
+            for (i, row) in self.captions.iter_mut().enumerate() {
+                if let Some((id, cache)) = row.select(format, &bundle.stop_ids, &bundle.tokenizer) {
+                    ids.push(id);
+                    caches.push(cache);
+                    speaking.push(i);
+                }
+            }
+        }
         if ids.is_empty() {
             return;
         }
@@ -255,22 +396,49 @@ impl Scheduler {
         match batched {
             Ok(logits) => {
                 let elapsed = t.elapsed();
+                let share = |n: usize| elapsed.mul_f64(n as f64 / rows as f64);
                 let mut logits = logits.into_iter();
                 for (a, &n) in self.active.iter_mut().zip(&counts) {
                     if n > 0 {
                         a.decode.accept(logits.by_ref().take(n).collect());
-                        a.decode.times.decode += elapsed.mul_f64(n as f64 / rows as f64);
+                        a.decode.times.decode += share(n);
                     }
                 }
+                for (&i, l) in speaking.iter().zip(logits) {
+                    self.captions[i].accept(&l, share(1));
+                }
             }
-            // The batch failed: each transcription steps alone, so only
-            // the one at fault fails.
-            Err(_) => self.step_alone(&counts),
+            // The batch failed: each row steps alone, so only the one at
+            // fault fails.
+            Err(_) => self.step_alone(&counts, &speaking),
         }
     }
 
-    fn step_alone(&mut self, counts: &[usize]) {
+    fn step_alone(&mut self, counts: &[usize], speaking: &[usize]) {
         let llm = &self.pipeline.bundle().llm;
+        let mut failed_rows = Vec::new();
+        for &i in speaking {
+            let t = Instant::now();
+            let row = &mut self.captions[i];
+            let Some(format) = &self.format else { break };
+            let bundle = self.pipeline.bundle();
+            let run = guarded(
+                || match row.select(format, &bundle.stop_ids, &bundle.tokenizer) {
+                    Some((id, cache)) => step_rows(llm, &[id], &mut [cache]).map(Some),
+                    None => Ok(None),
+                },
+            );
+            match run {
+                Ok(Some(logits)) => row.accept(&logits[0], t.elapsed()),
+                Ok(None) => {}
+                Err(e) => failed_rows.push((i, e)),
+            }
+        }
+        for (i, e) in failed_rows.into_iter().rev() {
+            let row = self.captions.remove(i);
+            tracing::warn!(error = %e, "a caption stream failed");
+            row.failed(e);
+        }
         let mut failed = Vec::new();
         for (i, (a, &n)) in self.active.iter_mut().zip(counts).enumerate() {
             if n == 0 {

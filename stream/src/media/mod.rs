@@ -62,6 +62,9 @@ pub struct VideoSpec {
     pub fps: f64,
     pub width: u32,
     pub height: u32,
+    /// `width` x `height` is a box the frame is shrunk to fit, keeping its
+    /// aspect ratio (never enlarged), instead of the exact output size.
+    pub keep_aspect: bool,
 }
 
 /// What to decode.

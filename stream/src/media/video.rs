@@ -71,18 +71,35 @@ impl VideoConverter {
         }
     }
 
+    /// The output size for a `width` x `height` source.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        if !self.spec.keep_aspect {
+            return (self.spec.width, self.spec.height);
+        }
+        let scale = (f64::from(self.spec.width) / f64::from(width.max(1)))
+            .min(f64::from(self.spec.height) / f64::from(height.max(1)))
+            .min(1.0);
+        let side = |s: u32| ((f64::from(s) * scale).round() as u32).max(1);
+        (side(width), side(height))
+    }
+
     /// Converts one decoded frame to RGB24 at `pts_s`.
     pub fn convert(&mut self, input: &frame::Video, pts_s: f64) -> Result<Frame, MediaError> {
         let key = (input.format(), input.width(), input.height());
+        let (out_w, out_h) = self.output_size(input.width(), input.height());
         if self.scaler.as_ref().map(|(k, _)| *k) != Some(key) {
             let ctx = scaling::Context::get(
                 key.0,
                 key.1,
                 key.2,
                 Pixel::RGB24,
-                self.spec.width,
-                self.spec.height,
-                scaling::Flags::BILINEAR,
+                out_w,
+                out_h,
+                if self.spec.keep_aspect {
+                    scaling::Flags::AREA
+                } else {
+                    scaling::Flags::BILINEAR
+                },
             )
             .map_err(|e| {
                 MediaError::Undecodable(format!(
@@ -98,7 +115,7 @@ impl VideoConverter {
         };
         ctx.run(input, &mut self.scaled)
             .map_err(|e| MediaError::Undecodable(format!("video scaling failed: {e}")))?;
-        let (w, h) = (self.spec.width as usize, self.spec.height as usize);
+        let (w, h) = (out_w as usize, out_h as usize);
         let stride = self.scaled.stride(0);
         let src = self.scaled.data(0);
         let mut data = Vec::with_capacity(w * h * 3);
@@ -106,8 +123,8 @@ impl VideoConverter {
             data.extend_from_slice(&src[y * stride..y * stride + w * 3]);
         }
         Ok(Frame {
-            width: self.spec.width,
-            height: self.spec.height,
+            width: out_w,
+            height: out_h,
             stride: w * 3,
             data,
             pts_s,
@@ -118,6 +135,22 @@ impl VideoConverter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_aspect_ratio_fits_the_box_and_never_enlarges() {
+        let conv = |w, h| {
+            VideoConverter::new(VideoSpec {
+                fps: 2.0,
+                width: w,
+                height: h,
+                keep_aspect: true,
+            })
+        };
+        assert_eq!(conv(520, 520).output_size(1920, 1080), (520, 293));
+        assert_eq!(conv(520, 520).output_size(720, 1280), (293, 520));
+        assert_eq!(conv(520, 520).output_size(320, 240), (320, 240));
+        assert_eq!(conv(200, 100).output_size(400, 400), (100, 100));
+    }
 
     #[test]
     fn halves_a_25fps_source_to_about_12_5() {

@@ -14,9 +14,11 @@ use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
 
 use crate::media::{DecodeMeter, MediaError, MediaItem};
+use crate::session::caption::Captioner;
 use crate::session::transcribe::Transcriber;
 
 /// Where server messages go; `false` from `send` means the client is gone.
+#[derive(Clone)]
 pub struct Outbox {
     pub tx: Sender<crate::replies::Reply>,
 }
@@ -56,6 +58,12 @@ pub struct Analysis {
     transcriber: Option<Transcriber>,
     /// The whole stream is one utterance: no VAD, transcribed at the end.
     whole: bool,
+    /// Sessions with captions: describes the video frames.
+    captioner: Option<Captioner>,
+    /// No audio: media time moves with the video frames.
+    video_only: bool,
+    /// Frames the captioner looked at (kept after it finished, for the last Stats).
+    caption_frames: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// How the analysis ended.
@@ -93,7 +101,18 @@ impl Analysis {
             events: Vec::new(),
             transcriber,
             whole: false,
+            captioner: None,
+            video_only: false,
+            caption_frames: None,
         }
+    }
+
+    /// Captions the video frames; `video_only`: the session decodes no audio.
+    pub fn captioning(mut self, captioner: Option<Captioner>, video_only: bool) -> Self {
+        self.caption_frames = captioner.as_ref().map(|c| c.frames.clone());
+        self.captioner = captioner;
+        self.video_only = video_only;
+        self
     }
 
     /// Treats the whole stream as one utterance (TRANSCRIBE without VAD).
@@ -126,7 +145,7 @@ impl Analysis {
             let t0 = Instant::now();
             let alive = match item {
                 MediaItem::Audio(pcm) => self.audio(&pcm.samples, pcm.start_s),
-                MediaItem::Video(_) => true,
+                MediaItem::Video(frame) => self.video(frame),
                 MediaItem::Flush => self.flush(EndReason::Flush) && self.stats(false),
             };
             self.busy += t0.elapsed();
@@ -139,7 +158,7 @@ impl Analysis {
                 let submitted = match &mut self.transcriber {
                     Some(t) => t.whole() && t.finish(),
                     None => true,
-                };
+                } && self.finish_captions();
                 if submitted && self.stats(true) {
                     Outcome::Done
                 } else {
@@ -150,6 +169,7 @@ impl Analysis {
                 let ok = self.drain_tail()
                     && self.flush(EndReason::EndOfStream)
                     && self.hand_in_held()
+                    && self.finish_captions()
                     && self.stats(true);
                 if ok {
                     Outcome::Done
@@ -174,6 +194,24 @@ impl Analysis {
                 Outcome::Gone
             }
         }
+    }
+
+    fn video(&mut self, frame: avlm_encoders::Frame) -> bool {
+        if self.video_only {
+            self.processed_s = self.processed_s.max(frame.pts_s);
+        }
+        if let Some(c) = &self.captioner {
+            c.frame(frame);
+        }
+        if self.video_only {
+            return self.periodic_stats();
+        }
+        true
+    }
+
+    /// Waits for the captions of every frame handed in.
+    fn finish_captions(&mut self) -> bool {
+        self.captioner.take().is_none_or(Captioner::finish)
     }
 
     fn audio(&mut self, samples: &[f32], start_s: f64) -> bool {
@@ -359,6 +397,10 @@ impl Analysis {
                 b.samples.load(Ordering::Acquire) as f64 / f64::from(VAD_SAMPLE_RATE)
             }),
             model_busy: backlog.is_some_and(|b| b.busy.load(Ordering::Acquire)),
+            caption_frames: self
+                .caption_frames
+                .as_ref()
+                .map_or(0, |c| c.load(Ordering::Acquire)),
         });
         match &self.transcriber {
             Some(t) if ended => t.send_last(stats),

@@ -8,6 +8,7 @@
 //! dropped. Any part seeing the client gone tears the others down.
 
 pub mod analysis;
+pub mod caption;
 pub mod transcribe;
 pub mod valid;
 
@@ -89,6 +90,7 @@ pub async fn run(
     let caps = valid::Capabilities {
         model_name: state.model_name(),
         transcribe: state.engine.is_some(),
+        caption: state.engine.as_ref().and_then(|e| e.caption_defaults()),
     };
     let valid = match valid::validate(config, &state.config.defaults, &caps) {
         Ok(v) => v,
@@ -157,6 +159,26 @@ pub async fn run(
         .await;
     }
 
+    let captioner = match (&valid.captions, &state.engine) {
+        (Some(config), Some(engine)) => match engine.vision() {
+            Some(vision) => match caption::Captioner::start(
+                engine,
+                vision.clone(),
+                *config,
+                Outbox { tx: tx.clone() },
+                crate::engine::session_number(),
+                &lease.id[..8],
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    writer.abort_handle().abort();
+                    return fail(&tx, e).await;
+                }
+            },
+            None => None,
+        },
+        _ => None,
+    };
     let analysis = Analysis::new(
         vad,
         Endpointer::new(valid.endpoint.clone()),
@@ -180,7 +202,8 @@ pub async fn run(
             _ => None,
         },
     )
-    .whole_utterance(valid.whole_utterance);
+    .whole_utterance(valid.whole_utterance)
+    .captioning(captioner, !valid.decode.audio);
     let analysis_lease = lease.clone();
     // Fires when the analysis thread is done, so a client that sent
     // END_OF_STREAM but keeps its side open still gets the end of the call.

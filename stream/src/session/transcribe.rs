@@ -211,9 +211,6 @@ pub struct Backlog {
     pub busy: AtomicBool,
 }
 
-/// Numbers the sessions for the engine's round-robin.
-static SESSIONS: AtomicU64 = AtomicU64::new(0);
-
 pub struct Transcriber {
     engine: Engine,
     /// This session's number for the engine.
@@ -247,7 +244,7 @@ impl Transcriber {
     ) -> Self {
         Transcriber {
             engine,
-            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            session: crate::engine::session_number(),
             held: VecDeque::new(),
             out: Forwarder::start(tx.clone(), lease, runtime),
             tx,

@@ -5,7 +5,8 @@ use crate::error::SessionError;
 use avlm_encoders::EndpointConfig;
 use avlm_proto as pb;
 
-use crate::config::SessionDefaults;
+use crate::config::{SessionDefaults, MAX_CAPTION_FPS};
+use crate::engine::CaptionSettings;
 use crate::media::{DecodeSpec, InputSpec, RawSampleFormat, VideoSpec};
 
 /// Largest decoded video side, in pixels. The vision encoders of this field
@@ -33,9 +34,26 @@ pub struct ValidConfig {
     pub decode: DecodeSpec,
     pub endpoint: EndpointConfig,
     pub stats_interval_s: f64,
+    /// Live captions of the video (task CAPTION, or `options.captions`).
+    pub captions: Option<CaptionConfig>,
     /// What `Ready` echoes back: the request with every default filled in.
     pub effective: pb::StreamConfig,
 }
+
+/// A session's caption settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptionConfig {
+    pub settings: CaptionSettings,
+    /// Frames a second the captioner sees.
+    pub fps: f32,
+}
+
+/// Box a caption session's frames are shrunk to fit (aspect kept) as they
+/// are decoded; the vision front end resizes them to the encoder's input.
+const CAPTION_FRAME_BOX: u32 = 640;
+
+/// Most tokens of one caption a session may ask for.
+const MAX_CAPTION_TOKENS: u32 = 128;
 
 /// A client's string as an error message quotes it: at most
 /// `QUOTED_CHARS` characters of it, so a huge value cannot blow up the status
@@ -73,6 +91,22 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 pub struct Capabilities {
     pub model_name: String,
     pub transcribe: bool,
+    /// The model's caption settings and frame rate, when it captions video.
+    pub caption: Option<(CaptionSettings, f32)>,
+}
+
+impl Capabilities {
+    /// The tasks this server runs, for error messages.
+    fn tasks(&self) -> String {
+        let mut t = vec!["SEGMENTS"];
+        if self.transcribe {
+            t.push("TRANSCRIBE");
+        }
+        if self.caption.is_some() {
+            t.push("CAPTION");
+        }
+        t.join(", ")
+    }
 }
 
 /// Longest segment a TRANSCRIBE session may ask for (Whisper's 30 s window).
@@ -94,6 +128,7 @@ pub fn validate(
     let modalities = pb::Modalities::try_from(config.modalities)
         .map_err(|_| bad("modalities", format!("unknown value {}", config.modalities)))?;
     let (audio, video) = match modalities {
+        pb::Modalities::Unspecified if task == Task::Caption => (false, true),
         pb::Modalities::Unspecified | pb::Modalities::Audio => (true, false),
         pb::Modalities::Video => (false, true),
         pb::Modalities::AudioVideo => (true, true),
@@ -113,9 +148,10 @@ pub fn validate(
             ));
         }
         Task::Transcribe if !caps.transcribe => {
-            return Err(SessionError::unsupported(
-                "task TRANSCRIBE needs a model bundle, and this server runs without one (serve --bundle DIR); it serves task SEGMENTS",
-            ));
+            return Err(SessionError::unsupported(format!(
+                "task TRANSCRIBE needs a model bundle, and this server runs without one (serve --bundle DIR); it serves {}",
+                caps.tasks()
+            )));
         }
         Task::Transcribe if !audio => {
             return Err(bad(
@@ -123,18 +159,78 @@ pub fn validate(
                 "this server transcribes audio: the modalities must include audio",
             ));
         }
-        Task::Caption => {
+        Task::Caption if caps.caption.is_none() => {
             return Err(SessionError::unsupported(format!(
-                "task CAPTION needs a vision-language model, and this server has none loaded yet; it serves task {}",
-                if caps.transcribe {
-                    "SEGMENTS and TRANSCRIBE"
-                } else {
-                    "SEGMENTS"
-                }
+                "task CAPTION needs a model bundle with a vision encoder ([vision] in its avlm.toml), and this server has none; it serves {}",
+                caps.tasks()
             )));
         }
-        Task::Segments | Task::Transcribe => {}
+        Task::Caption if !video => {
+            return Err(bad(
+                "modalities",
+                "task CAPTION describes the video: the modalities must include video",
+            ));
+        }
+        Task::Segments | Task::Transcribe | Task::Caption => {}
     }
+    let captioning = task == Task::Caption || o.captions.unwrap_or(false);
+    let captions = if captioning {
+        let Some((defaults, default_fps)) = caps.caption else {
+            return Err(SessionError::unsupported(format!(
+                "StreamConfig.options.captions: this server's model has no vision encoder ([vision] in its avlm.toml); it serves {}",
+                caps.tasks()
+            )));
+        };
+        if !video {
+            return Err(bad(
+                "options.captions",
+                "captions describe the video: the modalities must include video",
+            ));
+        }
+        let fps = o.caption_fps.unwrap_or(default_fps);
+        if !(fps > 0.0 && fps <= MAX_CAPTION_FPS) {
+            return Err(bad(
+                "options.caption_fps",
+                format!("{fps} is outside (0, {MAX_CAPTION_FPS}]"),
+            ));
+        }
+        let threshold = o.caption_threshold.unwrap_or(defaults.threshold);
+        if !(threshold > 0.0 && threshold < 1.0) {
+            return Err(bad(
+                "options.caption_threshold",
+                format!("{threshold} is outside (0, 1)"),
+            ));
+        }
+        let max_tokens = in_range(
+            "options.caption_max_tokens",
+            o.caption_max_tokens
+                .unwrap_or(defaults.max_new_tokens as u32),
+            1,
+            MAX_CAPTION_TOKENS,
+            "",
+        )?;
+        Some(CaptionConfig {
+            settings: CaptionSettings {
+                threshold,
+                max_new_tokens: max_tokens as usize,
+            },
+            fps,
+        })
+    } else {
+        for (field, set) in [
+            ("caption_fps", o.caption_fps.is_some()),
+            ("caption_threshold", o.caption_threshold.is_some()),
+            ("caption_max_tokens", o.caption_max_tokens.is_some()),
+        ] {
+            if set {
+                return Err(bad(
+                    &format!("options.{field}"),
+                    "only applies when captioning (task CAPTION or options.captions)",
+                ));
+            }
+        }
+        None
+    };
 
     let input = match config.input.clone() {
         None => InputSpec::Container {
@@ -241,23 +337,42 @@ pub fn validate(
         3_600_000,
         " ms",
     )?;
-    let video_fps = o.video_fps.unwrap_or(defaults.video_fps);
+    let video_fps = match &captions {
+        Some(c) => {
+            if o.video_fps.is_some_and(|f| f != c.fps) {
+                return Err(bad(
+                    "options.video_fps",
+                    "a captioning session decodes video at options.caption_fps; leave video_fps unset",
+                ));
+            }
+            c.fps
+        }
+        None => o.video_fps.unwrap_or(defaults.video_fps),
+    };
     if !(video_fps > 0.0 && video_fps <= 60.0) {
         return Err(bad(
             "options.video_fps",
             format!("{video_fps} is outside (0, 60]"),
         ));
     }
+    let default_side = |side: u32| {
+        if captions.is_some() {
+            CAPTION_FRAME_BOX
+        } else {
+            side
+        }
+    };
     let video_width = in_range(
         "options.video_width",
-        o.video_width.unwrap_or(defaults.video_width),
+        o.video_width.unwrap_or(default_side(defaults.video_width)),
         16,
         MAX_VIDEO_SIDE,
         " px",
     )?;
     let video_height = in_range(
         "options.video_height",
-        o.video_height.unwrap_or(defaults.video_height),
+        o.video_height
+            .unwrap_or(default_side(defaults.video_height)),
         16,
         MAX_VIDEO_SIDE,
         " px",
@@ -278,6 +393,7 @@ pub fn validate(
             fps: f64::from(video_fps),
             width: video_width,
             height: video_height,
+            keep_aspect: captions.is_some(),
         }),
     };
     let effective = pb::StreamConfig {
@@ -322,6 +438,10 @@ pub fn validate(
             partial_interval_ms: o
                 .partial_interval_ms
                 .or(Some(crate::config::DEFAULT_PARTIAL_INTERVAL_MS)),
+            captions: Some(captions.is_some()),
+            caption_fps: captions.map(|c| c.fps),
+            caption_threshold: captions.map(|c| c.settings.threshold),
+            caption_max_tokens: captions.map(|c| c.settings.max_new_tokens as u32),
         }),
     };
     let whole_utterance = o.whole_utterance.unwrap_or(false);
@@ -353,6 +473,7 @@ pub fn validate(
         decode,
         endpoint,
         stats_interval_s: f64::from(stats_interval_ms) / 1e3,
+        captions,
         effective,
     })
 }
@@ -369,6 +490,7 @@ mod tests {
             &Capabilities {
                 model_name: "default".into(),
                 transcribe: false,
+                caption: None,
             },
         )
         .map_err(tonic::Status::from)

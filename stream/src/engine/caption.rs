@@ -1,0 +1,334 @@
+//! Live captions, VideoLLM-online's respond-or-not loop: a caption stream is
+//! a long-lived row in the scheduler with its own bounded KV cache (the
+//! system prompt as attention sinks plus a window of recent positions).
+//! After each frame's tokens the model either predicts the separator (stay
+//! silent) or, when P(separator) falls below the threshold, speaks: the
+//! reply prompt, then greedy tokens until the end token or the budget, as a
+//! `Caption` at the frame's media time. The vision front end (encoder, token
+//! layout, projector) runs on the session's own thread, so the model thread
+//! only runs the LLM.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use avlm_encoders::{Frame, VisionEncoder, VisionPreprocess};
+use avlm_llm::{KvCache, Llama, Window};
+use avlm_projector::{Projector, VisionTokens};
+use candle_core::Tensor;
+
+use super::EngineError;
+use crate::bundle::{BundleError, CaptionFormat, VisionParts};
+
+/// Positions evicted at once when a caption cache is full.
+const EVICT_BLOCK: usize = 64;
+
+/// The encoder, token layout and projector, shared by every session.
+pub struct VisionFrontEnd {
+    encoder: Mutex<VisionEncoder>,
+    preprocess: VisionPreprocess,
+    tokens: VisionTokens,
+    projector: Projector,
+    grid: (usize, usize),
+    name: String,
+}
+
+impl VisionFrontEnd {
+    pub fn new(parts: VisionParts) -> (Self, CaptionFormat) {
+        let side = (parts.encoder.patches() as f64).sqrt().round() as usize;
+        let grid = if side * side == parts.encoder.patches() {
+            (side, side)
+        } else {
+            (1, parts.encoder.patches())
+        };
+        let name = parts
+            .encoder
+            .path()
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (
+            VisionFrontEnd {
+                encoder: Mutex::new(parts.encoder),
+                preprocess: parts.preprocess,
+                tokens: parts.tokens,
+                projector: parts.projector,
+                grid,
+                name,
+            },
+            parts.format,
+        )
+    }
+
+    /// The encoder's file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// LLM-space embeddings `[tokens, hidden]` of one frame.
+    pub fn embed(&self, frame: &Frame) -> Result<Tensor, BundleError> {
+        let pixels = self.preprocess.pixels(frame);
+        let features = {
+            let mut encoder = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
+            encoder.encode(&pixels)?
+        };
+        let tokens = self.tokens.tokens(
+            features.pooled.as_deref(),
+            &features.patches,
+            self.grid,
+            features.dim,
+        )?;
+        let width = self.tokens.width(features.dim);
+        let x = Tensor::from_vec(
+            tokens,
+            (self.tokens.count(self.grid), width),
+            self.projector.device(),
+        )
+        .map_err(avlm_projector::ProjectorError::from)?;
+        Ok(self.projector.forward(&x)?)
+    }
+}
+
+/// A session's caption settings, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptionSettings {
+    /// Speak when P(separator) after a frame falls below this.
+    pub threshold: f32,
+    pub max_new_tokens: usize,
+}
+
+/// What a caption stream hears back from the model thread.
+#[derive(Debug)]
+pub enum CaptionEvent {
+    Caption {
+        text: String,
+        media_time_s: f64,
+        /// When the frame was handed in.
+        frame_at: Instant,
+        /// Model time of this frame and its reply.
+        compute: Duration,
+    },
+    /// A frame's decision is made (its reply, if any, may still be running):
+    /// the session may hand in another.
+    FrameDone,
+    /// Every frame handed in before the close is done.
+    Closed,
+    Failed(EngineError),
+}
+
+/// Where a caption stream's events go (called on the model thread: it
+/// must not block).
+pub type CaptionSink = Box<dyn Fn(CaptionEvent) + Send>;
+
+/// Work for the model thread from a caption stream.
+pub enum CaptionWork {
+    Open {
+        session: u64,
+        settings: CaptionSettings,
+        events: CaptionSink,
+        cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    },
+    Frame {
+        session: u64,
+        embeds: Tensor,
+        media_time_s: f64,
+        at: Instant,
+    },
+    /// Finish the frames handed in, answer `Closed`, and leave.
+    Close { session: u64 },
+}
+
+/// One caption stream in the scheduler.
+pub(super) struct CaptionRow {
+    pub session: u64,
+    settings: CaptionSettings,
+    events: CaptionSink,
+    pub cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    cache: KvCache,
+    /// Text fed before the next frame: the system prompt and `frame_open`
+    /// at first, the separator after a silent frame, `end` + `frame_open`
+    /// after a reply.
+    pending: Vec<u32>,
+    frames: VecDeque<(Tensor, f64, Instant)>,
+    speaking: Option<Speaking>,
+    closing: bool,
+}
+
+struct Speaking {
+    ids: Vec<u32>,
+    /// The token to feed next (or the end of the reply).
+    next: u32,
+    media_time_s: f64,
+    frame_at: Instant,
+    compute: Duration,
+}
+
+impl CaptionRow {
+    /// The bounded cache of a caption stream: the system prompt as sinks.
+    pub fn cache(llm: &Llama, format: &CaptionFormat) -> Result<KvCache, BundleError> {
+        let window = Window {
+            sinks: format.system.len(),
+            recent: format.window,
+            evict: EVICT_BLOCK.min(format.window),
+        };
+        Ok(KvCache::windowed(llm.config(), window, llm.device())?)
+    }
+
+    pub fn open(
+        cache: KvCache,
+        format: &CaptionFormat,
+        session: u64,
+        settings: CaptionSettings,
+        events: CaptionSink,
+        cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        let mut pending = format.system.clone();
+        pending.extend(&format.frame_open);
+        CaptionRow {
+            session,
+            settings,
+            events,
+            cancelled,
+            cache,
+            pending,
+            frames: VecDeque::new(),
+            speaking: None,
+            closing: false,
+        }
+    }
+
+    /// Queues a frame (the session bounds how many it hands in at once).
+    pub fn push(&mut self, embeds: Tensor, media_time_s: f64, at: Instant) {
+        self.frames.push_back((embeds, media_time_s, at));
+    }
+
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// A frame is waiting and no reply is being spoken.
+    pub fn wants_prefill(&self) -> bool {
+        self.speaking.is_none() && !self.frames.is_empty()
+    }
+
+    /// Positions the next frame step feeds.
+    pub fn prefill_cost(&self) -> usize {
+        self.frames
+            .front()
+            .map_or(0, |(e, _, _)| e.dims()[0] + self.pending.len())
+    }
+
+    /// Done: closing with nothing left to do.
+    pub fn finished(&self) -> bool {
+        self.closing && self.frames.is_empty() && self.speaking.is_none()
+    }
+
+    /// Busy with model work.
+    pub fn busy(&self) -> bool {
+        self.speaking.is_some() || !self.frames.is_empty() || self.closing
+    }
+
+    /// Runs the next frame: its tokens after the pending text, then the
+    /// decision; when the model speaks, the reply prompt too.
+    pub fn frame_step(&mut self, llm: &Llama, format: &CaptionFormat) -> Result<(), BundleError> {
+        let Some((embeds, media_time_s, frame_at)) = self.frames.pop_front() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let text = llm.embed_tokens(&self.pending)?;
+        let x = Tensor::cat(&[&text, &embeds], 0).map_err(avlm_llm::LlmError::from)?;
+        let logits = Llama::last_logits(&llm.forward_embeds(&x, &mut self.cache, false)?)?;
+        let p_separator = probability(&logits, format.separator);
+        (self.events)(CaptionEvent::FrameDone);
+        if p_separator >= self.settings.threshold {
+            self.pending = vec![format.separator];
+            return Ok(());
+        }
+        self.pending.clear();
+        let logits =
+            Llama::last_logits(&llm.forward(&format.reply_prompt, &mut self.cache, false)?)?;
+        self.speaking = Some(Speaking {
+            ids: Vec::new(),
+            next: Llama::argmax(&logits),
+            media_time_s,
+            frame_at,
+            compute: t.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Ends a reply that reached its end token or budget; else the row's
+    /// next token and cache for the batched step.
+    pub fn select(
+        &mut self,
+        format: &CaptionFormat,
+        stop: &[u32],
+        tokenizer: &avlm_llm::Tokenizer,
+    ) -> Option<(u32, &mut KvCache)> {
+        let s = self.speaking.as_ref()?;
+        let ended = s.next == format.end || stop.contains(&s.next);
+        if ended || s.ids.len() >= self.settings.max_new_tokens {
+            let s = self.speaking.take()?;
+            self.pending = vec![format.end];
+            self.pending.extend(&format.frame_open);
+            let text = tokenizer
+                .decode(&s.ids, true)
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default();
+            if !text.is_empty() {
+                (self.events)(CaptionEvent::Caption {
+                    text,
+                    media_time_s: s.media_time_s,
+                    frame_at: s.frame_at,
+                    compute: s.compute,
+                });
+            }
+            return None;
+        }
+        let next = s.next;
+        Some((next, &mut self.cache))
+    }
+
+    /// Takes the logits of the token `select` gave.
+    pub fn accept(&mut self, logits: &[f32], spent: Duration) {
+        if let Some(s) = &mut self.speaking {
+            s.ids.push(s.next);
+            s.next = Llama::argmax(logits);
+            s.compute += spent;
+        }
+    }
+
+    pub fn closed(&self) {
+        (self.events)(CaptionEvent::Closed);
+    }
+
+    pub fn failed(&self, e: EngineError) {
+        (self.events)(CaptionEvent::Failed(e));
+    }
+
+    /// KV bytes this row holds (its whole window, preallocated).
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+}
+
+/// Softmax probability of `id` in `logits`.
+fn probability(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    logits
+        .get(id as usize)
+        .map_or(0.0, |&l| (f64::from(l - max).exp() / total) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probability;
+
+    #[test]
+    fn the_probability_is_a_softmax_entry() {
+        let p = probability(&[0.0, (3.0f32).ln(), 0.0], 1);
+        assert!((p - 0.6).abs() < 1e-6, "{p}");
+        assert_eq!(probability(&[1.0], 5), 0.0);
+    }
+}
