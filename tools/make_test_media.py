@@ -24,6 +24,9 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   timestamp_jump.webm  audio timestamps jump forward by 100 s (must be refused)
   silence.webm, white_noise.webm, pink_noise.webm, tones.webm: 20 s each, no speech
   librivox.webm      a real LibriVox recording from pocketsphinx-testdata, Opus
+  slides.webm        VP8, 640x360: three static scenes of 6 s, a real photo cut-out each
+                     (tests/media/pictures) on its own background; slides.json lists them
+  slides_speech.webm slides.webm's video with speech.wav's audio (Opus)
 
 Usage: make_test_media.py OUT_DIR
 """
@@ -47,6 +50,33 @@ UTTERANCES = [
 GAPS = [0.8, 1.2, 1.5]
 TAIL = 1.0
 LIBRIVOX = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav"
+PICTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "media", "pictures")
+# (picture, background colour, what it shows), 6 s each.
+SLIDES = [("tiger.png", "0x6f8f5f", "A tiger."), ("pineapple.png", "0xd8c8a8", "A pineapple."),
+          ("sportscar.png", "0x7f8fa8", "A sports car.")]
+SLIDE_S = 6.0
+
+
+def make_slides(out, wav):
+    """slides.webm (+ slides.json) and slides_speech.webm: static scenes of real pictures."""
+    inputs, chains, scenes = [], [], []
+    for i, (pic, colour, text) in enumerate(SLIDES):
+        inputs += ["-f", "lavfi", "-i", f"color=c={colour}:s=640x360:r=25:d={SLIDE_S}",
+                   "-i", os.path.join(PICTURES, pic)]
+        chains.append(f"[{2 * i + 1}:v]scale=-1:220[p{i}];[{2 * i}:v][p{i}]overlay=(W-w)/2:(H-h)/2,"
+                      f"noise=alls=6:allf=t,format=yuv420p[s{i}]")
+        scenes.append({"start_s": i * SLIDE_S, "end_s": (i + 1) * SLIDE_S, "picture": pic, "text": text})
+    graph = ";".join(chains) + ";" + "".join(f"[s{i}]" for i in range(len(SLIDES))) + \
+        f"concat=n={len(SLIDES)}:v=1:a=0[v]"
+    vp8 = ["-c:v", "libvpx", "-b:v", "300k", "-deadline", "realtime", "-cpu-used", "8", "-g", "25"]
+    slides = os.path.join(out, "slides.webm")
+    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[v]", *vp8, "-fflags", "+bitexact", slides)
+    ffmpeg("-i", slides, "-i", wav, "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-af", "apad",
+           "-t", str(SLIDE_S * len(SLIDES)), "-c:a", "libopus", "-b:a", "48k",
+           os.path.join(out, "slides_speech.webm"))
+    with open(os.path.join(out, "slides.json"), "w") as f:
+        json.dump({"duration_s": SLIDE_S * len(SLIDES), "scenes": scenes}, f, indent=2)
+        f.write("\n")
 
 
 def run(*cmd):
@@ -144,6 +174,7 @@ def main():
                os.path.join(out, "short.webm"))
         if os.path.exists(LIBRIVOX):
             ffmpeg("-i", LIBRIVOX, "-c:a", "libopus", "-b:a", "32k", os.path.join(out, "librivox.webm"))
+        make_slides(out, wav)
 
         with open(os.path.join(out, "speech.json"), "w") as f:
             json.dump({"duration_s": duration, "sample_rate": RATE, "speech": speech}, f, indent=2)

@@ -19,6 +19,9 @@ pub enum Part {
     Latency,
     /// Batched decode: aggregate tokens/s at 1, 4, 8 and 16 rows.
     Rows,
+    /// Live captions: vision front end frames/s, the caption loop's step over
+    /// a long stream (time and memory), concurrent caption streams.
+    Captions,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +70,15 @@ pub struct BenchArgs {
     /// Times each session streams the input.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Minutes of video the captions section's loop simulates (at the bundle's frame rate).
+    #[arg(long, default_value_t = 10.0)]
+    pub caption_minutes: f64,
+    /// Concurrent real-time caption stream counts for the captions section.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub caption_streams: Vec<usize>,
+    /// Video the captions section streams.
+    #[arg(long, default_value = "tests/media/generated/slides.webm")]
+    pub caption_input: PathBuf,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -96,6 +108,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &args.latency_clips,
             &args.latency_streams,
             args.partial_interval_ms,
+        )
+        .await?;
+    }
+    if args.parts.contains(&Part::Captions) {
+        super::bench_captions::captions(
+            &args.runtime,
+            args.caption_minutes,
+            &args.caption_streams,
+            &args.caption_input,
         )
         .await?;
     }

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch for the `avlm` binary.
 
 mod bench;
+mod bench_captions;
 mod bench_latency;
 mod bench_models;
 mod camera;

@@ -87,6 +87,10 @@ pub fn short_decode_server_config(name: &str, max_new_tokens: usize) -> ServerCo
             &format!("\"{}\"", src.join("ctc.safetensors").display()),
         )
         .replace(
+            "\"vision_projector.safetensors\"",
+            &format!("\"{}\"", src.join("vision_projector.safetensors").display()),
+        )
+        .replace(
             "max_new_tokens = 64",
             &format!("max_new_tokens = {max_new_tokens}"),
         );
