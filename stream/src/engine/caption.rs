@@ -230,9 +230,10 @@ impl CaptionRow {
 
     /// Runs the next frame: its tokens after the pending text, then the
     /// decision; when the model speaks, the reply prompt too.
-    pub fn frame_step(&mut self, llm: &Llama, format: &CaptionFormat) -> Result<(), BundleError> {
+    /// Returns P(separator) after the frame.
+    pub fn frame_step(&mut self, llm: &Llama, format: &CaptionFormat) -> Result<f32, BundleError> {
         let Some((embeds, media_time_s, frame_at)) = self.frames.pop_front() else {
-            return Ok(());
+            return Ok(1.0);
         };
         let t = Instant::now();
         let text = llm.embed_tokens(&self.pending)?;
@@ -242,7 +243,7 @@ impl CaptionRow {
         (self.events)(CaptionEvent::FrameDone);
         if p_separator >= self.settings.threshold {
             self.pending = vec![format.separator];
-            return Ok(());
+            return Ok(p_separator);
         }
         self.pending.clear();
         let logits =
@@ -254,7 +255,7 @@ impl CaptionRow {
             frame_at,
             compute: t.elapsed(),
         });
-        Ok(())
+        Ok(p_separator)
     }
 
     /// Ends a reply that reached its end token or budget; else the row's
@@ -310,6 +311,63 @@ impl CaptionRow {
     pub fn kv_bytes(&self) -> usize {
         self.cache.bytes()
     }
+}
+
+/// What the caption loop did after one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameOutcome {
+    /// P(separator) after the frame's tokens: the model stays silent when
+    /// it is at least the threshold.
+    pub p_separator: f32,
+    /// What the model said after the frame, if it spoke.
+    pub caption: Option<String>,
+}
+
+/// Runs the caption loop of one stream over `frames` (LLM-space embeddings
+/// `[tokens, hidden]` with their media times) on this thread, exactly as the
+/// scheduler runs a caption row (each step alone instead of batched with
+/// other rows): for checking converted checkpoints against their reference,
+/// and for benchmarks.
+pub fn caption_frames(
+    llm: &Llama,
+    tokenizer: &avlm_llm::Tokenizer,
+    stop: &[u32],
+    format: &CaptionFormat,
+    settings: CaptionSettings,
+    frames: &[(Tensor, f64)],
+) -> Result<Vec<FrameOutcome>, BundleError> {
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let sink = said.clone();
+    let mut row = CaptionRow::open(
+        CaptionRow::cache(llm, format)?,
+        format,
+        0,
+        settings,
+        Box::new(move |e| {
+            if let CaptionEvent::Caption { text, .. } = e {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+            }
+        }),
+        Arc::new(|| false),
+    );
+    let mut out = Vec::with_capacity(frames.len());
+    for (embeds, t) in frames {
+        row.push(embeds.clone(), *t, Instant::now());
+        let p_separator = row.frame_step(llm, format)?;
+        let spoke = row.speaking.is_some();
+        while let Some((id, cache)) = row.select(format, stop, tokenizer) {
+            let logits = Llama::last_logits(&llm.forward(&[id], cache, false)?)?;
+            row.accept(&logits, Duration::ZERO);
+        }
+        let caption = spoke
+            .then(|| said.lock().unwrap_or_else(|e| e.into_inner()).pop())
+            .flatten();
+        out.push(FrameOutcome {
+            p_separator,
+            caption,
+        });
+    }
+    Ok(out)
 }
 
 /// Softmax probability of `id` in `logits`.

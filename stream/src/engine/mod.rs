@@ -18,7 +18,10 @@ use std::sync::Arc;
 use avlm_proto as pb;
 
 pub use asr::{AsrPipeline, Decode, StageTimes, Transcript};
-pub use caption::{CaptionEvent, CaptionSettings, CaptionSink, CaptionWork, VisionFrontEnd};
+pub use caption::{
+    caption_frames, CaptionEvent, CaptionSettings, CaptionSink, CaptionWork, FrameOutcome,
+    VisionFrontEnd,
+};
 
 use crate::bundle::{BundleError, LoadedBundle};
 
