@@ -1,5 +1,5 @@
-//! The projector's shape: how frames are compressed, which activation sits
-//! between the two linear layers, and the three widths. Deserialised from the
+//! The projector's shape: how frames are compressed, one linear layer or two
+//! with an activation between them, and the widths. Deserialised from the
 //! model bundle's manifest.
 
 use serde::{Deserialize, Serialize};
@@ -73,10 +73,20 @@ pub struct ProjectorConfig {
     pub layer_norm: bool,
     /// Width of one encoder frame.
     pub input_dim: usize,
-    /// Width between the two linear layers.
+    /// Linear layers: 2 (Linear, activation, Linear; the default) or 1 (one
+    /// Linear `fc1` straight to `output_dim`, its bias optional: Idefics3's
+    /// modality projection), where `activation` and `hidden_dim` are unused.
+    #[serde(default = "two_layers")]
+    pub layers: usize,
+    /// Width between the two linear layers (unused with one layer).
+    #[serde(default)]
     pub hidden_dim: usize,
     /// Width of one output embedding: the LLM's hidden size.
     pub output_dim: usize,
+}
+
+fn two_layers() -> usize {
+    2
 }
 
 impl ProjectorConfig {
@@ -88,11 +98,20 @@ impl ProjectorConfig {
     /// Rejects configurations no weights could satisfy.
     pub fn validate(&self) -> Result<()> {
         self.compression.validate()?;
+        if !matches!(self.layers, 1 | 2) {
+            return Err(ProjectorError::InvalidConfig(format!(
+                "layers is {}; a projector has 1 or 2 linear layers",
+                self.layers
+            )));
+        }
+        let hidden = (self.layers == 2).then_some(("hidden_dim", self.hidden_dim));
         for (name, value) in [
             ("input_dim", self.input_dim),
-            ("hidden_dim", self.hidden_dim),
             ("output_dim", self.output_dim),
-        ] {
+        ]
+        .into_iter()
+        .chain(hidden)
+        {
             if value == 0 {
                 return Err(ProjectorError::InvalidConfig(format!(
                     "{name} must be at least 1"

@@ -15,7 +15,8 @@ use crate::projector::{tensor_name, Projector, ProjectorWeights};
 impl Projector {
     /// Loads `{prefix}.fc1.weight` `[hidden, in * k]` (stack) or `[hidden, in]` (pool),
     /// `{prefix}.fc1.bias` `[hidden]`, `{prefix}.fc2.weight` `[out, hidden]`,
-    /// `{prefix}.fc2.bias` `[out]` and, if `layer_norm`, `{prefix}.norm.weight` / `.bias`
+    /// `{prefix}.fc2.bias` `[out]` (with one layer: `{prefix}.fc1.weight`
+    /// `[out, in * k]` and, if the file has it, `{prefix}.fc1.bias`) and, if `layer_norm`, `{prefix}.norm.weight` / `.bias`
     /// `[out]` (PyTorch `nn.Linear` layout) from a safetensors file; f32, f16 and bf16 are
     /// converted to f32. Other tensors in the file are not read; norm tensors present
     /// while `layer_norm` is off are ignored with a warning.
@@ -47,9 +48,6 @@ impl Projector {
             Ok(file.load(&name, device)?)
         };
         let fc1_weight = get("fc1.weight")?;
-        let fc1_bias = get("fc1.bias")?;
-        let fc2_weight = get("fc2.weight")?;
-        let fc2_bias = get("fc2.bias")?;
         let norm_present = names.contains(&tensor_name(prefix, "norm.weight"));
         let norm = if config.layer_norm {
             Some((get("norm.weight")?, get("norm.bias")?))
@@ -63,14 +61,20 @@ impl Projector {
             }
             None
         };
-        let weights = ProjectorWeights {
-            fc1_weight,
-            fc1_bias,
-            fc2_weight,
-            fc2_bias,
-            norm,
+        let projector = if config.layers == 1 {
+            let bias_present = names.contains(&tensor_name(prefix, "fc1.bias"));
+            let bias = bias_present.then(|| get("fc1.bias")).transpose()?;
+            Projector::build_linear(config, fc1_weight, bias, norm, prefix)?
+        } else {
+            let weights = ProjectorWeights {
+                fc1_weight,
+                fc1_bias: get("fc1.bias")?,
+                fc2_weight: get("fc2.weight")?,
+                fc2_bias: get("fc2.bias")?,
+                norm,
+            };
+            Projector::build(config, weights, prefix)?
         };
-        let projector = Projector::build(config, weights, prefix)?;
         tracing::debug!(
             path = %path.display(),
             prefix,

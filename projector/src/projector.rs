@@ -1,6 +1,6 @@
-//! The projector itself: compression, then Linear -> activation -> Linear,
-//! then an optional LayerNorm. Immutable once built, so one instance serves
-//! every session.
+//! The projector itself: compression, then Linear -> activation -> Linear
+//! (or one Linear), then an optional LayerNorm. Immutable once built, so one
+//! instance serves every session.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
@@ -33,7 +33,8 @@ pub struct ProjectorWeights {
 pub struct Projector {
     config: ProjectorConfig,
     fc1: Linear,
-    fc2: Linear,
+    /// `None` with one layer.
+    fc2: Option<Linear>,
     norm: Option<LayerNorm>,
     device: Device,
 }
@@ -45,6 +46,44 @@ impl Projector {
         Self::build(config, weights, "")
     }
 
+    /// Builds a one-layer projector (`config.layers == 1`): `weight`
+    /// `[output_dim, fc1_in_dim]`, `bias` `[output_dim]` if any.
+    pub fn linear(config: ProjectorConfig, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::build_linear(config, weight, bias, None, "")
+    }
+
+    /// As `linear`, with LayerNorm weights and a tensor name prefix for errors.
+    pub(crate) fn build_linear(
+        config: ProjectorConfig,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        norm: Option<(Tensor, Tensor)>,
+        prefix: &str,
+    ) -> Result<Self> {
+        config.validate()?;
+        if config.layers != 1 {
+            return Err(ProjectorError::InvalidConfig(format!(
+                "a single linear layer given for a {}-layer projector",
+                config.layers
+            )));
+        }
+        let device = weight.device().clone();
+        let out = config.output_dim;
+        let take = |t: Tensor, suffix: &str, shape: &[usize]| {
+            checked(t, &tensor_name(prefix, suffix), shape, &device)
+        };
+        let w = take(weight, "fc1.weight", &[out, config.fc1_in_dim()])?;
+        let b = bias.map(|b| take(b, "fc1.bias", &[out])).transpose()?;
+        let norm = Self::norm(&config, norm, prefix, &device)?;
+        Ok(Self {
+            config,
+            fc1: Linear::new(w, b),
+            fc2: None,
+            norm,
+            device,
+        })
+    }
+
     /// As `from_tensors`, with `prefix` put in front of tensor names in errors.
     pub(crate) fn build(
         config: ProjectorConfig,
@@ -52,6 +91,12 @@ impl Projector {
         prefix: &str,
     ) -> Result<Self> {
         config.validate()?;
+        if config.layers != 2 {
+            return Err(ProjectorError::InvalidConfig(format!(
+                "two linear layers given for a {}-layer projector",
+                config.layers
+            )));
+        }
         let device = weights.fc1_weight.device().clone();
         let (hidden, out) = (config.hidden_dim, config.output_dim);
         let take = |t: Tensor, suffix: &str, shape: &[usize]| {
@@ -65,34 +110,42 @@ impl Projector {
         let fc1_b = take(weights.fc1_bias, "fc1.bias", &[hidden])?;
         let fc2_w = take(weights.fc2_weight, "fc2.weight", &[out, hidden])?;
         let fc2_b = take(weights.fc2_bias, "fc2.bias", &[out])?;
-        let norm = match (config.layer_norm, weights.norm) {
-            (true, Some((w, b))) => Some(LayerNorm::new(
-                take(w, "norm.weight", &[out])?,
-                take(b, "norm.bias", &[out])?,
-                LAYER_NORM_EPS,
-            )),
-            (true, None) => {
-                return Err(ProjectorError::MissingTensor {
-                    name: tensor_name(prefix, "norm.weight"),
-                    source_name: "the given weights".into(),
-                })
-            }
-            // Unused norm weights mean the config and the weights disagree;
-            // refusing beats silently producing unnormalised embeddings.
-            (false, Some(_)) => {
-                return Err(ProjectorError::InvalidConfig(
-                    "norm weights given but layer_norm is false".into(),
-                ))
-            }
-            (false, None) => None,
-        };
+        let norm = Self::norm(&config, weights.norm, prefix, &device)?;
         Ok(Self {
             config,
             fc1: Linear::new(fc1_w, Some(fc1_b)),
-            fc2: Linear::new(fc2_w, Some(fc2_b)),
+            fc2: Some(Linear::new(fc2_w, Some(fc2_b))),
             norm,
             device,
         })
+    }
+
+    fn norm(
+        config: &ProjectorConfig,
+        weights: Option<(Tensor, Tensor)>,
+        prefix: &str,
+        device: &Device,
+    ) -> Result<Option<LayerNorm>> {
+        let out = config.output_dim;
+        let take =
+            |t: Tensor, suffix: &str| checked(t, &tensor_name(prefix, suffix), &[out], device);
+        match (config.layer_norm, weights) {
+            (true, Some((w, b))) => Ok(Some(LayerNorm::new(
+                take(w, "norm.weight")?,
+                take(b, "norm.bias")?,
+                LAYER_NORM_EPS,
+            ))),
+            (true, None) => Err(ProjectorError::MissingTensor {
+                name: tensor_name(prefix, "norm.weight"),
+                source_name: "the given weights".into(),
+            }),
+            // Unused norm weights mean the config and the weights disagree;
+            // refusing beats silently producing unnormalised embeddings.
+            (false, Some(_)) => Err(ProjectorError::InvalidConfig(
+                "norm weights given but layer_norm is false".into(),
+            )),
+            (false, None) => Ok(None),
+        }
     }
 
     pub fn config(&self) -> &ProjectorConfig {
@@ -143,11 +196,13 @@ impl Projector {
             )?);
         }
         let h = self.fc1.forward(&x)?;
-        let h = match self.config.activation {
-            Activation::Relu => h.relu()?,
-            Activation::Gelu => h.gelu_erf()?,
+        let y = match &self.fc2 {
+            None => h,
+            Some(fc2) => fc2.forward(&match self.config.activation {
+                Activation::Relu => h.relu()?,
+                Activation::Gelu => h.gelu_erf()?,
+            })?,
         };
-        let y = self.fc2.forward(&h)?;
         match &self.norm {
             Some(norm) => Ok(norm.forward(&y)?),
             None => Ok(y),
@@ -203,4 +258,60 @@ fn checked(t: Tensor, name: &str, shape: &[usize], device: &Device) -> Result<Te
         });
     }
     Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Compression;
+
+    fn one_layer() -> ProjectorConfig {
+        ProjectorConfig {
+            compression: Compression::Stack { k: 1 },
+            activation: Activation::Gelu,
+            layer_norm: false,
+            input_dim: 2,
+            layers: 1,
+            hidden_dim: 0,
+            output_dim: 3,
+        }
+    }
+
+    #[test]
+    fn one_layer_is_a_plain_linear_map_with_or_without_bias() {
+        let cpu = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 0.], [0., -2.], [1., 1.]], &cpu).unwrap();
+        let x = Tensor::new(&[[3f32, -1.]], &cpu).unwrap();
+        let p = Projector::linear(one_layer(), w.clone(), None).unwrap();
+        // No activation: -2 * -1 = 2 and 3 - 1 = 2 pass through unchanged.
+        let y: Vec<Vec<f32>> = p.forward(&x).unwrap().to_vec2().unwrap();
+        assert_eq!(y, vec![vec![3., 2., 2.]]);
+        let b = Tensor::new(&[0.5f32, 0., -1.], &cpu).unwrap();
+        let p = Projector::linear(one_layer(), w.clone(), Some(b)).unwrap();
+        let y: Vec<Vec<f32>> = p.forward(&x).unwrap().to_vec2().unwrap();
+        assert_eq!(y, vec![vec![3.5, 2., 1.]]);
+        let e = Projector::linear(one_layer(), w.t().unwrap(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fc1.weight"), "{e}");
+    }
+
+    #[test]
+    fn the_layer_count_must_match_the_weights() {
+        let cpu = Device::Cpu;
+        let w = Tensor::zeros((3, 2), DType::F32, &cpu).unwrap();
+        let two = ProjectorConfig {
+            layers: 2,
+            hidden_dim: 3,
+            ..one_layer()
+        };
+        assert!(Projector::linear(two, w.clone(), None).is_err());
+        let three = ProjectorConfig {
+            layers: 3,
+            ..one_layer()
+        };
+        assert!(three.validate().unwrap_err().to_string().contains("layers"));
+        // hidden_dim only matters with two layers.
+        assert!(one_layer().validate().is_ok());
+    }
 }

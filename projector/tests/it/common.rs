@@ -13,6 +13,7 @@ pub fn toy_config(activation: Activation) -> ProjectorConfig {
         activation,
         layer_norm: false,
         input_dim: 2,
+        layers: 2,
         hidden_dim: 3,
         output_dim: 2,
     }

@@ -31,6 +31,7 @@ fn validate_rejects_zero_and_overflowing_widths() {
         activation: Activation::Relu,
         layer_norm: false,
         input_dim: 1024,
+        layers: 2,
         hidden_dim: 2048,
         output_dim: 4096,
     };

@@ -20,6 +20,7 @@ fn identity(n: usize, activation: Activation, norm: Option<(Tensor, Tensor)>) ->
         activation,
         layer_norm: norm.is_some(),
         input_dim: n,
+        layers: 2,
         hidden_dim: n,
         output_dim: n,
     };

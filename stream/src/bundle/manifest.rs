@@ -37,6 +37,7 @@
 //! # compression = { kind = "stack", k = 1 }
 //! # activation = "gelu"
 //! # hidden = 576
+//! # layers = 2                 # or 1: one Linear (fc1, bias optional), as Idefics3's connector
 //! # [caption]                  # VideoLLM-online's stream format
 //! # system = "<|im_start|>system\nA live video.<|im_end|>\n"
 //! # frame_open = "\n["
@@ -191,8 +192,17 @@ pub struct ProjectorModality {
     pub activation: Activation,
     #[serde(default)]
     pub layer_norm: bool,
-    /// Width of the MLP's hidden layer.
+    /// 2 (Linear, activation, Linear) or 1 (one Linear, bias optional;
+    /// `activation` and `hidden` unused).
+    #[serde(default = "two_layers")]
+    pub layers: usize,
+    /// Width of the MLP's hidden layer (two layers).
+    #[serde(default)]
     pub hidden: usize,
+}
+
+fn two_layers() -> usize {
+    2
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
