@@ -62,6 +62,8 @@ pub struct Scheduler {
     /// The caption stream format, when the bundle captions video.
     format: Option<CaptionFormat>,
     captions: Vec<CaptionRow>,
+    /// The caption row whose frame runs first next tick.
+    caption_turn: usize,
     last_trim: Instant,
     answered_since_trim: bool,
 }
@@ -83,6 +85,7 @@ impl Scheduler {
             active: Vec::new(),
             format,
             captions: Vec::new(),
+            caption_turn: 0,
             last_trim: Instant::now(),
             answered_since_trim: false,
         }
@@ -229,16 +232,31 @@ impl Scheduler {
         };
         let llm = &self.pipeline.bundle().llm;
         let mut failed = Vec::new();
-        for (i, row) in self.captions.iter_mut().enumerate() {
+        // Round-robin from where the last tick stopped, under the budget (at
+        // least one frame a tick): many caption streams must not hold up the
+        // decode steps of the rows already running.
+        let n = self.captions.len();
+        let first = self.caption_turn % n.max(1);
+        let mut ran = 0;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let row = &mut self.captions[i];
             if !row.wants_prefill() {
                 continue;
             }
             let cost = row.prefill_cost();
+            if ran > 0 && cost > budget {
+                self.caption_turn = i;
+                break;
+            }
             if let Err(e) = guarded(|| row.frame_step(llm, format)) {
                 failed.push((i, e));
             }
+            ran += 1;
             budget = budget.saturating_sub(cost);
+            self.caption_turn = i + 1;
         }
+        failed.sort_by_key(|(i, _)| *i);
         for (i, e) in failed.into_iter().rev() {
             let row = self.captions.remove(i);
             tracing::warn!(error = %e, "a caption stream failed");
