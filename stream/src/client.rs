@@ -186,7 +186,7 @@ pub async fn stream(
                 }
             }
         }
-        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32 })) };
+        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32, ..Default::default() })) };
     };
     let response = client.stream(requests).await.map_err(ClientError::Status)?;
     let mut inbound = response.into_inner();

@@ -254,3 +254,49 @@ async fn caption_sessions_are_refused_cleanly_where_they_cannot_run() {
     assert_server_still_serves(&url).await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_is_answered_in_the_stream_and_refused_without_captions() {
+    let server = start_server(short_decode_server_config("captions-ask", 16)).await;
+    let url = server.url();
+    let ask = |text: &str| pb::ClientMessage {
+        msg: Some(pb::client_message::Msg::Control(pb::Control {
+            action: pb::control::Action::Ask as i32,
+            text: text.into(),
+        })),
+    };
+    let bytes = read_media("slides.webm");
+    let mut messages = vec![config_msg(caption_config())];
+    for (seq, chunk) in bytes.chunks(64 * 1024).enumerate() {
+        messages.push(media_msg(chunk, seq as u64));
+    }
+    messages.push(ask("What is in the picture?"));
+    messages.push(control_msg(pb::control::Action::EndOfStream));
+    let (got, status) = raw_call(&url, messages).await;
+    status.expect("a caption stream with a question ends OK");
+    let answers: Vec<_> = got
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(pb::server_message::Msg::Caption(c)) if !c.question.is_empty() => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{got:?}");
+    assert_eq!(answers[0].question, "What is in the picture?");
+
+    // Questions need captions, and a question with text.
+    for (config, text, why) in [
+        (container_config(), "What is this?", "captions"),
+        (caption_config(), "   ", "1..="),
+    ] {
+        let (_, status) = raw_call(&url, vec![config_msg(config), ask(text)]).await;
+        let status = status.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("Control ASK") && status.message().contains(why),
+            "{}",
+            status.message()
+        );
+    }
+    server.shutdown().await.unwrap();
+}

@@ -99,6 +99,8 @@ threshold = 0.725
 max_new_tokens = 32
 window = 512
 fps = 2.0
+question_prompt = "]\nUser: "
+answer_prompt = "\nAssistant:"
 '''
 
 # Written verbatim.  The \n inside the prompt are TOML basic-string escapes.

@@ -81,6 +81,8 @@ pub struct CaptionFormat {
     pub max_new_tokens: usize,
     pub window: usize,
     pub fps: f32,
+    /// Fed before and after a client's question, when the model takes questions.
+    pub question: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 impl LoadedBundle {
@@ -389,6 +391,18 @@ fn load_vision(
         max_new_tokens: caption.max_new_tokens,
         window: caption.window,
         fps: caption.fps,
+        question: match (&caption.question_prompt, &caption.answer_prompt) {
+            (Some(q), Some(a)) => Some((
+                nonempty("question_prompt", q)?,
+                nonempty("answer_prompt", a)?,
+            )),
+            (None, None) => None,
+            _ => {
+                return Err(BundleError::Manifest(
+                    "caption.question_prompt and caption.answer_prompt go together".into(),
+                ))
+            }
+        },
     };
     Ok(Some(VisionParts {
         preprocess: VisionPreprocess {

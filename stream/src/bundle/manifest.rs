@@ -48,6 +48,8 @@
 //! # max_new_tokens = 32
 //! # window = 512
 //! # fps = 2.0
+//! # question_prompt = "]\nUser: "   # optional: questions from the client
+//! # answer_prompt = "\nAssistant:"
 //! [decoding]
 //! beam_width = 1
 //! # partial_beam_width = 1      # optional: partial re-decodes (default: beam_width)
@@ -125,6 +127,13 @@ pub struct CaptionSection {
     /// Frames a second the captioner sees unless a session asks otherwise.
     #[serde(default = "default_caption_fps")]
     pub fps: f32,
+    /// Questions from the client (VideoLLM-online's `"]\nUser: "`): fed
+    /// before the question's text; unset: the model takes no questions.
+    #[serde(default)]
+    pub question_prompt: Option<String>,
+    /// Fed after the question's text (`"\nAssistant:"`); the answer follows.
+    #[serde(default)]
+    pub answer_prompt: Option<String>,
 }
 
 fn default_caption_threshold() -> f32 {

@@ -133,7 +133,7 @@ async fn stream_clip(url: &str, clip: &Clip, partial_interval_ms: u32) -> anyhow
             }
             yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Media(pb::MediaChunk { data: chunk.to_vec(), seq: seq as u64 })) };
         }
-        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32 })) };
+        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32, ..Default::default() })) };
     };
     let mut client = avlm_stream::client::connect(url).await?;
     let mut inbound = client.stream(requests).await?.into_inner();

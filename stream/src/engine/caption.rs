@@ -102,6 +102,8 @@ pub struct CaptionSettings {
 pub enum CaptionEvent {
     Caption {
         text: String,
+        /// The client's question this answers, if any.
+        question: Option<String>,
         media_time_s: f64,
         /// When the frame was handed in.
         frame_at: Instant,
@@ -134,6 +136,12 @@ pub enum CaptionWork {
         media_time_s: f64,
         at: Instant,
     },
+    /// A client's question, answered after the frames handed in before it.
+    Question {
+        session: u64,
+        text: String,
+        at: Instant,
+    },
     /// Finish the frames handed in, answer `Closed`, and leave.
     Close { session: u64 },
 }
@@ -149,12 +157,21 @@ pub(super) struct CaptionRow {
     /// at first, the separator after a silent frame, `end` + `frame_open`
     /// after a reply.
     pending: Vec<u32>,
-    frames: VecDeque<(Tensor, f64, Instant)>,
+    frames: VecDeque<Item>,
+    /// Media time of the last frame run.
+    media_time_s: f64,
     speaking: Option<Speaking>,
     closing: bool,
 }
 
+/// What waits for the model in a caption stream, in order.
+enum Item {
+    Frame(Tensor, f64, Instant),
+    Question(Vec<u32>, String, Instant),
+}
+
 struct Speaking {
+    question: Option<String>,
     ids: Vec<u32>,
     /// The token to feed next (or the end of the reply).
     next: u32,
@@ -192,6 +209,7 @@ impl CaptionRow {
             cache,
             pending,
             frames: VecDeque::new(),
+            media_time_s: 0.0,
             speaking: None,
             closing: false,
         }
@@ -199,7 +217,13 @@ impl CaptionRow {
 
     /// Queues a frame (the session bounds how many it hands in at once).
     pub fn push(&mut self, embeds: Tensor, media_time_s: f64, at: Instant) {
-        self.frames.push_back((embeds, media_time_s, at));
+        self.frames.push_back(Item::Frame(embeds, media_time_s, at));
+    }
+
+    /// Queues a client's question (token ids of its text) after the frames
+    /// handed in before it.
+    pub fn ask(&mut self, ids: Vec<u32>, text: String, at: Instant) {
+        self.frames.push_back(Item::Question(ids, text, at));
     }
 
     pub fn close(&mut self) {
@@ -213,9 +237,12 @@ impl CaptionRow {
 
     /// Positions the next frame step feeds.
     pub fn prefill_cost(&self) -> usize {
-        self.frames
-            .front()
-            .map_or(0, |(e, _, _)| e.dims()[0] + self.pending.len())
+        self.pending.len()
+            + match self.frames.front() {
+                Some(Item::Frame(e, _, _)) => e.dims()[0],
+                Some(Item::Question(ids, _, _)) => ids.len(),
+                None => 0,
+            }
     }
 
     /// Done: closing with nothing left to do.
@@ -230,11 +257,17 @@ impl CaptionRow {
 
     /// Runs the next frame: its tokens after the pending text, then the
     /// decision; when the model speaks, the reply prompt too.
-    /// Returns P(separator) after the frame.
+    /// Returns P(separator) after the frame (1 for a question: it is answered).
     pub fn frame_step(&mut self, llm: &Llama, format: &CaptionFormat) -> Result<f32, BundleError> {
-        let Some((embeds, media_time_s, frame_at)) = self.frames.pop_front() else {
-            return Ok(1.0);
+        let (embeds, media_time_s, frame_at) = match self.frames.pop_front() {
+            None => return Ok(1.0),
+            Some(Item::Question(ids, text, at)) => {
+                self.question(llm, format, ids, text, at)?;
+                return Ok(1.0);
+            }
+            Some(Item::Frame(embeds, t, at)) => (embeds, t, at),
         };
+        self.media_time_s = media_time_s;
         let t = Instant::now();
         let text = llm.embed_tokens(&self.pending)?;
         let x = Tensor::cat(&[&text, &embeds], 0).map_err(avlm_llm::LlmError::from)?;
@@ -249,6 +282,7 @@ impl CaptionRow {
         let logits =
             Llama::last_logits(&llm.forward(&format.reply_prompt, &mut self.cache, false)?)?;
         self.speaking = Some(Speaking {
+            question: None,
             ids: Vec::new(),
             next: Llama::argmax(&logits),
             media_time_s,
@@ -256,6 +290,39 @@ impl CaptionRow {
             compute: t.elapsed(),
         });
         Ok(p_separator)
+    }
+
+    /// Feeds a question after the frames so far and starts its answer.
+    fn question(
+        &mut self,
+        llm: &Llama,
+        format: &CaptionFormat,
+        ids: Vec<u32>,
+        text: String,
+        at: Instant,
+    ) -> Result<(), BundleError> {
+        let Some((before, after)) = &format.question else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        // The frame list closes here: a separator waiting for the next frame goes.
+        if self.pending == [format.separator] {
+            self.pending.clear();
+        }
+        let mut feed = std::mem::take(&mut self.pending);
+        feed.extend(before);
+        feed.extend(ids);
+        feed.extend(after);
+        let logits = Llama::last_logits(&llm.forward(&feed, &mut self.cache, false)?)?;
+        self.speaking = Some(Speaking {
+            question: Some(text),
+            ids: Vec::new(),
+            next: Llama::argmax(&logits),
+            media_time_s: self.media_time_s,
+            frame_at: at,
+            compute: t.elapsed(),
+        });
+        Ok(())
     }
 
     /// Ends a reply that reached its end token or budget; else the row's
@@ -276,9 +343,10 @@ impl CaptionRow {
                 .decode(&s.ids, true)
                 .map(|t| t.trim().to_string())
                 .unwrap_or_default();
-            if !text.is_empty() {
+            if !text.is_empty() || s.question.is_some() {
                 (self.events)(CaptionEvent::Caption {
                     text,
+                    question: s.question,
                     media_time_s: s.media_time_s,
                     frame_at: s.frame_at,
                     compute: s.compute,

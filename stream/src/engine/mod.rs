@@ -96,6 +96,8 @@ pub struct Engine {
     load: Arc<EngineLoad>,
     vision: Option<Arc<VisionFrontEnd>>,
     caption_defaults: Option<(CaptionSettings, f32)>,
+    /// The caption format takes client questions.
+    questions: bool,
 }
 
 /// Why a request was not accepted.
@@ -137,6 +139,7 @@ impl Engine {
                 f.fps,
             )
         });
+        let questions = format.as_ref().is_some_and(|f| f.question.is_some());
         let info = pb::ModelInfo {
             name: bundle.manifest.name.clone(),
             vad: String::new(),
@@ -166,6 +169,7 @@ impl Engine {
             load,
             vision,
             caption_defaults,
+            questions,
         })
     }
 
@@ -186,6 +190,11 @@ impl Engine {
     /// The bundle's caption settings and frame rate, when it captions video.
     pub fn caption_defaults(&self) -> Option<(CaptionSettings, f32)> {
         self.caption_defaults
+    }
+
+    /// Whether caption sessions may ask questions (Control ACTION_ASK).
+    pub fn takes_questions(&self) -> bool {
+        self.questions
     }
 
     /// Hands in `request` without blocking.

@@ -170,6 +170,15 @@ impl Scheduler {
                     row.push(embeds, media_time_s, at);
                 }
             }
+            CaptionWork::Question { session, text, at } => {
+                let tokenizer = &self.pipeline.bundle().tokenizer;
+                if let Some(row) = self.captions.iter_mut().find(|r| r.session == session) {
+                    match tokenizer.encode(&text) {
+                        Ok(ids) => row.ask(ids, text, at),
+                        Err(e) => tracing::warn!(error = %e, "a question could not be tokenised"),
+                    }
+                }
+            }
             CaptionWork::Close { session } => {
                 if let Some(row) = self.captions.iter_mut().find(|r| r.session == session) {
                     row.close();

@@ -28,6 +28,7 @@ pub const MAX_FRAMES_IN_FLIGHT: usize = 3;
 
 enum Msg {
     Frame(Frame, Instant),
+    Question(String, Instant),
     Event(CaptionEvent),
     End,
 }
@@ -114,6 +115,13 @@ impl Captioner {
         })
     }
 
+    /// A handle the session's reader passes client questions through.
+    pub fn asker(&self) -> Asker {
+        Asker {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Hands a decoded frame on, first waiting while
     /// [`MAX_FRAMES_IN_FLIGHT`] are undecided.
     pub fn frame(&self, frame: Frame) {
@@ -143,6 +151,18 @@ impl Captioner {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or(false)
+    }
+}
+
+/// Passes a client's questions to the caption thread.
+pub struct Asker {
+    tx: Sender<Msg>,
+}
+
+impl Asker {
+    /// Asks `text` after the frames handed in so far.
+    pub fn ask(&self, text: String) {
+        let _ = self.tx.send(Msg::Question(text, Instant::now()));
     }
 }
 
@@ -197,8 +217,19 @@ fn run(
                 frames.fetch_add(1, Ordering::AcqRel);
                 flight.done(1);
             }
+            Msg::Question(text, at) => {
+                if ending {
+                    continue;
+                }
+                let work = CaptionWork::Question { session, text, at };
+                if engine.caption_waiting(work).is_err() {
+                    out.fail(SessionError::unavailable("the model thread has stopped"));
+                    return false;
+                }
+            }
             Msg::Event(CaptionEvent::Caption {
                 text,
+                question,
                 media_time_s,
                 frame_at,
                 compute,
@@ -208,6 +239,7 @@ fn run(
                     media_time_s,
                     latency_s: frame_at.elapsed().as_secs_f64(),
                     compute_s: compute.as_secs_f64(),
+                    question: question.unwrap_or_default(),
                 };
                 if !out.send(pb::server_message::Msg::Caption(caption)) {
                     return false;

@@ -179,6 +179,8 @@ pub async fn run(
         },
         _ => None,
     };
+    let asker = captioner.as_ref().map(caption::Captioner::asker);
+    let questions = state.engine.as_ref().is_some_and(|e| e.takes_questions());
     let analysis = Analysis::new(
         vad,
         Endpointer::new(valid.endpoint.clone()),
@@ -235,6 +237,8 @@ pub async fn run(
         sniffer: is_container.then(Mp4Sniffer::default),
         bytes_received,
         ended: false,
+        asker,
+        questions,
     };
     if let Err(status) = reader
         .pump(&mut inbound, &tx, &state, &mut analysis_done)
@@ -278,7 +282,14 @@ struct Reader {
     sniffer: Option<Mp4Sniffer>,
     bytes_received: Arc<AtomicU64>,
     ended: bool,
+    /// Where questions go (caption sessions).
+    asker: Option<caption::Asker>,
+    /// The model takes questions.
+    questions: bool,
 }
+
+/// Longest question a client may ask, in bytes.
+const MAX_QUESTION_BYTES: usize = 1000;
 
 impl Reader {
     /// Reads client messages until the client is done or something is wrong.
@@ -347,6 +358,7 @@ impl Reader {
                             }
                         }
                         Ok(pb::control::Action::EndOfStream) => self.close(),
+                        Ok(pb::control::Action::Ask) => self.ask(control.text)?,
                         _ => {
                             return Err(SessionError::bad_input(format!(
                                 "Control.action {} is not a known action",
@@ -398,6 +410,30 @@ impl Reader {
                 self.writer = None;
             }
         }
+        Ok(())
+    }
+
+    fn ask(&mut self, text: String) -> Result<(), SessionError> {
+        let refuse = |why: &str| Err(SessionError::bad_input(format!("Control ASK: {why}")));
+        if self.ended {
+            return refuse("after END_OF_STREAM");
+        }
+        let Some(asker) = &self.asker else {
+            return refuse(
+                "questions are about the video: the session needs captions (task CAPTION or options.captions)",
+            );
+        };
+        if !self.questions {
+            return refuse("this server's caption model takes no questions (its [caption] has no question_prompt)");
+        }
+        let text = text.trim();
+        if text.is_empty() || text.len() > MAX_QUESTION_BYTES {
+            return refuse(&format!(
+                "the question (Control.text) must have 1..={MAX_QUESTION_BYTES} bytes, got {}",
+                text.len()
+            ));
+        }
+        asker.ask(text.to_string());
         Ok(())
     }
 

@@ -255,6 +255,7 @@ pub fn control_msg(action: pb::control::Action) -> pb::ClientMessage {
     pb::ClientMessage {
         msg: Some(pb::client_message::Msg::Control(pb::Control {
             action: action as i32,
+            ..Default::default()
         })),
     }
 }
