@@ -63,7 +63,7 @@ fn camera_input_file_runs_headless_and_writes_subtitles() {
     let (srt, vtt) = (tmp("camera.srt"), tmp("camera.vtt"));
     let started = Instant::now();
     let out = avlm()
-        .args(["camera", "--json", "--bundle"])
+        .args(["camera", "--json", "--no-captions", "--bundle"])
         .arg(&bundle)
         .arg("--input")
         .arg(media("speech.webm"))
@@ -101,11 +101,37 @@ fn camera_input_file_runs_headless_and_writes_subtitles() {
 }
 
 #[test]
+fn camera_captions_the_video_next_to_the_transcript() {
+    let bundle = common::quick_bundle("camera-captions-bundle");
+    let srt = tmp("camera-captions.srt");
+    let out = avlm()
+        .args(["camera", "--json", "--bundle"])
+        .arg(&bundle)
+        .arg("--input")
+        .arg(media("slides_speech.webm"))
+        .arg("--srt")
+        .arg(&srt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events(&out.stdout);
+    assert_eq!(of_type(&events, "final").len(), 3, "{events:?}");
+    let captions = of_type(&events, "caption");
+    assert!(!captions.is_empty(), "{events:?}");
+    let srt = std::fs::read_to_string(&srt).unwrap();
+    assert_eq!(srt.matches("[video] ").count(), captions.len(), "{srt}");
+}
+
+#[test]
 fn camera_tone_and_test_pattern_give_no_text_and_empty_subtitles() {
     let bundle = common::quick_bundle("camera-lavfi-bundle");
     let srt = tmp("camera-tone.srt");
     let out = avlm()
-        .args(["camera", "--json", "--bundle"])
+        .args(["camera", "--json", "--no-captions", "--bundle"])
         .arg(&bundle)
         .args([
             "--format",

@@ -32,6 +32,10 @@ pub fn quick_bundle(name: &str) -> PathBuf {
             "\"ctc.safetensors\"",
             &format!("\"{}\"", src.join("ctc.safetensors").display()),
         )
+        .replace(
+            "\"vision_projector.safetensors\"",
+            &format!("\"{}\"", src.join("vision_projector.safetensors").display()),
+        )
         .replace("max_new_tokens = 64", "max_new_tokens = 6");
     assert!(manifest.contains("max_new_tokens = 6"));
     std::fs::write(dir.join("avlm.toml"), manifest).unwrap();
