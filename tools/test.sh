@@ -20,8 +20,9 @@ fi
 
 # the Python tools: the default bundle's tuned encoder writer (fails loudly on bad weights) and the
 # training stream's random espeak-ng voices (spoken by the installed espeak-ng); the sentence pool
-# a GPU machine reads from a file; the EfficientNet-Lite2 ONNX against its PyTorch golden
+# a GPU machine reads from a file; the EfficientNet-Lite2 ONNX against its PyTorch golden; the
+# VideoLLM-online and SmolVLM converters' merges and refusals
 .avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py tools/data/test_synth_stream.py \
-  tools/data/test_text_corpus.py tools/vision/test_efficientnet_onnx.py
+  tools/data/test_text_corpus.py tools/vision/test_efficientnet_onnx.py tools/vision/test_vision_converters.py
 
 cargo test --workspace --locked "$@"
