@@ -153,6 +153,22 @@ class VideoLlmOnline(unittest.TestCase):
             self.assertIn('end = "</s>"', toml)
             self.assertIn('tokens = { kind = "pooled_grid", grid = 3 }', toml)
 
+    def test_a_full_siglip_model_leaves_its_text_tower_unused(self):
+        self.write_adapter()
+        st = SafeTensors(os.path.join(self.vision, "model.safetensors"))
+        tensors = {n: st.get(n) for n in st.names()}
+        tensors["text_model.embeddings.token_embedding.weight"] = np.zeros((4, 8), np.float32)
+        tensors["logit_scale"] = np.zeros(1, np.float32)
+        save(os.path.join(self.vision, "model.safetensors"), tensors)
+        write_json(os.path.join(self.vision, "config.json"), {"model_type": "siglip", "vision_config": VISION})
+        out = self.convert()
+        self.assertTrue(os.path.exists(os.path.join(out, "vision_encoder.onnx")))
+        tensors["vision_model.extra.weight"] = np.zeros(1, np.float32)
+        save(os.path.join(self.vision, "model.safetensors"), tensors)
+        with self.assertRaises(ConversionError) as e:
+            self.convert()
+        self.assertIn("unused 1 tensor(s): vision_model.extra.weight", str(e.exception))
+
     def test_the_encoder_has_the_avlm_contract(self):
         import onnxruntime as ort
 
