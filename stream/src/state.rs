@@ -110,7 +110,7 @@ impl ServerState {
     /// Tasks this server runs.
     pub fn tasks(&self) -> Vec<pb::Task> {
         let mut tasks = vec![pb::Task::Segments];
-        if self.engine.is_some() {
+        if self.engine.as_ref().is_some_and(|e| e.transcribes()) {
             tasks.push(pb::Task::Transcribe);
         }
         if self.engine.as_ref().is_some_and(|e| e.vision().is_some()) {

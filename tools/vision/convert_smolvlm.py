@@ -181,9 +181,6 @@ def convert(model_dir, out, audio_encoder=None, audio_projector=None, dtype=None
     with open(os.path.join(out, "avlm.toml"), "w") as f:
         f.write("\n".join(lines) + "\n")
     notes = []
-    if not audio:
-        notes.append("no --audio-encoder/--audio-projector: avlm.toml has no [audio] section, "
-                     "which avlm needs before it loads the bundle")
     return notes
 
 

@@ -38,10 +38,9 @@ the lm_head keeps the base vocabulary. So the LLM keeps its rows as they are
 and `<v>` is added to the tokenizer only. A checkpoint whose embeddings were
 resized would carry them in the adapter and is refused as unused tensors.
 
-avlm loads bundles with an audio half: give an avlm Whisper-contract encoder
-and an `audio.fc1/fc2` projector whose output is the Llama's width; without
-them avlm.toml has no [audio] section and `avlm` refuses the bundle until one
-is added.
+The bundle captions video; to transcribe speech with the same LLM as well,
+give an avlm Whisper-contract encoder and an `audio.fc1/fc2` projector whose
+output is the Llama's width (--audio-encoder, --audio-projector).
 
 Needs numpy and onnx only (the project venv).
 """
@@ -279,9 +278,6 @@ def convert(base, adapter, vision, out, audio_encoder=None, audio_projector=None
     notes = []
     if ids[V_PLACEHOLDER] != llm_cfg["vocab_size"]:
         notes.append(f"<v> has id {ids[V_PLACEHOLDER]}; the LLM's vocabulary is {llm_cfg['vocab_size']}")
-    if not audio:
-        notes.append("no --audio-encoder/--audio-projector: avlm.toml has no [audio] section, "
-                     "which avlm needs before it loads the bundle")
     return notes
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny random VideoLLM-online and SmolVLM checkpoints, converted, with goldens from PyTorch.
 
-    /work/.trainvenv/bin/python tools/vision/make_vision_converter_golden.py [OUT_DIR]
+    python tools/vision/make_vision_converter_golden.py [OUT_DIR]
     (needs torch, transformers 4.x, peft and tokenizers; the converters run in
     the project venv, .avlm/venv, without torch; OUT_DIR defaults to tests/golden/vision)
 
@@ -46,9 +46,8 @@ the stream's mean final hidden state so that P(separator) sits near 0.75
 between neighbouring P values of a silent pass, chosen so both decisions
 occur with a margin.
 
-The audio half of the bundles (a 2x-downsampling Conv1d "encoder" over 80
-mel bands and a random stack-4 projector) only satisfies avlm's loader: it
-is not checked here.
+The bundles are captions only (no [audio] section), as the converters
+write them without --audio-encoder/--audio-projector.
 """
 
 import json
@@ -108,29 +107,6 @@ def frames(seed):
 def pixels(rgb, mean, std):
     x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
-def audio_half(folder, hidden):
-    """A Whisper-contract stand-in: mel [1, 80, T] -> features [1, T/2, 16]; projector stack 4."""
-    rng = np.random.default_rng(7)
-    w = (rng.standard_normal((16, 80, 2)) * 0.1).astype(np.float32)
-    conv = helper.make_node("Conv", ["mel", "w"], ["c"], strides=[2], kernel_shape=[2])
-    tr = helper.make_node("Transpose", ["c"], ["features"], perm=[0, 2, 1])
-    graph = helper.make_graph(
-        [conv, tr], "audio_stand_in",
-        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", 80, "frames"])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", "frames_2", 16])],
-        [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    enc = os.path.join(folder, "audio_encoder.onnx")
-    onnx.save(model, enc)
-    proj = os.path.join(folder, "audio_projector.safetensors")
-    save_file({
-        "audio.fc1.weight": torch.randn(24, 64) * 0.1, "audio.fc1.bias": torch.zeros(24),
-        "audio.fc2.weight": torch.randn(hidden, 24) * 0.1, "audio.fc2.bias": torch.zeros(hidden),
-    }, proj)
-    return enc, proj
 
 
 class Stream:
@@ -262,11 +238,9 @@ def convert(script, args, out):
             else:
                 os.remove(path)
     os.makedirs(out, exist_ok=True)
-    enc, proj = audio_half(out, args.pop("hidden"))
     cmd = [PROJECT_PY, os.path.join(ROOT, "tools", "vision", script), *args.pop("argv"),
-           "--audio-encoder", enc, "--audio-projector", proj, "--dtype", "f32", out]
+           "--dtype", "f32", out]
     subprocess.run(cmd, check=True)
-    os.remove(proj)
 
 
 def fmt_ids(encode, toml):
@@ -365,7 +339,7 @@ def videollm_online(out, tmp):
         adapter_keys = sorted(f.keys())
 
     convert("convert_videollm_online.py",
-            {"hidden": 64, "argv": ["--base", base_dir, "--adapter", adapter_dir, "--vision", vision_dir]}, out)
+            {"argv": ["--base", base_dir, "--adapter", adapter_dir, "--vision", vision_dir]}, out)
     check = fmt_ids(lambda s: Tokenizer.from_file(os.path.join(out, "llm", "tokenizer.json"))
                     .encode(s, add_special_tokens=False).ids, os.path.join(out, "avlm.toml"))
     assert check == fmt, (check, fmt)
@@ -444,7 +418,7 @@ def smolvlm(out, tmp):
     tok.save(os.path.join(src, "tokenizer.json"))
     with open(os.path.join(src, "preprocessor_config.json"), "w") as f:
         json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}, f)
-    convert("convert_smolvlm.py", {"hidden": 64, "argv": ["--model", src]}, out)
+    convert("convert_smolvlm.py", {"argv": ["--model", src]}, out)
     check = fmt_ids(lambda s: Tokenizer.from_file(os.path.join(out, "llm", "tokenizer.json"))
                     .encode(s, add_special_tokens=False).ids, os.path.join(out, "avlm.toml"))
     assert check == fmt, (check, fmt)

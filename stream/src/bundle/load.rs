@@ -48,8 +48,8 @@ impl BundleError {
 pub struct LoadedBundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    pub encoder: WhisperEncoder,
-    pub projector: Projector,
+    /// Transcription, when the bundle has `[audio]`.
+    pub audio: Option<AudioParts>,
     pub llm: Llama,
     pub tokenizer: Tokenizer,
     /// Token ids of the decoding stop strings.
@@ -58,6 +58,12 @@ pub struct LoadedBundle {
     pub ctc: Option<CtcHead>,
     /// Live captions, when the bundle has `[vision]`.
     pub vision: Option<VisionParts>,
+}
+
+/// What transcription needs besides the LLM.
+pub struct AudioParts {
+    pub encoder: WhisperEncoder,
+    pub projector: Projector,
 }
 
 /// What live captions need besides the LLM.
@@ -97,25 +103,10 @@ impl LoadedBundle {
     /// changed) itself; its relative paths are relative to `dir`.
     pub fn load_with(dir: &Path, manifest: Manifest, threads: usize) -> Result<Self, BundleError> {
         let at = |p: &Path| dir.join(p);
-        let audio = manifest.audio.clone().ok_or_else(|| {
-            BundleError::Manifest("no [audio] section: this server transcribes audio".into())
-        })?;
-        let proj = manifest
-            .projector
-            .audio
-            .clone()
-            .ok_or_else(|| BundleError::Manifest("no [projector.audio] section".into()))?;
-
-        let encoder = WhisperEncoder::load(&at(&audio.encoder), threads)?;
-        if encoder.n_mels() != audio.n_mels || encoder.dim() != audio.hidden {
-            return Err(BundleError::Mismatch(format!(
-                "encoder {} takes {} mel bands and outputs width {}; the manifest says {} and {}",
-                audio.encoder.display(),
-                encoder.n_mels(),
-                encoder.dim(),
-                audio.n_mels,
-                audio.hidden
-            )));
+        if manifest.audio.is_none() && manifest.vision.is_none() {
+            return Err(BundleError::Manifest(
+                "no [audio] and no [vision] section: a bundle transcribes audio, captions video, or both".into(),
+            ));
         }
 
         let device = Device::Cpu;
@@ -152,32 +143,7 @@ impl LoadedBundle {
             }
         };
         let hidden = llm.config().hidden_size;
-        let projector = Projector::load(
-            &at(&manifest.projector.weights),
-            &proj.prefix,
-            ProjectorConfig {
-                compression: proj.compression,
-                activation: proj.activation,
-                layer_norm: proj.layer_norm,
-                input_dim: audio.hidden,
-                layers: proj.layers,
-                hidden_dim: proj.hidden,
-                output_dim: hidden,
-            },
-            &device,
-        )?;
-        projector.check(audio.hidden, hidden)?;
-
-        let template = manifest
-            .prompts
-            .transcribe_audio
-            .clone()
-            .ok_or_else(|| BundleError::Manifest("prompts.transcribe_audio missing".into()))?;
-        if template.matches("{audio}").count() != 1 {
-            return Err(BundleError::Manifest(
-                "prompts.transcribe_audio must contain {audio} exactly once".into(),
-            ));
-        }
+        let audio = load_audio(dir, &manifest, hidden, threads, &device)?;
         let mut stop_ids = Vec::new();
         for s in &manifest.decoding.stop {
             let id = tokenizer.token_id(s).ok_or_else(|| {
@@ -217,8 +183,7 @@ impl LoadedBundle {
         Ok(LoadedBundle {
             dir: dir.to_path_buf(),
             manifest,
-            encoder,
-            projector,
+            audio,
             llm,
             tokenizer,
             stop_ids,
@@ -252,17 +217,23 @@ impl LoadedBundle {
 
     fn audio_summary(&self) -> String {
         let m = &self.manifest;
-        let audio = m.audio.as_ref().map(|a| (a.window, a.normalize_waveform));
+        let window = m.audio.as_ref().map(|a| (a.window, a.normalize_waveform));
         let c = self.llm.config();
+        let audio = match &self.audio {
+            Some(a) => format!(
+                "audio encoder: {enc} ({mels} mel bands -> width {dim}, window {window:?})\n  projector: {proj:?}",
+                enc = a.encoder.path().display(),
+                mels = a.encoder.n_mels(),
+                dim = a.encoder.dim(),
+                proj = a.projector.config(),
+            ),
+            None => "no audio encoder: captions only".to_string(),
+        };
         format!(
-            "bundle {name:?} at {dir}\n  {desc}\n  audio encoder: {enc} ({mels} mel bands -> width {dim}, window {audio:?})\n  projector: {proj:?}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam} (partials {pbeam}), length penalty {lp}, up to {new} new tokens{ctc}",
+            "bundle {name:?} at {dir}\n  {desc}\n  {audio}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam} (partials {pbeam}), length penalty {lp}, up to {new} new tokens{ctc}",
             name = m.name,
             dir = self.dir.display(),
             desc = m.description,
-            enc = self.encoder.path().display(),
-            mels = self.encoder.n_mels(),
-            dim = self.encoder.dim(),
-            proj = self.projector.config(),
             llm = self.llm.describe(),
             vocab = self.tokenizer.vocab_size(),
             stop = m.decoding.stop,
@@ -282,6 +253,61 @@ impl LoadedBundle {
             },
         )
     }
+}
+
+/// Loads and checks the audio encoder, its projector and the transcription prompt.
+fn load_audio(
+    dir: &Path,
+    manifest: &Manifest,
+    llm_hidden: usize,
+    threads: usize,
+    device: &Device,
+) -> Result<Option<AudioParts>, BundleError> {
+    let Some(audio) = &manifest.audio else {
+        return Ok(None);
+    };
+    let proj = manifest
+        .projector
+        .audio
+        .clone()
+        .ok_or_else(|| BundleError::Manifest("no [projector.audio] section".into()))?;
+    let encoder = WhisperEncoder::load(&dir.join(&audio.encoder), threads)?;
+    if encoder.n_mels() != audio.n_mels || encoder.dim() != audio.hidden {
+        return Err(BundleError::Mismatch(format!(
+            "encoder {} takes {} mel bands and outputs width {}; the manifest says {} and {}",
+            audio.encoder.display(),
+            encoder.n_mels(),
+            encoder.dim(),
+            audio.n_mels,
+            audio.hidden
+        )));
+    }
+    let projector = Projector::load(
+        &dir.join(proj.weights.as_ref().unwrap_or(&manifest.projector.weights)),
+        &proj.prefix,
+        ProjectorConfig {
+            compression: proj.compression,
+            activation: proj.activation,
+            layer_norm: proj.layer_norm,
+            input_dim: audio.hidden,
+            layers: proj.layers,
+            hidden_dim: proj.hidden,
+            output_dim: llm_hidden,
+        },
+        device,
+    )?;
+    projector.check(audio.hidden, llm_hidden)?;
+    let template = manifest
+        .prompts
+        .transcribe_audio
+        .clone()
+        .ok_or_else(|| BundleError::Manifest("prompts.transcribe_audio missing".into()))?;
+    if template.matches("{audio}").count() != 1 {
+        return Err(BundleError::Manifest(
+            "prompts.transcribe_audio must contain {audio} exactly once".into(),
+        ));
+    }
+    Ok(Some(AudioParts { encoder, projector }))
 }
 
 /// Loads and checks the vision encoder, its projector and the caption format.

@@ -65,27 +65,34 @@ pub struct AsrPipeline {
 }
 
 impl AsrPipeline {
+    /// The pipeline of `bundle`; a bundle without `[audio]` (captions only)
+    /// gives one whose transcriptions fail with a clear error.
     pub fn new(bundle: LoadedBundle) -> Result<Self, BundleError> {
-        let audio = bundle
-            .manifest
-            .audio
-            .clone()
-            .ok_or_else(|| BundleError::Manifest("no [audio] section".into()))?;
-        let template = bundle
-            .manifest
-            .prompts
-            .transcribe_audio
-            .clone()
-            .ok_or_else(|| BundleError::Manifest("prompts.transcribe_audio missing".into()))?;
-        let (prefix, suffix) = template.split_once("{audio}").ok_or_else(|| {
-            BundleError::Manifest("prompts.transcribe_audio has no {audio}".into())
-        })?;
-        let prefix_ids = bundle.tokenizer.encode(prefix)?;
-        let suffix_ids = bundle.tokenizer.encode(suffix)?;
+        let (prefix_ids, suffix_ids) = match &bundle.manifest.audio {
+            Some(_) => {
+                let template = bundle
+                    .manifest
+                    .prompts
+                    .transcribe_audio
+                    .clone()
+                    .ok_or_else(|| {
+                        BundleError::Manifest("prompts.transcribe_audio missing".into())
+                    })?;
+                let (prefix, suffix) = template.split_once("{audio}").ok_or_else(|| {
+                    BundleError::Manifest("prompts.transcribe_audio has no {audio}".into())
+                })?;
+                (
+                    bundle.tokenizer.encode(prefix)?,
+                    bundle.tokenizer.encode(suffix)?,
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let audio = bundle.manifest.audio.as_ref();
         Ok(AsrPipeline {
-            mel: LogMel::whisper(audio.n_mels),
-            window: audio.window,
-            normalize: audio.normalize_waveform,
+            mel: LogMel::whisper(audio.map_or(80, |a| a.n_mels)),
+            window: audio.map(|a| a.window).unwrap_or_default(),
+            normalize: audio.is_some_and(|a| a.normalize_waveform),
             bundle,
             prefix_cache: None,
             prefix_ids,
@@ -147,7 +154,12 @@ impl AsrPipeline {
             return Ok(None);
         }
         let t = Instant::now();
-        let mut features = self.bundle.encoder.encode(&mel)?;
+        let audio = self.bundle.audio.as_mut().ok_or_else(|| {
+            BundleError::Manifest(
+                "this bundle has no [audio] section: it does not transcribe".into(),
+            )
+        })?;
+        let mut features = audio.encoder.encode(&mel)?;
         if self.window == EncoderWindow::Padded30s {
             // Keep the frames that cover speech, as Llama-AVSR cuts its 30 s windows.
             let keep = samples
@@ -159,7 +171,7 @@ impl AsrPipeline {
             features.frames = keep;
         }
         times.encoder = t.elapsed();
-        if self.bundle.projector.output_len(features.frames) == 0 {
+        if audio.projector.output_len(features.frames) == 0 {
             return Ok(None);
         }
         let t = Instant::now();
@@ -169,7 +181,7 @@ impl AsrPipeline {
             self.bundle.llm.device(),
         )
         .map_err(avlm_llm::LlmError::from)?;
-        let projected = self.bundle.projector.forward(&x)?;
+        let projected = audio.projector.forward(&x)?;
         times.projector = t.elapsed();
         Ok(Some(projected))
     }

@@ -98,6 +98,8 @@ pub struct Engine {
     caption_defaults: Option<(CaptionSettings, f32)>,
     /// The caption format takes client questions.
     questions: bool,
+    /// The bundle has an audio encoder.
+    transcribes: bool,
 }
 
 /// Why a request was not accepted.
@@ -140,13 +142,14 @@ impl Engine {
             )
         });
         let questions = format.as_ref().is_some_and(|f| f.question.is_some());
+        let transcribes = bundle.audio.is_some();
         let info = pb::ModelInfo {
             name: bundle.manifest.name.clone(),
             vad: String::new(),
             audio_encoder: bundle
-                .encoder
-                .path()
-                .file_name()
+                .audio
+                .as_ref()
+                .and_then(|a| a.encoder.path().file_name())
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             vision_encoder: vision
@@ -170,6 +173,7 @@ impl Engine {
             vision,
             caption_defaults,
             questions,
+            transcribes,
         })
     }
 
@@ -190,6 +194,11 @@ impl Engine {
     /// The bundle's caption settings and frame rate, when it captions video.
     pub fn caption_defaults(&self) -> Option<(CaptionSettings, f32)> {
         self.caption_defaults
+    }
+
+    /// Whether the bundle transcribes audio (it may caption only).
+    pub fn transcribes(&self) -> bool {
+        self.transcribes
     }
 
     /// Whether caption sessions may ask questions (Control ACTION_ASK).

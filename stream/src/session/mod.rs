@@ -89,7 +89,7 @@ pub async fn run(
     };
     let caps = valid::Capabilities {
         model_name: state.model_name(),
-        transcribe: state.engine.is_some(),
+        transcribe: state.engine.as_ref().is_some_and(|e| e.transcribes()),
         caption: state.engine.as_ref().and_then(|e| e.caption_defaults()),
     };
     let valid = match valid::validate(config, &state.config.defaults, &caps) {

@@ -149,7 +149,7 @@ pub fn validate(
         }
         Task::Transcribe if !caps.transcribe => {
             return Err(SessionError::unsupported(format!(
-                "task TRANSCRIBE needs a model bundle, and this server runs without one (serve --bundle DIR); it serves {}",
+                "task TRANSCRIBE needs a model bundle with an audio encoder (serve --bundle DIR; [audio] in its avlm.toml), and this server has none; it serves {}",
                 caps.tasks()
             )));
         }
