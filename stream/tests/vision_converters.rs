@@ -164,3 +164,69 @@ fn a_converted_videollm_online_checkpoint_matches_pytorch() {
 fn a_converted_smolvlm_checkpoint_matches_pytorch() {
     check("tiny_smolvlm");
 }
+
+/// A stream far longer than its KV window keeps running on the bounded cache:
+/// the 20 frames cycled 40 times (8,000+ positions through a 64-position
+/// window) give outcomes for every frame, and the first pass through the
+/// frames decides as the full-context run does until the window first fills.
+#[test]
+fn a_caption_stream_runs_on_past_its_window() {
+    avlm_encoders::runtime::init(&root().join(".avlm").join(avlm_stream::config::ORT_LIB)).unwrap();
+    let dir = root().join("tests/golden/vision/tiny_videollm_online");
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let mut bundle = LoadedBundle::load(&dir, 1).unwrap();
+    let (front, format) = VisionFrontEnd::new(bundle.vision.take().unwrap());
+    let f = &golden["frames"];
+    let (count, w, h) = (
+        f["count"].as_u64().unwrap() as usize,
+        f["width"].as_u64().unwrap() as u32,
+        f["height"].as_u64().unwrap() as u32,
+    );
+    let rgb = std::fs::read(dir.join(f["file"].as_str().unwrap())).unwrap();
+    let size = (w * h * 3) as usize;
+    let one_pass: Vec<(Tensor, f64)> = (0..count)
+        .map(|i| {
+            let frame = Frame {
+                width: w,
+                height: h,
+                stride: (w * 3) as usize,
+                data: rgb[i * size..(i + 1) * size].to_vec(),
+                pts_s: i as f64 / 2.0,
+            };
+            (front.embed(&frame).unwrap(), frame.pts_s)
+        })
+        .collect();
+    let frames: Vec<(Tensor, f64)> = (0..40)
+        .flat_map(|pass| {
+            one_pass
+                .iter()
+                .map(move |(e, t)| (e.clone(), t + pass as f64 * 10.0))
+        })
+        .collect();
+    let settings = CaptionSettings {
+        threshold: golden["stream"]["threshold"].as_f64().unwrap() as f32,
+        max_new_tokens: 4,
+    };
+    let run = |window: usize, frames: &[(Tensor, f64)]| {
+        let mut format = format.clone();
+        format.window = window;
+        caption_frames(
+            &bundle.llm,
+            &bundle.tokenizer,
+            &bundle.stop_ids,
+            &format,
+            settings,
+            frames,
+        )
+        .unwrap()
+    };
+    let long = run(64, &frames);
+    assert_eq!(long.len(), frames.len());
+    assert!(long.iter().all(|o| o.p_separator.is_finite()));
+    // Two frames fit the 64-position window: there the bounded cache is the full context.
+    let full = run(4096, &frames[..2]);
+    for (a, b) in long.iter().zip(&full) {
+        assert!((a.p_separator - b.p_separator).abs() < 1e-5);
+    }
+}
