@@ -27,6 +27,8 @@ Containers (all from the same audio, with a 25 fps test-pattern video):
   slides.webm        VP8, 640x360: three static scenes of 6 s, a real photo cut-out each
                      (tests/media/pictures) on its own background; slides.json lists them
   slides_speech.webm slides.webm's video with speech.wav's audio (Opus)
+  still.mkv          one picture shown for 5 s (a single MJPEG frame of 5 s) + 5 s of silence
+  video_jump.mkv     3 s of video, then its timestamps jump forward by 100 s for 2 s more
 
 Usage: make_test_media.py OUT_DIR
 """
@@ -175,6 +177,14 @@ def main():
         if os.path.exists(LIBRIVOX):
             ffmpeg("-i", LIBRIVOX, "-c:a", "libopus", "-b:a", "32k", os.path.join(out, "librivox.webm"))
         make_slides(out, wav)
+        # A still picture held for its whole duration, and a jump in the video timestamps.
+        ffmpeg("-loop", "1", "-framerate", "0.2", "-i", os.path.join(PICTURES, "pineapple.png"),
+               "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=5", "-t", "5", "-vf", "scale=160:-2",
+               "-c:v", "mjpeg", "-c:a", "pcm_s16le", os.path.join(out, "still.mkv"))
+        ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=5",
+               "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=5",
+               "-vf", "setpts='if(gte(T,3),PTS+100/TB,PTS)'", "-c:v", "mjpeg", "-c:a", "pcm_s16le",
+               os.path.join(out, "video_jump.mkv"))
 
         with open(os.path.join(out, "speech.json"), "w") as f:
             json.dump({"duration_s": duration, "sample_rate": RATE, "speech": speech}, f, indent=2)

@@ -236,6 +236,16 @@ async fn caption_sessions_are_refused_cleanly_where_they_cannot_run() {
             ),
             "options.caption_fps",
         ),
+        (
+            with(
+                pb::StreamOptions {
+                    captions: Some(false),
+                    ..Default::default()
+                },
+                pb::Task::Caption,
+            ),
+            "options.captions",
+        ),
     ] {
         let (_, status) = raw_call(&url, vec![config_msg(config)]).await;
         let status = status.unwrap_err();
@@ -271,6 +281,9 @@ async fn a_question_is_answered_in_the_stream_and_refused_without_captions() {
         messages.push(media_msg(chunk, seq as u64));
     }
     messages.push(ask("What is in the picture?"));
+    // 250 emoji: 1000 bytes, far more tokens than the caption window holds:
+    // cut to fit, answered, the session goes on.
+    messages.push(ask(&"\u{1F600}".repeat(250)));
     messages.push(control_msg(pb::control::Action::EndOfStream));
     let (got, status) = raw_call(&url, messages).await;
     status.expect("a caption stream with a question ends OK");
@@ -281,7 +294,7 @@ async fn a_question_is_answered_in_the_stream_and_refused_without_captions() {
             _ => None,
         })
         .collect();
-    assert_eq!(answers.len(), 1, "{got:?}");
+    assert_eq!(answers.len(), 2, "{got:?}");
     assert_eq!(answers[0].question, "What is in the picture?");
 
     // Questions need captions, and a question with text.

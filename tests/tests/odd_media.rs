@@ -2,7 +2,8 @@
 //! that are no TS packets (padding, a dropout), audio with more channels
 //! than FFmpeg has a default layout for, a recording with a header and no
 //! media, audio starting after probing ends, a trailing tag the demuxer
-//! trips on, several audio tracks, and headerless G.711 named by its hint.
+//! trips on, several audio tracks, headerless G.711 named by its hint, a
+//! still picture held for seconds, and video timestamps that jump.
 
 mod common;
 
@@ -244,5 +245,35 @@ async fn headerless_g711_is_read_at_8_khz_by_its_hint() {
         "{}",
         status.message()
     );
+    server.shutdown().await.unwrap();
+}
+
+/// `video_frames` of a SEGMENTS stream with video at `fps`.
+async fn video_frames(url: &str, media: &str, fps: f32) -> u64 {
+    let config = pb::StreamConfig {
+        modalities: pb::Modalities::AudioVideo as i32,
+        options: Some(pb::StreamOptions {
+            video_fps: Some(fps),
+            stats_interval_ms: Some(0),
+            ..Default::default()
+        }),
+        ..container_config()
+    };
+    let run = stream_bytes(url, config, read_media(media), 16 * 1024)
+        .await
+        .unwrap_or_else(|e| panic!("{media}: {e}"));
+    run.last_stats().expect("final stats").video_frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_still_picture_is_held_for_its_duration_and_a_timestamp_jump_is_a_gap() {
+    let server = start_server(server_config()).await;
+    // One MJPEG frame shown for 5 s: 10 frames at 2 fps, not one.
+    let still = video_frames(&server.url(), "still.mkv", 2.0).await;
+    assert!(still.abs_diff(10) <= 1, "{still} frames of a 5 s still picture");
+    // 3 s, a 100 s jump, 2 s: the frame before the jump is held 10 s at
+    // most, so about (3 + 10 + 2) x 2 frames, not 210.
+    let jump = video_frames(&server.url(), "video_jump.mkv", 2.0).await;
+    assert!((8..=32).contains(&jump), "{jump} frames across a 100 s jump");
     server.shutdown().await.unwrap();
 }

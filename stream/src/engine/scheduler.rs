@@ -173,8 +173,21 @@ impl Scheduler {
             CaptionWork::Question { session, text, at } => {
                 let tokenizer = &self.pipeline.bundle().tokenizer;
                 if let Some(row) = self.captions.iter_mut().find(|r| r.session == session) {
+                    // A question fits the cache's window with room for its
+                    // answer: longer ones are cut to their first tokens.
+                    let most = self.format.as_ref().map_or(64, |f| (f.window / 4).max(16));
                     match tokenizer.encode(&text) {
-                        Ok(ids) => row.ask(ids, text, at),
+                        Ok(mut ids) => {
+                            if ids.len() > most {
+                                tracing::info!(
+                                    tokens = ids.len(),
+                                    kept = most,
+                                    "a long question was cut"
+                                );
+                                ids.truncate(most);
+                            }
+                            row.ask(ids, text, at)
+                        }
                         Err(e) => tracing::warn!(error = %e, "a question could not be tokenised"),
                     }
                 }

@@ -17,6 +17,10 @@ use super::video::{RateGate, VideoConverter};
 use super::{wav, DecodeSpec, MediaError, MediaItem, MediaSink, AUDIO_RATE};
 use avlm_encoders::Pcm;
 
+/// Longest a video frame is taken to stay on screen: a longer wait for the
+/// next frame is a gap in the stream (its frames are not repeated for it).
+const MAX_FRAME_HOLD_S: f64 = 10.0;
+
 /// FFmpeg's I/O buffer: small, so live streams are not held back waiting to fill it.
 const IO_BUFFER: usize = 4096;
 /// Longest hole in the audio timestamps filled with silence.
@@ -633,7 +637,9 @@ fn drain_video(
         let next = std::mem::replace(picture, frame::Video::empty());
         if let Some((prev, prev_pts)) = held.replace((next, pts)) {
             if pts > prev_pts {
-                for t in gate.take(prev_pts, pts) {
+                // A jump in the timestamps is a gap, not a picture held for
+                // its length: the frame stays up for MAX_FRAME_HOLD_S at most.
+                for t in gate.take(prev_pts, pts.min(prev_pts + MAX_FRAME_HOLD_S)) {
                     emit_frame(conv, &prev, t, sink)?;
                 }
             }
@@ -641,8 +647,15 @@ fn drain_video(
     }
     if at_end {
         if let Some((last, pts)) = held.take() {
-            let frame_period = 1.0 / 25.0;
-            for t in gate.take(pts, pts + frame_period) {
+            // The last frame stays up for its own duration (a still image may
+            // be shown for seconds), or one 25 fps period when it has none.
+            let duration = last.packet().duration as f64 * f64::from(base);
+            let shown = if duration > 0.0 {
+                duration.min(MAX_FRAME_HOLD_S)
+            } else {
+                1.0 / 25.0
+            };
+            for t in gate.take(pts, pts + shown) {
                 emit_frame(conv, &last, t, sink)?;
             }
         }

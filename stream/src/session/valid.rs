@@ -173,6 +173,12 @@ pub fn validate(
         }
         Task::Segments | Task::Transcribe | Task::Caption => {}
     }
+    if task == Task::Caption && o.captions == Some(false) {
+        return Err(bad(
+            "options.captions",
+            "false contradicts task CAPTION (leave it unset)",
+        ));
+    }
     let captioning = task == Task::Caption || o.captions.unwrap_or(false);
     let captions = if captioning {
         let Some((defaults, default_fps)) = caps.caption else {
