@@ -29,7 +29,19 @@ pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
         .collect();
     println!("tasks: {}", tasks.join(", "));
     for m in info.models {
-        println!("model {}: vad {}", m.name, m.vad);
+        let named = |what: &str, file: &str| {
+            (!file.is_empty())
+                .then(|| format!(", {what} {file}"))
+                .unwrap_or_default()
+        };
+        println!(
+            "model {}: vad {}{}{}{}",
+            m.name,
+            m.vad,
+            named("audio encoder", &m.audio_encoder),
+            named("vision encoder", &m.vision_encoder),
+            named("LLM", &m.llm)
+        );
     }
     Ok(())
 }

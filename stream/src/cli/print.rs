@@ -28,6 +28,13 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
                     "video_width": o.video_width,
                     "video_height": o.video_height,
                     "stats_interval_ms": o.stats_interval_ms,
+                    "partial_results": o.partial_results,
+                    "partial_interval_ms": o.partial_interval_ms,
+                    "whole_utterance": o.whole_utterance,
+                    "captions": o.captions,
+                    "caption_fps": o.caption_fps,
+                    "caption_threshold": o.caption_threshold,
+                    "caption_max_tokens": o.caption_max_tokens,
                 })),
             })
         }
