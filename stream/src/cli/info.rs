@@ -30,9 +30,11 @@ pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
     println!("tasks: {}", tasks.join(", "));
     for m in info.models {
         let named = |what: &str, file: &str| {
-            (!file.is_empty())
-                .then(|| format!(", {what} {file}"))
-                .unwrap_or_default()
+            if file.is_empty() {
+                String::new()
+            } else {
+                format!(", {what} {file}")
+            }
         };
         println!(
             "model {}: vad {}{}{}{}",
