@@ -270,10 +270,16 @@ async fn a_still_picture_is_held_for_its_duration_and_a_timestamp_jump_is_a_gap(
     let server = start_server(server_config()).await;
     // One MJPEG frame shown for 5 s: 10 frames at 2 fps, not one.
     let still = video_frames(&server.url(), "still.mkv", 2.0).await;
-    assert!(still.abs_diff(10) <= 1, "{still} frames of a 5 s still picture");
+    assert!(
+        still.abs_diff(10) <= 1,
+        "{still} frames of a 5 s still picture"
+    );
     // 3 s, a 100 s jump, 2 s: the frame before the jump is held 10 s at
     // most, so about (3 + 10 + 2) x 2 frames, not 210.
     let jump = video_frames(&server.url(), "video_jump.mkv", 2.0).await;
-    assert!((8..=32).contains(&jump), "{jump} frames across a 100 s jump");
+    assert!(
+        (8..=32).contains(&jump),
+        "{jump} frames across a 100 s jump"
+    );
     server.shutdown().await.unwrap();
 }
