@@ -163,7 +163,7 @@ fn ctrl_c_ends_the_capture_cleanly_and_keeps_the_open_segment() {
     let bundle = common::quick_bundle("camera-sigint-bundle");
     let srt = tmp("camera-sigint.srt");
     let mut child = avlm()
-        .args(["camera", "--json", "--bundle"])
+        .args(["camera", "--json", "--no-captions", "--bundle"])
         .arg(&bundle)
         .arg("--input")
         .arg(media("speech.webm"))
