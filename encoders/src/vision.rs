@@ -316,6 +316,17 @@ impl VisionEncoder {
         self.patches
     }
 
+    /// The patch grid (rows, columns): square when the patch count is a
+    /// square, else one row.
+    pub fn grid(&self) -> (usize, usize) {
+        let side = (self.patches as f64).sqrt().round() as usize;
+        if side * side == self.patches {
+            (side, side)
+        } else {
+            (1, self.patches)
+        }
+    }
+
     pub fn has_pooled(&self) -> bool {
         self.has_pooled
     }
@@ -329,6 +340,7 @@ impl VisionEncoder {
                 reason: format!("{} input values; expected 3 x {s} x {s}", pixels.len()),
             });
         }
+        let grid = self.grid();
         let model = self.path.display().to_string();
         let infer = |source: ort::Error| EncoderError::Inference {
             model: model.clone(),
@@ -365,12 +377,6 @@ impl VisionEncoder {
             Some(data.to_vec())
         } else {
             None
-        };
-        let side = (self.patches as f64).sqrt().round() as usize;
-        let grid = if side * side == self.patches {
-            (side, side)
-        } else {
-            (1, self.patches)
         };
         Ok(VisionFeatures {
             pooled,

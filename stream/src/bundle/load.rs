@@ -347,12 +347,7 @@ fn load_vision(
             section.std
         )));
     }
-    let side = (encoder.patches() as f64).sqrt().round() as usize;
-    let grid = if side * side == encoder.patches() {
-        (side, side)
-    } else {
-        (1, encoder.patches())
-    };
+    let grid = encoder.grid();
     section
         .tokens
         .check(grid, encoder.has_pooled())

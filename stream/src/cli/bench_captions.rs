@@ -12,11 +12,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use avlm_encoders::Frame;
-use avlm_llm::{KvCache, Llama, Window};
+use avlm_llm::Llama;
 use avlm_proto as pb;
 use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::client::{self, SendOptions, Source};
-use avlm_stream::engine::VisionFrontEnd;
+use avlm_stream::engine::{caption_cache, VisionFrontEnd};
 use candle_core::Tensor;
 
 use super::serve::RuntimeArgs;
@@ -99,17 +99,12 @@ pub async fn captions(
     let llm: &Llama = &bundle.llm;
     let embeds = front.embed(&frames[1])?;
     let per_frame = embeds.dims()[0] + 1;
-    let window = Window {
-        sinks: format.system.len(),
-        recent: format.window,
-        evict: 64.min(format.window),
-    };
-    let mut cache = KvCache::windowed(llm.config(), window, llm.device())?;
+    let mut cache = caption_cache(llm, &format)?;
     llm.forward(&format.system, &mut cache, false)?;
     let total = (minutes * 60.0 * f64::from(format.fps)).round() as usize;
     println!(
         "  caption loop step ({per_frame} positions a frame, KV window {} sink + {} recent), {total} frames = {minutes} min at {} frames/s:",
-        window.sinks, window.recent, format.fps
+        format.system.len(), format.window, format.fps
     );
     let sep = llm.embed_tokens(&[format.separator])?;
     let x = Tensor::cat(&[&sep, &embeds], 0)?;

@@ -35,12 +35,7 @@ pub struct VisionFrontEnd {
 
 impl VisionFrontEnd {
     pub fn new(parts: VisionParts) -> (Self, CaptionFormat) {
-        let side = (parts.encoder.patches() as f64).sqrt().round() as usize;
-        let grid = if side * side == parts.encoder.patches() {
-            (side, side)
-        } else {
-            (1, parts.encoder.patches())
-        };
+        let grid = parts.encoder.grid();
         let name = parts
             .encoder
             .path()
@@ -180,17 +175,18 @@ struct Speaking {
     compute: Duration,
 }
 
-impl CaptionRow {
-    /// The bounded cache of a caption stream: the system prompt as sinks.
-    pub fn cache(llm: &Llama, format: &CaptionFormat) -> Result<KvCache, BundleError> {
-        let window = Window {
-            sinks: format.system.len(),
-            recent: format.window,
-            evict: EVICT_BLOCK.min(format.window),
-        };
-        Ok(KvCache::windowed(llm.config(), window, llm.device())?)
-    }
+/// The bounded KV cache of a caption stream: the system prompt as attention
+/// sinks and the format's window of recent positions.
+pub fn caption_cache(llm: &Llama, format: &CaptionFormat) -> Result<KvCache, BundleError> {
+    let window = Window {
+        sinks: format.system.len(),
+        recent: format.window,
+        evict: EVICT_BLOCK.min(format.window),
+    };
+    Ok(KvCache::windowed(llm.config(), window, llm.device())?)
+}
 
+impl CaptionRow {
     pub fn open(
         cache: KvCache,
         format: &CaptionFormat,
@@ -407,7 +403,7 @@ pub fn caption_frames(
     let said = Arc::new(Mutex::new(Vec::new()));
     let sink = said.clone();
     let mut row = CaptionRow::open(
-        CaptionRow::cache(llm, format)?,
+        caption_cache(llm, format)?,
         format,
         0,
         settings,

@@ -19,8 +19,8 @@ use avlm_proto as pb;
 
 pub use asr::{AsrPipeline, Decode, StageTimes, Transcript};
 pub use caption::{
-    caption_frames, CaptionEvent, CaptionSettings, CaptionSink, CaptionWork, FrameOutcome,
-    VisionFrontEnd,
+    caption_cache, caption_frames, CaptionEvent, CaptionSettings, CaptionSink, CaptionWork,
+    FrameOutcome, VisionFrontEnd,
 };
 
 use crate::bundle::{BundleError, LoadedBundle};

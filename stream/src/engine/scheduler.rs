@@ -150,7 +150,7 @@ impl Scheduler {
                     return;
                 };
                 let llm = &self.pipeline.bundle().llm;
-                match guarded(|| CaptionRow::cache(llm, format)) {
+                match guarded(|| super::caption::caption_cache(llm, format)) {
                     Ok(cache) => {
                         self.captions.push(CaptionRow::open(
                             cache, format, session, settings, events, cancelled,
