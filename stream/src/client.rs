@@ -119,45 +119,161 @@ impl ClientError {
     }
 }
 
-/// Connects to `url` (`http://host:port`).
-pub async fn connect(
-    url: &str,
-) -> Result<pb::avlm_client::AvlmClient<tonic::transport::Channel>, ClientError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| {
-        ClientError::Connect {
-            url: url.into(),
-            reason: e.to_string(),
+/// Where a client connects, and with what credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `http://host:port`, `https://host:port`, or `host:port` (https when a
+    /// CA or client certificate is given, http otherwise).
+    pub url: String,
+    /// CA certificate (PEM) the server's certificate must chain to; without
+    /// it an https server is checked against the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Sent as `authorization: Bearer TOKEN` on every call.
+    pub token: Option<String>,
+    /// Client certificate and key (PEM) for servers that ask for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Target {
+    /// The URL with its scheme.
+    pub fn full_url(&self) -> String {
+        if self.url.contains("://") {
+            self.url.clone()
+        } else if self.ca.is_some() || self.identity.is_some() {
+            format!("https://{}", self.url)
+        } else {
+            format!("http://{}", self.url)
         }
-    })?;
+    }
+}
+
+impl From<&str> for Target {
+    fn from(url: &str) -> Self {
+        Target {
+            url: url.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&String> for Target {
+    fn from(url: &String) -> Self {
+        Target::from(url.as_str())
+    }
+}
+
+impl From<&Target> for Target {
+    fn from(t: &Target) -> Self {
+        t.clone()
+    }
+}
+
+/// Adds the bearer token, when there is one, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connected client.
+pub type Client = pb::avlm_client::AvlmClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A client over a channel made elsewhere (custom HTTP/2 settings), without a token.
+pub fn on_channel(channel: tonic::transport::Channel) -> Client {
+    pb::avlm_client::AvlmClient::with_interceptor(channel, Bearer(None))
+}
+
+/// Connects to `target` (a URL, or a [`Target`] with credentials).
+pub async fn connect(target: impl Into<Target>) -> Result<Client, ClientError> {
+    let target = target.into();
+    let (channel, bearer) = channel(&target).await?;
+    Ok(
+        pb::avlm_client::AvlmClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
+}
+
+/// A channel to `target` and the interceptor that authenticates its calls
+/// (for other services on the same server: health, reflection).
+pub async fn channel(target: &Target) -> Result<(tonic::transport::Channel, Bearer), ClientError> {
+    let url = target.full_url();
+    let failed = |reason: String| ClientError::Connect {
+        url: url.clone(),
+        reason,
+    };
+    let bearer = match &target.token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| failed("the token has characters a header cannot carry".into()))?,
+        ),
+        None => None,
+    };
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| failed(e.to_string()))?;
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &target.ca {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(ca).map_err(|e| {
+                    failed(format!("cannot read the CA file {}: {e}", ca.display()))
+                })?,
+            )),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &target.identity {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| failed(format!("cannot read {}: {e}", p.display())))
+            };
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| failed(format!("TLS configuration: {e}")))?;
+    } else if target.ca.is_some() || target.identity.is_some() {
+        return Err(failed(
+            "a CA or client certificate was given for a plain http:// URL; use https://".into(),
+        ));
+    }
     let channel = endpoint
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| ClientError::Connect {
-            url: url.into(),
-            reason: format!(
-                "{e} ({})",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            ),
+        .map_err(|e| {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            failed(reason)
         })?;
-    Ok(pb::avlm_client::AvlmClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok((channel, Bearer(bearer)))
 }
 
 /// Streams `source` under `config` and calls `on_message` for each server
 /// message as it arrives. Returns when the server ends the stream with OK.
 pub async fn stream(
-    url: &str,
+    target: impl Into<Target>,
     config: pb::StreamConfig,
     source: Source,
     send: SendOptions,
     mut on_message: impl FnMut(&pb::ServerMessage),
 ) -> Result<(), ClientError> {
-    let mut client = connect(url).await?;
+    let mut client = connect(target).await?;
     let (chunks_tx, mut chunks_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
     let (err_tx, mut err_rx) = mpsc::channel::<String>(1);
     let reader = std::thread::Builder::new()

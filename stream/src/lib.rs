@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod media;
+pub mod metrics;
 pub mod replies;
 pub mod server;
 pub mod service;

@@ -240,7 +240,7 @@ async fn a_client_that_stops_reading_is_ended_and_its_slot_freed() {
         .connect()
         .await
         .unwrap();
-    let mut client = pb::avlm_client::AvlmClient::new(channel);
+    let mut client = avlm_stream::client::on_channel(channel);
     // Raw PCM with a Stats message every millisecond of media: replies pile
     // up much faster than media bytes.
     let mut config = container_config();

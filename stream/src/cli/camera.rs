@@ -56,6 +56,8 @@ pub struct CameraArgs {
     /// Server URL; without it a server is started in this process.
     #[arg(long, env = "AVLM_SERVER")]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
     /// Show finals only, no partial text.
     #[arg(long)]
     pub no_partials: bool,
@@ -251,14 +253,14 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<i32> {
         return super::stream::finish(Err(ClientError::Source(e)), args.json);
     }
     let (url, local) = match &args.server {
-        Some(url) => (url.clone(), None),
+        Some(url) => (args.credentials.target(url), None),
         None => {
             eprintln!("loading the model…");
             let config = args
                 .runtime
                 .server_config(1, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
-            (server.url(), Some(server))
+            (server.url().as_str().into(), Some(server))
         }
     };
     let inputs: Vec<_> = spec

@@ -56,6 +56,8 @@ pub struct Lrs3Args {
     /// Evaluate through this running server instead of in process.
     #[arg(long)]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
     /// Only the first N clips (sorted by id).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -117,7 +119,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         None
     };
     let mut backend = match &args.server {
-        Some(url) => Backend::Server(url.clone()),
+        Some(url) => Backend::Server(args.credentials.target(url)),
         None => {
             let bundle = config.bundle.clone().ok_or_else(|| {
                 anyhow::anyhow!("no model bundle (run tools/setup.sh or pass --bundle)")

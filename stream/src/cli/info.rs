@@ -7,10 +7,12 @@ pub struct InfoArgs {
     /// Server URL.
     #[arg(long, env = "AVLM_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
 }
 
 pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let mut client = avlm_stream::client::connect(&args.server).await?;
+    let mut client = avlm_stream::client::connect(args.credentials.target(&args.server)).await?;
     let info = client.get_info(pb::GetInfoRequest {}).await?.into_inner();
     println!("avlm {} at {}", info.version, args.server);
     println!(

@@ -5,6 +5,7 @@ mod bench_captions;
 mod bench_latency;
 mod bench_models;
 mod camera;
+mod credentials;
 mod eval;
 mod info;
 mod paths;

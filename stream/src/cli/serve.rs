@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use avlm_stream::config::{ServerConfig, SessionDefaults};
+use avlm_stream::server::{Auth, TlsFiles, Transport};
 
 use super::paths;
 
@@ -22,6 +23,31 @@ pub struct ServeArgs {
     /// DEADLINE_EXCEEDED and its slot freed (0: never).
     #[arg(long, env = "AVLM_IDLE_TIMEOUT_S", default_value_t = avlm_stream::config::DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout_s: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
+    #[arg(long, env = "AVLM_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    /// TLS certificate chain (PEM); with --tls-key the server speaks only TLS.
+    #[arg(long, env = "AVLM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "AVLM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose certificates clients must present (mutual TLS).
+    #[arg(long, env = "AVLM_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens, one a line: every call must carry
+    /// `authorization: Bearer TOKEN` with one of them (UNAUTHENTICATED otherwise).
+    #[arg(long, env = "AVLM_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Services that need no token even with --auth-token-file (comma-separated:
+    /// health for load-balancer and Kubernetes probes, reflection).
+    #[arg(
+        long,
+        env = "AVLM_AUTH_OPEN",
+        value_delimiter = ',',
+        requires = "auth_token_file"
+    )]
+    pub auth_open: Vec<avlm_stream::server::OpenService>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -80,12 +106,64 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .server_config(args.max_sessions, args.max_message_bytes);
     config.idle_timeout =
         (args.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(args.idle_timeout_s));
-    let server = avlm_stream::server::start(config, args.listen).await?;
-    eprintln!("avlm serving on {} (Ctrl-C to stop)", server.url());
+    let transport = Transport {
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }),
+            _ => None,
+        },
+        auth: match &args.auth_token_file {
+            Some(path) => Some(Auth::from_file(path, args.auth_open.clone())?),
+            None => None,
+        },
+    };
+    // The metrics endpoint opens first: a scrape during a long model load
+    // already sees the process.
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = avlm_stream::metrics::serve(addr).await?;
+            eprintln!("metrics at http://{}/metrics", m.addr);
+            Some(m)
+        }
+        None => None,
+    };
+    let server = avlm_stream::server::start_with(config, args.listen, transport).await?;
+    eprintln!(
+        "avlm serving on {} (Ctrl-C or SIGTERM to stop)",
+        server.url()
+    );
     server
         .run_until(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down");
+            stop_signal().await;
+            eprintln!("shutting down: taking no new calls, finishing the open ones");
         })
-        .await
+        .await?;
+    drop(metrics);
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what container runtimes and Kubernetes send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -35,6 +35,8 @@ pub struct StreamArgs {
     /// Server URL; without it a server is started in this process.
     #[arg(long, env = "AVLM_SERVER")]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
     /// What the server should do with the media.
     #[arg(long, value_enum, default_value = "segments")]
     pub task: TaskArg,
@@ -184,7 +186,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
         Source::detect(&args.input, args.format.clone())
     };
     let (url, local) = match &args.server {
-        Some(url) => (url.clone(), None),
+        Some(url) => (args.credentials.target(url), None),
         None => {
             let mut config = args
                 .runtime
@@ -194,7 +196,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
                 config.bundle = None;
             }
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
-            (server.url(), Some(server))
+            (server.url().as_str().into(), Some(server))
         }
     };
     let send = SendOptions {

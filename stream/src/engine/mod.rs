@@ -62,6 +62,18 @@ pub struct Request {
     pub reply: AnswerTo,
 }
 
+impl Request {
+    /// The samples this request adds to the engine's backlog: a final's
+    /// audio (a partial is a preview, dropped when superseded).
+    fn backlog(&self) -> u64 {
+        if self.partial {
+            0
+        } else {
+            self.samples.len() as u64
+        }
+    }
+}
+
 /// A number for a new session, unique in this process: the engine tells
 /// sessions apart by it (round-robin finals, caption rows).
 pub fn session_number() -> u64 {
@@ -86,6 +98,50 @@ pub struct EngineLoad {
     pub caption_rows: AtomicU64,
     /// KV cache bytes the caption streams hold.
     pub caption_kv_bytes: AtomicU64,
+    /// 16 kHz samples of the finals handed in and not yet answered or dropped.
+    pub backlog_samples: AtomicU64,
+    /// Model seconds per second of audio over recent transcriptions (an
+    /// f64's bits; 0 until the first answer): each request's own share of
+    /// the batched work, so it is the engine's throughput at the load it saw.
+    compute_per_audio_s: AtomicU64,
+}
+
+/// Weight of the newest transcription in [`EngineLoad`]'s running compute rate.
+const RATE_WEIGHT: f64 = 0.2;
+
+impl EngineLoad {
+    /// Audio seconds of finals waiting for the model or being decoded.
+    pub fn backlog_s(&self) -> f64 {
+        self.backlog_samples.load(Ordering::Acquire) as f64 / crate::media::AUDIO_RATE as f64
+    }
+
+    /// Model seconds per audio second, recently; 0 before the first answer.
+    pub fn compute_per_audio_s(&self) -> f64 {
+        f64::from_bits(self.compute_per_audio_s.load(Ordering::Relaxed))
+    }
+
+    /// Folds one answered transcription into the running rate.
+    fn observe_rate(&self, compute_s: f64, audio_s: f64) {
+        if audio_s <= 0.0 {
+            return;
+        }
+        let sample = compute_s / audio_s;
+        let old = self.compute_per_audio_s();
+        let new = if old == 0.0 {
+            sample
+        } else {
+            old + RATE_WEIGHT * (sample - old)
+        };
+        self.compute_per_audio_s
+            .store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Expected wait before a final holding `own_audio_s` more audio than
+    /// the model already has is answered: everything queued plus it, at the
+    /// recent rate (0 until the model has answered once).
+    pub fn expected_delay_s(&self, own_audio_s: f64) -> f64 {
+        (self.backlog_s() + own_audio_s) * self.compute_per_audio_s()
+    }
 }
 
 /// A handle to the model thread; cheap to clone.
@@ -208,11 +264,18 @@ impl Engine {
 
     /// Hands in `request` without blocking.
     pub fn try_submit(&self, request: Request) -> Result<(), SubmitError> {
+        let backlog = request.backlog();
         self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.load
+            .backlog_samples
+            .fetch_add(backlog, Ordering::AcqRel);
         match self.tx.try_send(Work::Transcribe(request)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.load
+                    .backlog_samples
+                    .fetch_sub(backlog, Ordering::AcqRel);
                 match e {
                     TrySendError::Full(Work::Transcribe(request)) => {
                         Err(SubmitError::Full(request))
@@ -244,9 +307,16 @@ impl Engine {
     /// Hands in `request`, waiting while the inbox is full (for callers
     /// with nothing else to do, such as a session whose stream has ended).
     pub fn submit_waiting(&self, request: Request) -> Result<(), SubmitError> {
+        let backlog = request.backlog();
         self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.load
+            .backlog_samples
+            .fetch_add(backlog, Ordering::AcqRel);
         self.tx.send(Work::Transcribe(request)).map_err(|_| {
             self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.load
+                .backlog_samples
+                .fetch_sub(backlog, Ordering::AcqRel);
             SubmitError::Stopped
         })
     }

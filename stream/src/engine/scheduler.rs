@@ -49,6 +49,10 @@ struct Active {
 struct Meta {
     session: u64,
     partial: bool,
+    /// Samples this request holds in the engine's backlog (0 for a partial).
+    backlog: u64,
+    /// Audio seconds it transcribes.
+    audio_s: f64,
     cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
     reply: super::AnswerTo,
 }
@@ -112,7 +116,11 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
+            let t = Instant::now();
             self.tick();
+            crate::metrics::get()
+                .model_busy_seconds
+                .inc_by(t.elapsed().as_secs_f64());
         }
     }
 
@@ -237,6 +245,11 @@ impl Scheduler {
         self.prefill(budget);
         self.step();
         self.finish_captions();
+        let metrics = crate::metrics::get();
+        metrics
+            .queue_depth
+            .set((self.finals.len() + self.partials.len()) as i64);
+        metrics.backlog_seconds.set(self.load.backlog_s());
     }
 
     /// Runs one waiting frame of each caption stream (its tokens and the
@@ -274,6 +287,7 @@ impl Scheduler {
             if let Err(e) = guarded(|| row.frame_step(llm, format)) {
                 failed.push((i, e));
             }
+            crate::metrics::get().prefill_tokens.inc_by(cost as u64);
             ran += 1;
             budget = budget.saturating_sub(cost);
             self.caption_turn = i + 1;
@@ -289,15 +303,34 @@ impl Scheduler {
 
     /// Counts a request out; before its answer, so whoever gets the answer
     /// sees the count without it.
-    fn done_with(&self) {
+    fn done_with(&self, request: &Meta) {
         self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.load
+            .backlog_samples
+            .fetch_sub(request.backlog, Ordering::AcqRel);
     }
 
     fn drop_cancelled(&mut self) {
         let before = self.finals.len() + self.partials.len() + self.active.len();
-        self.finals.retain(|r| !(r.cancelled)());
+        let load = &self.load;
+        let forget = |samples: u64| {
+            load.backlog_samples.fetch_sub(samples, Ordering::AcqRel);
+        };
+        self.finals.retain(|r| {
+            let gone = (r.cancelled)();
+            if gone {
+                forget(r.samples.len() as u64);
+            }
+            !gone
+        });
         self.partials.retain(|r| !(r.cancelled)());
-        self.active.retain(|a| !(a.request.cancelled)());
+        self.active.retain(|a| {
+            let gone = (a.request.cancelled)();
+            if gone {
+                forget(a.request.backlog);
+            }
+            !gone
+        });
         let rows = self.captions.len();
         self.captions.retain(|r| {
             let gone = (r.cancelled)();
@@ -311,7 +344,7 @@ impl Scheduler {
         }
         let after = self.finals.len() + self.partials.len() + self.active.len();
         for _ in after..before {
-            self.done_with();
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -328,7 +361,10 @@ impl Scheduler {
             }
             let pipeline = &self.pipeline;
             match guarded(|| pipeline.prefill(&mut a.decode, budget)) {
-                Ok(n) => budget = budget.saturating_sub(n),
+                Ok(n) => {
+                    crate::metrics::get().prefill_tokens.inc_by(n as u64);
+                    budget = budget.saturating_sub(n)
+                }
                 Err(e) => failed.push((i, e)),
             }
         }
@@ -348,6 +384,8 @@ impl Scheduler {
             let meta = Meta {
                 session: r.session,
                 partial: r.partial,
+                backlog: if r.partial { 0 } else { r.samples.len() as u64 },
+                audio_s: r.samples.len() as f64 / crate::media::AUDIO_RATE as f64,
                 cancelled: r.cancelled,
                 reply: r.reply,
             };
@@ -360,6 +398,7 @@ impl Scheduler {
             });
             match started {
                 Ok((decode, n)) => {
+                    crate::metrics::get().prefill_tokens.inc_by(n as u64);
                     budget = budget.saturating_sub(n);
                     self.active.push(Active {
                         request: meta,
@@ -367,7 +406,7 @@ impl Scheduler {
                     });
                 }
                 Err(e) => {
-                    self.done_with();
+                    self.done_with(&meta);
                     (meta.reply)(Err(e));
                 }
             }
@@ -415,16 +454,24 @@ impl Scheduler {
             counts.push(ids.len() - before);
         }
         let mut speaking = Vec::new();
+        let mut speaking_kv = 0;
         if let Some(format) = &self.format {
             let bundle = self.pipeline.bundle();
             for (i, row) in self.captions.iter_mut().enumerate() {
                 if let Some((id, cache)) = row.select(format, &bundle.stop_ids, &bundle.tokenizer) {
+                    speaking_kv += cache.bytes();
                     ids.push(id);
                     caches.push(cache);
                     speaking.push(i);
                 }
             }
         }
+        let metrics = crate::metrics::get();
+        let caption_kv = self.load.caption_kv_bytes.load(Ordering::Relaxed);
+        let decode_kv = caches.iter().map(|c| c.bytes()).sum::<usize>() - speaking_kv;
+        metrics
+            .kv_cache_bytes
+            .set((decode_kv as u64 + caption_kv) as i64);
         if ids.is_empty() {
             return;
         }
@@ -432,6 +479,8 @@ impl Scheduler {
         let batched = guarded(|| step_rows(llm, &ids, &mut caches));
         drop(caches);
         let rows = ids.len();
+        metrics.rows.observe(rows as f64);
+        metrics.decode_tokens.inc_by(rows as u64);
         self.load.max_rows.fetch_max(rows as u64, Ordering::Relaxed);
         match batched {
             Ok(logits) => {
@@ -517,6 +566,8 @@ impl Scheduler {
             let decode = a.decode;
             let result: Result<Transcript, EngineError> = guarded(|| pipeline.finish(decode));
             if let Ok(t) = &result {
+                self.load
+                    .observe_rate(t.times.total().as_secs_f64(), a.request.audio_s);
                 tracing::debug!(
                     partial = a.request.partial,
                     compute_ms = t.times.total().as_millis() as u64,
@@ -525,7 +576,7 @@ impl Scheduler {
                     "transcribed"
                 );
             }
-            self.done_with();
+            self.done_with(&a.request);
             (a.request.reply)(result);
             self.answered_since_trim = true;
         }
@@ -537,7 +588,7 @@ impl Scheduler {
         for (i, e) in failed {
             let a = self.active.remove(i);
             tracing::warn!(error = %e, partial = a.request.partial, "a transcription failed");
-            self.done_with();
+            self.done_with(&a.request);
             (a.request.reply)(Err(e));
         }
     }

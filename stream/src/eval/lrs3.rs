@@ -115,7 +115,7 @@ pub enum Backend {
     /// The model chain in this process (taken out while a clip decodes).
     InProcess(Option<Box<AsrPipeline>>),
     /// A running server, over gRPC.
-    Server(String),
+    Server(client::Target),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,7 +168,7 @@ impl Backend {
                 };
                 let mut texts = Vec::new();
                 client::stream(
-                    url,
+                    &*url,
                     config,
                     Source::Memory(bytes),
                     SendOptions {

@@ -310,7 +310,7 @@ pub async fn assert_server_still_serves(url: &str) {
 /// `first.len()`); the call stays open, with no half-close, while the
 /// sender lives.
 pub async fn open_stream(
-    client: &mut pb::avlm_client::AvlmClient<tonic::transport::Channel>,
+    client: &mut avlm_stream::client::Client,
     first: Vec<pb::ClientMessage>,
     buffer: usize,
 ) -> (
