@@ -23,6 +23,8 @@ const MAX_FRAME_HOLD_S: f64 = 10.0;
 
 /// FFmpeg's I/O buffer: small, so live streams are not held back waiting to fill it.
 const IO_BUFFER: usize = 4096;
+/// Most bytes one read of FFmpeg's I/O takes from the pipe (see [`cap_reads`]).
+const MAX_READ: std::ffi::c_int = 64 * 1024;
 /// Longest hole in the audio timestamps filled with silence.
 const MAX_GAP_S: f64 = 60.0;
 /// Bytes FFmpeg may read to guess the format and its streams.
@@ -140,6 +142,58 @@ fn open_input<F: FnMut() -> bool + Send + 'static>(
     }
 }
 
+/// FFmpeg's custom I/O read callback.
+type ReadPacket =
+    unsafe extern "C" fn(*mut std::ffi::c_void, *mut u8, std::ffi::c_int) -> std::ffi::c_int;
+
+/// ffmpeg-next's read callback for our pipe's reader type, which
+/// [`capped_read`] hands every read to.
+static STAGED_READ: std::sync::OnceLock<ReadPacket> = std::sync::OnceLock::new();
+
+/// Hands FFmpeg's read to ffmpeg-next's callback, for at most [`MAX_READ`]
+/// bytes; FFmpeg reads on in a loop for the rest.
+unsafe extern "C" fn capped_read(
+    opaque: *mut std::ffi::c_void,
+    buf: *mut u8,
+    size: std::ffi::c_int,
+) -> std::ffi::c_int {
+    match STAGED_READ.get() {
+        // SAFETY: the callback FFmpeg was given for this context, with its
+        // own opaque and a prefix of FFmpeg's buffer.
+        Some(read) => unsafe { read(opaque, buf, size.min(MAX_READ)) },
+        None => ffmpeg::ffi::AVERROR(ffmpeg::ffi::EIO),
+    }
+}
+
+/// Bounds what one read may cost. FFmpeg reads a box or chunk whose size
+/// the file claims straight into the demuxer's memory in one read of that
+/// size, and ffmpeg-next's read callback stages each read through a buffer
+/// as large as the read, zero-filled as it grows: a 95 KB MP4 whose first
+/// box claimed 2 GB had 2 GB of memory written before it was refused. With
+/// reads capped the staging buffer stays at [`MAX_READ`], and the memory a
+/// stream costs follows the bytes it sent.
+fn cap_reads(io: &mut StreamIo) -> Result<(), MediaError> {
+    let ctx = io.as_mut_ptr();
+    // SAFETY: `ctx` is the live context `io` owns; only its read callback is
+    // swapped, for one that calls the original with the same opaque.
+    unsafe {
+        let Some(staged) = (*ctx).read_packet else {
+            return Err(MediaError::Internal(
+                "FFmpeg I/O without a read callback".into(),
+            ));
+        };
+        // One reader type reaches here, so one callback: another would be a
+        // different stream type, which `capped_read` must not be handed.
+        if *STAGED_READ.get_or_init(|| staged) as usize != staged as usize {
+            return Err(MediaError::Internal(
+                "FFmpeg I/O with an unexpected read callback".into(),
+            ));
+        }
+        (*ctx).read_packet = Some(capped_read);
+    }
+    Ok(())
+}
+
 pub fn decode(
     spec: &DecodeSpec,
     format_hint: Option<&str>,
@@ -177,8 +231,9 @@ pub fn decode(
             None,
         )
     };
-    let io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
+    let mut io = StreamIo::from_read_with_capacity(read, IO_BUFFER)
         .map_err(|e| MediaError::Internal(format!("cannot set up FFmpeg I/O: {e}")))?;
+    cap_reads(&mut io)?;
     let mut options = Dictionary::new();
     // Probing may only pick a container or stream that carries its media
     // inside, and no demuxer may open another file or URL (formats.rs).

@@ -1,0 +1,97 @@
+//! Regressions for what an outside probe found (issue 22): bytes that cost
+//! memory out of proportion to their size, bytes that decode to nothing
+//! ending OK, a real-time factor that measured the model queue, a DATA_LOSS
+//! message off by one, and sessions counted after their call was over.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+
+/// A fragmented MP4 whose first box (ftyp) claims about 2 GB.
+fn mp4_with_a_huge_first_box() -> Vec<u8> {
+    let mut mp4 = read_media("speech.frag.mp4");
+    mp4[..4].copy_from_slice(&[0x77, 0x3c, 0x27, 0xcb]);
+    mp4
+}
+
+/// Peak resident memory of this process so far, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kb * 1024
+}
+
+/// Set in the child process that `a_box_claiming_2_gb_costs_no_memory` runs.
+const CHILD: &str = "AVLM_FINDINGS_MEMORY_CHILD";
+
+/// Streams the mangled MP4 to a server in this process and prints how much
+/// the peak resident memory grew; runs alone in a child process so that no
+/// other test's memory counts (see the test below).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_box_claiming_2_gb_costs_no_memory in a process of its own"]
+async fn memory_child() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let server = start_server(server_config()).await;
+    // Warm up: a good stream, so the growth measured is the bad one's alone.
+    stream_bytes(
+        &server.url(),
+        container_config(),
+        read_media("speech.frag.mp4"),
+        16 * 1024,
+    )
+    .await
+    .expect("the intact file streams");
+    let before = peak_rss();
+    let (_, status) = raw_call(
+        &server.url(),
+        whole_stream(container_config(), &mp4_with_a_huge_first_box(), 16 * 1024),
+    )
+    .await;
+    let grew = peak_rss().saturating_sub(before);
+    let status = status.expect_err("a box larger than the file is an error");
+    println!(
+        "PEAK_GROWTH {grew} STATUS {:?} {}",
+        status.code(),
+        status.message()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_box_claiming_2_gb_costs_no_memory() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["memory_child", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("PEAK_GROWTH "))
+        .unwrap_or_else(|| panic!("no measurement from the child: {stdout}"));
+    println!("{line}");
+    let grew: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        line.contains("InvalidArgument"),
+        "the mangled file must end with INVALID_ARGUMENT: {line}"
+    );
+    // The file is 153 KB: a few MB of decoder state are fine, the box's
+    // claimed size is not.
+    assert!(
+        grew < 64 << 20,
+        "peak memory grew by {} MB for a 153 KB stream: {line}",
+        grew >> 20
+    );
+}
