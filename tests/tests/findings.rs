@@ -95,3 +95,31 @@ fn a_box_claiming_2_gb_costs_no_memory() {
         grew >> 20
     );
 }
+
+/// The DATA_LOSS status of a stream whose chunks jump from seq 16 to `next`.
+async fn gap_message(url: &str, next: u64) -> String {
+    let webm = read_media("speech.webm");
+    let mut messages = vec![config_msg(container_config())];
+    messages.extend((0..17).map(|i| media_msg(&webm[i * 100..(i + 1) * 100], i as u64)));
+    messages.push(media_msg(&webm[1700..1800], next));
+    let (_, status) = raw_call(url, messages).await;
+    let status = status.expect_err("a gap in the seqs is an error");
+    assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+    status.message().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_seqs_names_exactly_the_chunks_missing() {
+    let server = start_server(server_config()).await;
+    let one = gap_message(&server.url(), 18).await;
+    assert!(
+        one.ends_with("arrived where 17 was expected: chunk 17 is missing"),
+        "{one}"
+    );
+    let three = gap_message(&server.url(), 20).await;
+    assert!(
+        three.ends_with("arrived where 17 was expected: chunks 17 to 19 are missing (3 chunks)"),
+        "{three}"
+    );
+    server.shutdown().await.unwrap();
+}

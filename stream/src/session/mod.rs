@@ -21,7 +21,7 @@ use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
 use tonic::{Status, Streaming};
 
-use crate::error::SessionError;
+use crate::error::{ErrorKind, SessionError};
 
 use crate::media::pipe::{byte_pipe, PipeWriter};
 use crate::media::sniff::{Mp4Layout, Mp4Sniffer};
@@ -85,7 +85,14 @@ pub async fn run(
             )
             .await
         }
-        Err(status) => return fail(&tx, inbound_status(status, &state)).await,
+        Err(status) => {
+            let error = inbound_status(status, state.config.max_message_bytes);
+            if error.kind == ErrorKind::Cancelled {
+                tracing::info!(message = %error.message, "client went away before its StreamConfig");
+                return;
+            }
+            return fail(&tx, error).await;
+        }
     };
     let caps = valid::Capabilities {
         model_name: state.model_name(),
@@ -257,7 +264,7 @@ async fn fail(tx: &Sender<Reply>, status: SessionError) {
 }
 
 /// Client-side failures seen while reading the request stream.
-fn inbound_status(status: Status, state: &ServerState) -> SessionError {
+fn inbound_status(status: Status, max_message_bytes: usize) -> SessionError {
     if status.code() == tonic::Code::Internal && status.message().contains("decode") {
         return SessionError::bad_input(format!(
             "a ClientMessage could not be decoded: {}",
@@ -269,9 +276,19 @@ fn inbound_status(status: Status, state: &ServerState) -> SessionError {
     {
         return SessionError::resource(format!(
             "a message exceeds the server's limit of {} bytes (serve --max-message-bytes): send media in smaller chunks ({})",
-            state.config.max_message_bytes,
+            max_message_bytes,
             status.message()
         ));
+    }
+    // The call broke below gRPC: the connection was reset or closed under
+    // the stream (a client killed, a network gone), which tonic reports as
+    // UNKNOWN or INTERNAL "h2 protocol error". Nothing the client sent was
+    // wrong, and no status can reach it: it went away.
+    if status.code() == tonic::Code::Unknown || status.message().starts_with("h2 protocol error") {
+        return SessionError::new(
+            ErrorKind::Cancelled,
+            format!("the client went away ({})", status.message()),
+        );
     }
     SessionError::from_inbound(&status)
 }
@@ -286,6 +303,15 @@ struct Reader {
     asker: Option<caption::Asker>,
     /// The model takes questions.
     questions: bool,
+}
+
+/// Names the chunks skipped when `got` arrives where `expected` was due
+/// (`got > expected`): every seq from `expected` up to, not including, `got`.
+fn missing_chunks(expected: u64, got: u64) -> String {
+    match got - expected {
+        1 => format!("chunk {expected} is missing"),
+        n => format!("chunks {expected} to {} are missing ({n} chunks)", got - 1),
+    }
 }
 
 /// Longest question a client may ask, in bytes.
@@ -330,12 +356,12 @@ impl Reader {
                     if let Some(w) = self.writer.take() {
                         w.abort_handle().abort();
                     }
-                    if status.code() == tonic::Code::Cancelled {
-                        tracing::info!(message = status.message(), "client went away");
+                    let error = inbound_status(status, state.config.max_message_bytes);
+                    if error.kind == ErrorKind::Cancelled {
+                        tracing::info!(message = %error.message, "client went away");
                         return Ok(());
                     }
-                    // Reported even if the client is gone: harmless then.
-                    return Err(inbound_status(status, state));
+                    return Err(error);
                 }
             };
             match msg.msg {
@@ -382,8 +408,10 @@ impl Reader {
         if chunk.seq != self.expected_seq {
             return Err(if chunk.seq > self.expected_seq {
                 SessionError::data_loss(format!(
-                    "MediaChunk seq {} arrived where {} was expected: chunks {}..{} are missing",
-                    chunk.seq, self.expected_seq, self.expected_seq, chunk.seq
+                    "MediaChunk seq {} arrived where {} was expected: {}",
+                    chunk.seq,
+                    self.expected_seq,
+                    missing_chunks(self.expected_seq, chunk.seq)
                 ))
             } else {
                 SessionError::bad_input(format!(
@@ -442,5 +470,37 @@ impl Reader {
         if let Some(w) = &self.writer {
             w.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_a_client_that_went_away_not_a_failure() {
+        // What tonic reports when a client is killed mid-stream.
+        let killed = Status::unknown("h2 protocol error: error reading a body from connection");
+        assert_eq!(inbound_status(killed, 1000).kind, ErrorKind::Cancelled);
+        let reset = Status::internal(
+            "h2 protocol error: stream error received: unspecific protocol error detected",
+        );
+        assert_eq!(inbound_status(reset, 1000).kind, ErrorKind::Cancelled);
+        // What a client sent wrong is still its error.
+        let garbled = Status::internal("failed to decode Protobuf message: invalid wire type");
+        assert_eq!(inbound_status(garbled, 1000).kind, ErrorKind::BadInput);
+        let large = Status::out_of_range(
+            "Error, decoded message length too large: found 5000 bytes, the limit is: 1000 bytes",
+        );
+        assert_eq!(inbound_status(large, 1000).kind, ErrorKind::Resource);
+    }
+
+    #[test]
+    fn a_gap_names_the_chunks_missing() {
+        assert_eq!(missing_chunks(17, 18), "chunk 17 is missing");
+        assert_eq!(
+            missing_chunks(17, 20),
+            "chunks 17 to 19 are missing (3 chunks)"
+        );
     }
 }
