@@ -277,7 +277,15 @@ pub fn decode(
         Err(_) if abort.is_aborted() => return Err(MediaError::Aborted),
         // The client ended the stream without sending any media: nothing to do.
         Err(_) if abort.is_closed() && abort.bytes_read() == 0 => return Ok(()),
-        Err(e) => return open_failed(e, format_hint, &head.take(), abort.is_closed()),
+        Err(e) => {
+            return open_failed(
+                e,
+                format_hint,
+                &head.take(),
+                abort.is_closed(),
+                abort.bytes_written(),
+            )
+        }
     };
     let container = match pcm_wav {
         Some(_) => "wav".to_string(),
@@ -384,6 +392,8 @@ pub fn decode(
     let mut picture = frame::Video::empty();
     let mut bad_packets = 0u32;
     let mut packets = 0u64;
+    // Packets of the streams the session decodes.
+    let mut decoded_packets = 0u64;
     let mut busy = std::time::Duration::ZERO;
     // Byte position of the last EAGAIN, and how many followed there.
     let mut again: (Option<u64>, u32) = (None, 0);
@@ -435,6 +445,7 @@ pub fn decode(
         let index = packet.stream();
         if let Some((ai, base, dec)) = audio.as_mut().filter(|(ai, ..)| *ai == index) {
             let _ = ai;
+            decoded_packets += 1;
             if let Some(t) = clock.seconds(packet.pts().or(packet.dts()), *base) {
                 sink.meter
                     .note_received(t + packet_duration(&packet, *base));
@@ -461,6 +472,7 @@ pub fn decode(
         } else if let Some((_, base, dec, conv, gate, held)) =
             video.as_mut().filter(|v| v.0 == index)
         {
+            decoded_packets += 1;
             if let Some(t) = clock.seconds(packet.pts().or(packet.dts()), *base) {
                 sink.meter.note_received(t);
             }
@@ -521,7 +533,44 @@ pub fn decode(
             true,
         )?;
     }
+    let described = audio.as_ref().is_none_or(|(_, _, dec)| {
+        dec.id() != codec::Id::None && dec.rate() > 0 && dec.channels() > 0
+    }) && video
+        .as_ref()
+        .is_none_or(|v| v.2.id() != codec::Id::None && v.2.width() > 0 && v.2.height() > 0);
+    let emitted = timeline.emitted + sink.meter.video_frames.load(Ordering::Acquire);
+    if emitted == 0 && !(decoded_packets == 0 && described) {
+        return Err(MediaError::Undecodable(format!(
+            "{} bytes received, but no {} could be decoded from them{}: {}",
+            abort.bytes_written(),
+            if spec.audio { "audio" } else { "video" },
+            as_read(format_hint, &container),
+            if decoded_packets == 0 {
+                "the demuxer found no media packets in them, and its streams have no complete \
+                 parameters (no header described them)"
+            } else {
+                "every packet the demuxer found decoded to nothing"
+            }
+        )));
+    }
     Ok(())
+}
+
+/// How the bytes were read, for an error message: the hint given, or the
+/// demuxer probing picked.
+fn as_read(format_hint: Option<&str>, container: &str) -> String {
+    match format_hint {
+        Some(h) => format!(" with format hint {h:?}"),
+        None => format!(" as {container}"),
+    }
+}
+
+/// Whether one of the demuxer names in `hint` (a comma-separated list) is
+/// one of the names of the demuxer `probed` (FFmpeg names some demuxers
+/// with a list, e.g. `matroska,webm`).
+fn hint_names(hint: &str, probed: &formats::Probed) -> bool {
+    hint.split(',')
+        .any(|h| probed.name.split(',').any(|p| p == h.trim()))
 }
 
 /// Bytes of a finished stream after the demuxer's position; `None` while the
@@ -546,6 +595,7 @@ fn open_failed(
     format_hint: Option<&str>,
     head: &[u8],
     closed: bool,
+    received: u64,
 ) -> Result<(), MediaError> {
     let probed = formats::probe(head);
     if let Some(p) = probed
@@ -559,12 +609,29 @@ fn open_failed(
             p.long_name, p.name
         )));
     }
-    if closed && e == ffmpeg::Error::Eof && probed.is_some() {
-        tracing::debug!(
-            bytes = head.len(),
-            "media ended inside its header: empty stream"
-        );
-        return Ok(());
+    // A recording's header alone (a WebM cut before its first Cluster)
+    // ends the stream like an empty WAV does; but bytes of another format
+    // read with a hint that names the wrong demuxer (Ogg read as MPEG-TS)
+    // also run out while the demuxer still looks for its header.
+    if closed && e == ffmpeg::Error::Eof {
+        match (&probed, format_hint) {
+            (Some(p), Some(h)) if !hint_names(h, p) => {
+                return Err(MediaError::Undecodable(format!(
+                    "{} bytes received, but no media could be decoded from them with format hint \
+                     {h:?}: its demuxer found none before they ended, and they look like {} ({}) \
+                     instead",
+                    received, p.long_name, p.name
+                )));
+            }
+            (Some(_), _) => {
+                tracing::debug!(
+                    bytes = head.len(),
+                    "media ended inside its header: empty stream"
+                );
+                return Ok(());
+            }
+            (None, _) => {}
+        }
     }
     let what = match (format_hint, &probed) {
         (Some(h), _) => format!(" as {h:?}"),

@@ -137,8 +137,14 @@ impl PipeWriter {
 
 impl Drop for PipeWriter {
     fn drop(&mut self) {
-        // A writer dropped without close() means the session is going away.
-        if !self.shared.closed.load(Ordering::Acquire) {
+        // A writer dropped without close() means the session is going away;
+        // but once the reader is gone (the decoder stopped on its own: it
+        // failed or finished), the writer is dropped because writes fail,
+        // and marking that an abort would turn the decoder's own verdict,
+        // still on its way, into "session aborted".
+        if !self.shared.closed.load(Ordering::Acquire)
+            && !self.shared.reader_gone.load(Ordering::Acquire)
+        {
             self.shared.aborted.store(true, Ordering::Release);
             self.shared.wake_reader();
         }
@@ -418,6 +424,26 @@ mod tests {
         assert_eq!(all, b"abcdefgh");
         assert_eq!(head.take(), b"abcde");
         assert_eq!(head.take(), b"", "recording stops once taken");
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_after_the_reader_left_does_not_abort() {
+        let (mut w, r) = byte_pipe(4);
+        let abort = w.abort_handle();
+        // The decoder stops on its own (an error at open): its reader goes,
+        // the session's next write fails and the session lets the writer go.
+        drop(r);
+        assert_eq!(w.write_all(b"more").await, Err(PipeClosed::Aborted));
+        drop(w);
+        assert!(
+            !abort.is_aborted(),
+            "the decoder's own error must not read as an aborted session"
+        );
+        // A writer dropped while the decoder still reads is a teardown.
+        let (w, _r) = byte_pipe(4);
+        let abort = w.abort_handle();
+        drop(w);
+        assert!(abort.is_aborted());
     }
 
     #[tokio::test]
