@@ -5,6 +5,7 @@
 
 mod common;
 
+use avlm_proto as pb;
 use common::*;
 use tonic::Code;
 
@@ -206,5 +207,48 @@ async fn a_header_alone_or_nothing_at_all_still_ends_ok() {
         assert_eq!(stats.bytes_received, bytes.len() as u64, "{what}");
         assert_eq!(stats.media_seconds_processed, 0.0, "{what}");
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_time_factor_counts_the_sessions_work_not_its_waits_on_the_model() {
+    let server = start_server(short_decode_server_config("findings-rtf", 8)).await;
+    // Sent as fast as the server takes it: the session hands the model a
+    // frame to caption, and waits while three are undecided.
+    let config = pb::StreamConfig {
+        task: pb::Task::Transcribe as i32,
+        modalities: pb::Modalities::AudioVideo as i32,
+        options: Some(pb::StreamOptions {
+            captions: Some(true),
+            caption_fps: Some(2.0),
+            stats_interval_ms: Some(0),
+            ..Default::default()
+        }),
+        ..container_config()
+    };
+    let started = std::time::Instant::now();
+    let run = stream_bytes(
+        &server.url(),
+        config,
+        read_media("slides_speech.webm"),
+        16 * 1024,
+    )
+    .await
+    .expect("transcribe + caption stream");
+    let wall = started.elapsed();
+    let stats = run.last_stats().expect("final Stats");
+    println!(
+        "real_time_factor {} over {} s of media in {wall:?}",
+        stats.real_time_factor, stats.media_seconds_processed
+    );
+    // Decoding the audio and video and running voice activity detection
+    // take a small part of real time; waiting for captions is the model's
+    // time, not the session's.
+    assert!(
+        stats.real_time_factor > 0.0 && stats.real_time_factor < 0.1,
+        "real_time_factor {} (the stream took {wall:?} for {} s of media)",
+        stats.real_time_factor,
+        stats.media_seconds_processed
+    );
     server.shutdown().await.unwrap();
 }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Once;
-use std::time::Instant;
 
 use ffmpeg::format::context::StreamIo;
 use ffmpeg::media::Type as MediaType;
@@ -201,6 +200,7 @@ pub fn decode(
     reader: PipeReader,
     sink: MediaSink,
 ) -> Result<(), MediaError> {
+    let cpu_start = super::thread_cpu_time();
     let abort: PipeAbort = reader.abort_handle();
     let flush_sink = sink.clone();
     let head = Head::new(PROBE_BYTES as usize);
@@ -394,14 +394,12 @@ pub fn decode(
     let mut packets = 0u64;
     // Packets of the streams the session decodes.
     let mut decoded_packets = 0u64;
-    let mut busy = std::time::Duration::ZERO;
     // Byte position of the last EAGAIN, and how many followed there.
     let mut again: (Option<u64>, u32) = (None, 0);
 
     loop {
         let mut packet = Packet::empty();
         let read = packet.read(&mut input);
-        let t0 = Instant::now();
         match read {
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => break,
@@ -497,10 +495,7 @@ pub fn decode(
                 false,
             )?;
         }
-        busy += t0.elapsed();
-        sink.meter
-            .busy_us
-            .store(busy.as_micros() as u64, Ordering::Release);
+        sink.meter.note_cpu(cpu_start);
     }
 
     // End of input: drain decoders and converters.
@@ -538,6 +533,7 @@ pub fn decode(
     }) && video
         .as_ref()
         .is_none_or(|v| v.2.id() != codec::Id::None && v.2.width() > 0 && v.2.height() > 0);
+    sink.meter.note_cpu(cpu_start);
     let emitted = timeline.emitted + sink.meter.video_frames.load(Ordering::Acquire);
     if emitted == 0 && !(decoded_packets == 0 && described) {
         return Err(MediaError::Undecodable(format!(

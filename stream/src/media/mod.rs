@@ -112,11 +112,20 @@ pub struct DecodeMeter {
     pub received_us: AtomicU64,
     /// Video frames emitted.
     pub video_frames: AtomicU64,
-    /// Wall time spent decoding (not waiting for bytes), microseconds.
+    /// CPU time the decoder thread has used, microseconds (see
+    /// [`thread_cpu_time`]).
     pub busy_us: AtomicU64,
 }
 
 impl DecodeMeter {
+    /// Records the decoder thread's CPU time since `start` (its
+    /// [`thread_cpu_time`] when decoding began); call on that thread.
+    pub fn note_cpu(&self, start: std::time::Duration) {
+        let used = thread_cpu_time().saturating_sub(start);
+        self.busy_us
+            .store(used.as_micros() as u64, Ordering::Release);
+    }
+
     pub fn note_received(&self, media_s: f64) {
         if media_s.is_finite() && media_s > 0.0 {
             self.received_us
@@ -136,6 +145,25 @@ impl MediaSink {
     pub fn send(&self, item: MediaItem) -> Result<(), MediaError> {
         self.tx.send(item).map_err(|_| MediaError::Aborted)
     }
+}
+
+/// CPU time the calling thread has used. A session's real-time factor is
+/// made of it: the work its own threads did, without the time they waited
+/// for bytes, for the client, for the model, or for a free core on a
+/// loaded machine (wall time counted all of that).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for the calling thread's CPU clock.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Replaces NaN and infinite samples (possible in float PCM from a client)

@@ -1,9 +1,6 @@
 //! Headerless PCM input: bytes straight from the pipe into the resampler,
 //! no demuxer. Times come from the sample count.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
-
 use ffmpeg::util::format::sample::{Sample, Type as SampleType};
 use ffmpeg::{frame, ChannelLayout};
 use ffmpeg_next as ffmpeg;
@@ -23,6 +20,7 @@ pub fn decode(
     mut reader: PipeReader,
     sink: MediaSink,
 ) -> Result<(), MediaError> {
+    let cpu_start = super::thread_cpu_time();
     let frame_bytes = format.bytes() * usize::from(channels);
     let sample = match format {
         RawSampleFormat::S16le => Sample::I16(SampleType::Packed),
@@ -36,7 +34,6 @@ pub fn decode(
     let mut input_samples: u64 = 0;
     let mut emitted: u64 = 0;
     let mut pcm = Vec::new();
-    let mut busy = std::time::Duration::ZERO;
 
     let emit = |pcm: &mut Vec<f32>, emitted: &mut u64| -> Result<(), MediaError> {
         if pcm.is_empty() {
@@ -55,7 +52,6 @@ pub fn decode(
 
     loop {
         let next = reader.next(&mut buf).map_err(|_| MediaError::Aborted)?;
-        let t0 = Instant::now();
         match next {
             Next::Bytes(n) => {
                 carry.extend_from_slice(&buf[..n]);
@@ -89,12 +85,10 @@ pub fn decode(
                         "raw PCM ended inside a sample frame; the partial frame is dropped"
                     );
                 }
+                sink.meter.note_cpu(cpu_start);
                 return Ok(());
             }
         }
-        busy += t0.elapsed();
-        sink.meter
-            .busy_us
-            .store(busy.as_micros() as u64, Ordering::Release);
+        sink.meter.note_cpu(cpu_start);
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::SessionError;
 use avlm_encoders::{
@@ -52,7 +52,8 @@ pub struct Analysis {
     pending_start_s: Option<f64>,
     processed_s: f64,
     next_stats_s: f64,
-    busy: Duration,
+    /// The analysis thread's CPU time when it began.
+    cpu_start: Option<Duration>,
     events: Vec<SpeechEvent>,
     /// TRANSCRIBE sessions: turns closed segments into Finals.
     transcriber: Option<Transcriber>,
@@ -97,7 +98,7 @@ impl Analysis {
             } else {
                 f64::INFINITY
             },
-            busy: Duration::ZERO,
+            cpu_start: None,
             events: Vec::new(),
             transcriber,
             whole: false,
@@ -141,14 +142,13 @@ impl Analysis {
         media: Receiver<MediaItem>,
         decoded: Receiver<Result<(), MediaError>>,
     ) -> Outcome {
+        self.cpu_start = Some(crate::media::thread_cpu_time());
         for item in media.iter() {
-            let t0 = Instant::now();
             let alive = match item {
                 MediaItem::Audio(pcm) => self.audio(&pcm.samples, pcm.start_s),
                 MediaItem::Video(frame) => self.video(frame),
                 MediaItem::Flush => self.flush(EndReason::Flush) && self.stats(false),
             };
-            self.busy += t0.elapsed();
             if !alive {
                 return Outcome::Gone;
             }
@@ -368,7 +368,13 @@ impl Analysis {
         let decode = &self.meters.decode;
         let received = decode.received_us.load(Ordering::Acquire) as f64 / 1e6;
         let received = received.max(self.processed_s);
-        let busy_s = self.busy.as_secs_f64() + decode.busy_us.load(Ordering::Acquire) as f64 / 1e6;
+        // The session's own work: CPU time of its decoder and analysis
+        // threads (waits for the client or the model are not in it).
+        let analysis_cpu = self.cpu_start.map_or(Duration::ZERO, |start| {
+            crate::media::thread_cpu_time().saturating_sub(start)
+        });
+        let busy_s =
+            analysis_cpu.as_secs_f64() + decode.busy_us.load(Ordering::Acquire) as f64 / 1e6;
         let rtf = if self.processed_s > 0.0 {
             busy_s / self.processed_s
         } else {
