@@ -2,7 +2,7 @@
 //! session count.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use avlm_encoders::SileroVad;
 use avlm_proto as pb;
@@ -23,18 +23,53 @@ pub struct ServerState {
     active: Arc<AtomicUsize>,
 }
 
-/// A running session's claim on one of the server's session slots; the slot
-/// frees when the last part of the session drops its lease.
+/// A running session's claim on one of the server's session slots, shared
+/// by the parts of the session. A slot counts an open call: it frees when
+/// the last part drops the lease, or when [`SessionLease::release`] says
+/// the call is over while parts still wind down (a thread waiting for room
+/// in the model's inbox, say, after its client went away).
 pub struct SessionLease {
+    slot: Mutex<Option<Slot>>,
+    /// Never sent on: dropped with the lease, which is what
+    /// [`SessionLease::dropped`] waits for.
+    dropped: tokio::sync::watch::Sender<()>,
+    pub id: String,
+}
+
+/// The slot itself: the permit and the count of active sessions.
+struct Slot {
     _permit: OwnedSemaphorePermit,
     active: Arc<AtomicUsize>,
-    pub id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl SessionLease {
+    /// Frees the slot now (once; later calls and the drop do nothing more).
+    pub fn release(&self) {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if slot.is_some() {
+            tracing::debug!(session = %self.id, "session released");
+        }
+    }
+
+    /// Resolves once the lease is dropped: every part of the session let go.
+    pub fn dropped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.dropped.subscribe();
+        async move {
+            // Nothing is ever sent: this returns when the sender is dropped.
+            let _ = rx.changed().await;
+        }
+    }
 }
 
 impl Drop for SessionLease {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        tracing::debug!(session = %self.id, "session released");
+        self.release();
     }
 }
 
@@ -64,13 +99,16 @@ impl ServerState {
         let permit = self.sessions.clone().try_acquire_owned().ok()?;
         self.active.fetch_add(1, Ordering::AcqRel);
         Some(SessionLease {
-            _permit: permit,
-            active: self.active.clone(),
+            slot: Mutex::new(Some(Slot {
+                _permit: permit,
+                active: self.active.clone(),
+            })),
+            dropped: tokio::sync::watch::channel(()).0,
             id: uuid::Uuid::new_v4().to_string(),
         })
     }
 
-    /// Sessions running now.
+    /// Sessions whose call is open now.
     pub fn active_sessions(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }

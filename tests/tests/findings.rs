@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use avlm_proto as pb;
 use common::*;
 use tonic::Code;
@@ -250,5 +252,59 @@ async fn the_real_time_factor_counts_the_sessions_work_not_its_waits_on_the_mode
         stats.real_time_factor,
         stats.media_seconds_processed
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_call_is_over_is_not_counted_and_frees_its_slot() {
+    // One slot, and a pipe that holds a whole long stream: the session's
+    // threads have minutes of audio to work through after the client left.
+    let server = start_server(avlm_stream::config::ServerConfig {
+        max_sessions: 1,
+        pipe_bytes: 48 << 20,
+        ..server_config()
+    })
+    .await;
+    let url = server.url();
+    // Silence: the session sends nothing while it works through it, so it
+    // only learns that its client left when its final Stats fails.
+    let pcm = vec![0u8; 32 << 20];
+    let mut config = container_config();
+    config.input = Some(pb::stream_config::Input::RawPcm(pb::RawPcmInput {
+        sample_format: pb::SampleFormat::S16le as i32,
+        sample_rate: 16_000,
+        channels: 1,
+    }));
+    let mut client = avlm_stream::client::connect(&url).await.unwrap();
+    let (tx, mut inbound) = open_stream(&mut client, whole_stream(config, &pcm, 1 << 20), 64).await;
+    assert!(matches!(
+        inbound.message().await.unwrap().unwrap().msg,
+        Some(pb::server_message::Msg::Ready(_))
+    ));
+    // Everything sent (the pipe takes it all), then the client vanishes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.state.active_sessions(), 1);
+    drop(inbound);
+    drop(tx);
+    drop(client);
+    let gone = std::time::Instant::now();
+    while server.state.active_sessions() != 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(1),
+            "the session is still counted {:?} after its client went away",
+            gone.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its slot is free: the next client is served at once.
+    let run = stream_bytes(
+        &url,
+        container_config(),
+        read_media("speech.ogg"),
+        16 * 1024,
+    )
+    .await
+    .expect("the one slot is free again");
+    assert_eq!(run.segments().len(), manifest().speech.len());
     server.shutdown().await.unwrap();
 }

@@ -42,6 +42,7 @@ pub async fn run(
     lease: SessionLease,
 ) {
     let lease = Arc::new(lease);
+    release_when_the_call_ends(&lease, &tx);
     let idle = state.config.idle_timeout;
     let first = tokio::select! {
         m = inbound.message() => m,
@@ -255,7 +256,38 @@ pub async fn run(
         tracing::info!(kind = status.kind.label(), message = %status.message, "session failed");
         fail(&tx, status).await;
     }
+    // The client is gone (its END_OF_STREAM may have come first): nobody
+    // will see the rest of what it sent, so decoding stops.
+    if tx.is_closed() {
+        abort.abort();
+    }
     drop(lease);
+}
+
+/// A slot counts an open call. The session's parts hold its lease while they
+/// run, and a part may outlive the call: after the client went away, the
+/// analysis thread may still work through buffered media or wait for room
+/// in the model's inbox, and under load that counted sessions that no
+/// longer existed for anyone (61 active with 28 calls open) and would turn
+/// clients away at --max-sessions. So the slot is released as soon as the
+/// reply stream is dropped (the client is gone, or the call ended with an
+/// error), whatever the parts still do; they stop as they notice.
+fn release_when_the_call_ends(lease: &Arc<SessionLease>, tx: &Sender<Reply>) {
+    let watched = Arc::downgrade(lease);
+    let all_parts_done = lease.dropped();
+    // Holds a sender only until every part let go, so it never keeps the
+    // call open by itself.
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tx.closed() => {
+                if let Some(lease) = watched.upgrade() {
+                    lease.release();
+                }
+            }
+            () = all_parts_done => {}
+        }
+    });
 }
 
 /// Ends the stream with `status` (if the client still listens).

@@ -68,9 +68,9 @@ const PARTIAL_BACKLOG: u64 = 4;
 impl Forwarder {
     /// `lease` (the session's slot) is held until every reply queued or still
     /// to come from the model thread has been delivered, or the client left:
-    /// a session waiting for its transcripts still counts against
-    /// `--max-sessions`. It is released before `reply`, so a client that saw
-    /// the end of its call finds the slot free.
+    /// a session whose client waits for its transcripts still counts against
+    /// `--max-sessions` (its call is open). It is released before `reply`,
+    /// so a client that saw the end of its call finds the slot free.
     fn start(reply: ReplyTx, lease: Arc<SessionLease>, runtime: &tokio::runtime::Handle) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicU64::new(0));
@@ -410,6 +410,12 @@ impl Transcriber {
     /// room (nothing else is left to do); `false` when the model thread is gone.
     pub fn finish(&mut self) -> bool {
         while let Some(request) = self.held.pop_front() {
+            // A client that went away is owed nothing: its finals do not
+            // wait in line behind other sessions' work.
+            if self.tx.is_closed() {
+                self.held.clear();
+                break;
+            }
             if self.engine.submit_waiting(request).is_err() {
                 return false;
             }
