@@ -158,6 +158,19 @@ impl Metrics {
             Unit::Seconds,
             m.backlog_seconds.clone(),
         );
+        // Series that exist from the start, so dashboards and autoscalers
+        // read 0 rather than nothing before the first session.
+        for task in ["segments", "transcribe", "caption"] {
+            m.sessions_active.get_or_create(&TaskLabel { task }).set(0);
+            m.sessions_ended
+                .get_or_create(&EndLabels { task, code: "OK" })
+                .inc_by(0);
+        }
+        for kind in ["audio", "video"] {
+            m.media_seconds
+                .get_or_create(&KindLabel { kind })
+                .inc_by(0.0);
+        }
         Metrics { registry, ..m }
     }
 

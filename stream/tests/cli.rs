@@ -225,3 +225,121 @@ fn transcribe_writes_subtitles_matching_the_finals() {
         blocks[0]
     );
 }
+
+/// `GET path` over plain HTTP/1.1; the response body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("openmetrics-text"), "{out}");
+    out
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_exports_metrics_and_drains_on_sigterm() {
+    let server = avlm()
+        .args([
+            "serve",
+            "--no-bundle",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Reaped(server);
+    use std::io::BufRead;
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let mut metrics = None;
+    let mut url = None;
+    for _ in 0..2 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let found = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        if line.starts_with("metrics at") {
+            metrics = Some(
+                found
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/metrics")
+                    .to_string(),
+            );
+        } else {
+            url = Some(found);
+        }
+    }
+    let (metrics, url) = (metrics.unwrap(), url.unwrap());
+    let before = http_get(&metrics, "/metrics");
+    assert!(
+        before.contains("# TYPE avlm_sessions_active gauge"),
+        "{before}"
+    );
+    assert!(
+        before.contains(r#"avlm_sessions_active{task="transcribe"} 0"#),
+        "{before}"
+    );
+    assert!(before.trim_end().ends_with("# EOF"), "{before}");
+
+    let out = avlm()
+        .args(["stream", "--json", "--server", &url])
+        .arg(media("short.webm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let after = http_get(&metrics, "/metrics");
+    assert!(
+        after.contains(r#"avlm_sessions_total{task="segments",code="OK"} 1"#),
+        "{after}"
+    );
+    assert!(
+        after.contains(r#"avlm_media_seconds_total{kind="audio"}"#),
+        "{after}"
+    );
+
+    // SIGTERM (what Docker and Kubernetes send) stops the server cleanly.
+    let pid = server.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no exit 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    use std::io::Read;
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("shutting down"), "{rest}");
+}

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// DEADLINE_EXCEEDED and its slot freed (0: never).
     #[arg(long, env = "AVLM_IDLE_TIMEOUT_S", default_value_t = avlm_stream::config::DEFAULT_IDLE_TIMEOUT_S)]
     pub idle_timeout_s: u64,
+    /// Seconds a shutdown (Ctrl-C, SIGTERM) waits for open streams to finish
+    /// before it cuts them.
+    #[arg(long, env = "AVLM_SHUTDOWN_GRACE_S", default_value_t = avlm_stream::config::DEFAULT_SHUTDOWN_GRACE_S)]
+    pub shutdown_grace_s: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
     #[arg(long, env = "AVLM_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -130,7 +134,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let server = avlm_stream::server::start_with(config, args.listen, transport).await?;
+    config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
+    // A stop while the models load (a pod deleted early) ends at once.
+    let server = tokio::select! {
+        started = avlm_stream::server::start_with(config, args.listen, transport) => started?,
+        _ = stop_signal() => {
+            eprintln!("stopped while loading the models");
+            return Ok(());
+        }
+    };
     eprintln!(
         "avlm serving on {} (Ctrl-C or SIGTERM to stop)",
         server.url()
