@@ -440,3 +440,58 @@ async fn a_whole_utterance_of_nothing_or_of_silence_has_no_words() {
     assert!(stats >= 5, "{stats} Stats for 5 s at a 1 s interval");
     server.shutdown().await.unwrap();
 }
+
+/// A session's Stats say how much of its work waits on the model and for
+/// how long, while another session's decodes hold the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_the_backlog_while_another_sessions_decodes_run() {
+    let server = start_server(transcribe_server_config()).await;
+    let config = || {
+        let mut c = container_config();
+        c.task = pb::Task::Transcribe as i32;
+        c.options.as_mut().unwrap().stats_interval_ms = Some(500);
+        c
+    };
+    // One stream first: the model's recent rate is known after it.
+    stream_bytes(&server.url(), config(), read_media("short.webm"), 4096)
+        .await
+        .expect("warm-up stream");
+    // Two whole files sent at once: each one's segments close far faster
+    // than the model transcribes them, so finals are owed while the other
+    // session's decodes run.
+    let url = server.url();
+    let a = tokio::spawn({
+        let url = url.clone();
+        async move { stream_bytes(&url, config(), read_media("speech.webm"), 4096).await }
+    });
+    let b = stream_bytes(&url, config(), read_media("speech.webm"), 4096)
+        .await
+        .expect("second stream");
+    a.await.unwrap().expect("first stream");
+    let stats: Vec<pb::Stats> = b
+        .messages
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Some(pb::server_message::Msg::Stats(s)) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let waiting: Vec<&pb::Stats> = stats.iter().filter(|s| s.segments_pending > 0).collect();
+    assert!(
+        !waiting.is_empty(),
+        "no Stats showed a pending final: {stats:?}"
+    );
+    for s in &waiting {
+        assert!(s.audio_seconds_pending > 0.0, "{s:?}");
+        assert!(
+            s.expected_delay_s > 0.0,
+            "finals pending but no expected delay: {s:?}"
+        );
+        // The estimate is bounded by all the audio in flight (two copies of
+        // the file) at the rate the model has shown (well under real time).
+        assert!(s.expected_delay_s < 60.0, "{s:?}");
+    }
+    let last = stats.last().unwrap();
+    assert_eq!((last.segments_pending, last.expected_delay_s), (0, 0.0));
+    server.shutdown().await.unwrap();
+}

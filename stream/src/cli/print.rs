@@ -58,6 +58,7 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
             "segments_pending": s.segments_pending,
             "audio_seconds_pending": round3(s.audio_seconds_pending),
             "model_busy": s.model_busy,
+            "expected_delay_s": round3(s.expected_delay_s),
             "caption_frames": s.caption_frames,
         }),
         Some(Msg::Partial(p)) => json!({
@@ -106,7 +107,7 @@ pub fn human(out: &mut impl Write, msg: &pb::ServerMessage) -> std::io::Result<(
         }
         Some(Msg::Stats(s)) => writeln!(
             out,
-            "stats     {:.1}s received · {:.1}s processed · RTF {:.3} · {:.1}s buffered · {} bytes{}{}",
+            "stats     {:.1}s received · {:.1}s processed · RTF {:.3} · {:.1}s buffered · {} bytes{}{}{}",
             s.media_seconds_received,
             s.media_seconds_processed,
             s.real_time_factor,
@@ -115,6 +116,14 @@ pub fn human(out: &mut impl Write, msg: &pb::ServerMessage) -> std::io::Result<(
             if s.video_frames > 0 { format!(" · {} frames", s.video_frames) } else { String::new() },
             if s.caption_frames > 0 {
                 format!(" · {} captioned", s.caption_frames)
+            } else {
+                String::new()
+            },
+            if s.segments_pending > 0 {
+                format!(
+                    " · {} finals pending ({:.1}s of audio, ~{:.1}s to go)",
+                    s.segments_pending, s.audio_seconds_pending, s.expected_delay_s
+                )
             } else {
                 String::new()
             }

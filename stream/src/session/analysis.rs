@@ -403,6 +403,11 @@ impl Analysis {
                 b.samples.load(Ordering::Acquire) as f64 / f64::from(VAD_SAMPLE_RATE)
             }),
             model_busy: backlog.is_some_and(|b| b.busy.load(Ordering::Acquire)),
+            expected_delay_s: self
+                .transcriber
+                .as_ref()
+                .filter(|_| !ended)
+                .map_or(0.0, Transcriber::expected_delay_s),
             caption_frames: self
                 .caption_frames
                 .as_ref()

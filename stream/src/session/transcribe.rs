@@ -388,6 +388,18 @@ impl Transcriber {
         &self.out.owed
     }
 
+    /// Seconds until this session's pending finals are likely all out (see
+    /// `Stats.expected_delay_s`).
+    pub fn expected_delay_s(&self) -> f64 {
+        if self.out.owed.segments.load(Ordering::Acquire) == 0 {
+            return 0.0;
+        }
+        let held: usize = self.held.iter().map(|r| r.samples.len()).sum();
+        self.engine
+            .load()
+            .expected_delay_s(held as f64 / f64::from(AUDIO_RATE))
+    }
+
     /// Hands in the finals held back by a full inbox, oldest first, while
     /// there is room; `false` when the model thread is gone.
     fn hand_in_held(&mut self) -> bool {
