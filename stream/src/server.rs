@@ -154,6 +154,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long streams ended at the end of a shutdown's grace period have to
+/// get their status to the client before their connections are dropped.
+const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A server running in this process (used by `avlm serve`, `avlm stream`
 /// without `--server`, and the tests).
 pub struct RunningServer {
@@ -161,6 +165,7 @@ pub struct RunningServer {
     pub state: Arc<ServerState>,
     tls: bool,
     health: tonic_health::server::HealthReporter,
+    cut: tokio::sync::watch::Sender<bool>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -180,13 +185,20 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let grace = self.state.config.shutdown_grace;
-        match tokio::time::timeout(grace, &mut self.task).await {
+        if let Ok(served) = tokio::time::timeout(grace, &mut self.task).await {
+            return Ok(served??);
+        }
+        // Streams still open end with UNAVAILABLE, so their clients know to
+        // retry elsewhere; a client that no longer reads is dropped.
+        tracing::warn!(
+            "streams still open {:.1} s after the shutdown began: ending them with UNAVAILABLE",
+            grace.as_secs_f64()
+        );
+        let _ = self.cut.send(true);
+        match tokio::time::timeout(CUT_FLUSH, &mut self.task).await {
             Ok(served) => served??,
             Err(_) => {
-                tracing::warn!(
-                    "calls still open {:.1} s after the shutdown began: dropping them",
-                    grace.as_secs_f64()
-                );
+                tracing::warn!("calls still open after they were ended: dropping them");
                 self.task.abort();
             }
         }
@@ -278,7 +290,8 @@ pub async fn start_on(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let slot = StateSlot::default();
-    let avlm = pb::avlm_server::AvlmServer::new(AvlmService::new(slot.clone()))
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    let avlm = pb::avlm_server::AvlmServer::new(AvlmService::new(slot.clone(), cut_rx))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(16 << 20);
     let check = |service: Option<OpenService>| match &transport.auth {
@@ -342,6 +355,7 @@ pub async fn start_on(
         state,
         tls: transport.tls.is_some(),
         health: health_reporter,
+        cut,
         shutdown: Some(shutdown_tx),
         task,
     })

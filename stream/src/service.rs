@@ -37,11 +37,14 @@ impl StateSlot {
 
 pub struct AvlmService {
     state: StateSlot,
+    /// Turns true when a shutdown's grace period is over: open streams then
+    /// end with UNAVAILABLE (retry elsewhere) instead of a broken connection.
+    cut: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AvlmService {
-    pub fn new(state: StateSlot) -> Self {
-        AvlmService { state }
+    pub fn new(state: StateSlot, cut: tokio::sync::watch::Receiver<bool>) -> Self {
+        AvlmService { state, cut }
     }
 }
 
@@ -75,9 +78,16 @@ impl pb::avlm_server::Avlm for AvlmService {
         tokio::spawn(
             crate::session::run(state.clone(), request.into_inner(), tx, lease).instrument(span),
         );
+        let mut cut = self.cut.clone();
         Ok(Response::new(Box::pin(Observed {
             inner: Box::pin(replies),
             seen: Seen::default(),
+            cut: Some(Box::pin(async move {
+                // A dropped sender (the server is gone) never cuts.
+                if cut.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })),
         })))
     }
 
@@ -101,12 +111,28 @@ impl pb::avlm_server::Avlm for AvlmService {
 struct Observed {
     inner: ReplyStream,
     seen: Seen,
+    /// Resolves when the server cuts open streams; `None` once it has.
+    cut: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl Stream for Observed {
     type Item = Result<pb::ServerMessage, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.cut {
+            Some(cut) => {
+                if cut.as_mut().poll(cx).is_ready() {
+                    self.cut = None;
+                    let status = Status::unavailable(
+                        "the server is shutting down and its grace period is over; reconnect (to another server) and resend",
+                    );
+                    self.seen.end(status.code());
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            // Cut: the stream has ended.
+            None => return Poll::Ready(None),
+        }
         let item = self.inner.poll_next_unpin(cx);
         match &item {
             Poll::Ready(Some(Ok(m))) => self.seen.message(m),

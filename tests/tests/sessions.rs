@@ -299,9 +299,22 @@ async fn a_shutdown_drops_calls_still_open_after_its_grace_period() {
     let (_tx, mut held) = open_stream(&mut client, vec![config_msg(container_config())], 1).await;
     held.message().await.unwrap().unwrap();
     let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        loop {
+            match held.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    });
     tokio::time::timeout(Duration::from_secs(5), server.shutdown())
         .await
         .expect("the shutdown returns after its grace period")
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(500));
+    // The client is told why, in a status it can act on (retry elsewhere),
+    // not a broken connection.
+    let status = reader.await.unwrap().expect_err("the call was ended");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
 }
