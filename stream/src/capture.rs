@@ -190,7 +190,43 @@ pub fn capture(
 /// Opens `spec`'s inputs and checks there is something to send, then closes
 /// them: for reporting a wrong device or file before any model is loaded.
 pub fn check(spec: &CaptureSpec) -> Result<(), String> {
-    open_all(spec, &Arc::new(AtomicBool::new(false))).map(drop)
+    let open = || open_all(spec, &Arc::new(AtomicBool::new(false))).map(drop);
+    if spec.inputs.iter().any(|i| is_device(i.format.as_deref())) {
+        without_stderr(open)
+    } else {
+        open()
+    }
+}
+
+/// Runs `f` with the process's stderr sent to /dev/null. Device libraries
+/// print their own diagnostics there (ALSA writes a dozen "ALSA lib ..."
+/// lines for a missing card) while FFmpeg returns the error that matters.
+#[cfg(unix)]
+fn without_stderr<T>(f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    // SAFETY: dup, dup2 and close on this process's own descriptors;
+    // stderr is put back before returning.
+    let saved = unsafe { libc::dup(2) };
+    let swapped = match &null {
+        Ok(null) if saved >= 0 => (unsafe { libc::dup2(null.as_raw_fd(), 2) }) >= 0,
+        _ => false,
+    };
+    let out = f();
+    if swapped {
+        // SAFETY: as above; `saved` is a descriptor this function opened.
+        unsafe { libc::dup2(saved, 2) };
+    }
+    if saved >= 0 {
+        // SAFETY: as above.
+        unsafe { libc::close(saved) };
+    }
+    out
+}
+
+#[cfg(not(unix))]
+fn without_stderr<T>(f: impl FnOnce() -> T) -> T {
+    f()
 }
 
 /// Opens every input and picks the first audio and the first video stream.
@@ -704,6 +740,10 @@ fn drain_video(
 /// Capture devices FFmpeg can list for `format` (e.g. `v4l2`, `alsa`,
 /// `pulse`): (name, description) pairs.
 pub fn list_devices(format: &str) -> Result<Vec<(String, String)>, String> {
+    without_stderr(|| list_devices_of(format))
+}
+
+fn list_devices_of(format: &str) -> Result<Vec<(String, String)>, String> {
     crate::media::container::init_ffmpeg().map_err(|e| e.to_string())?;
     ffmpeg::device::register_all();
     let name = CString::new(format).map_err(|_| format!("bad format {format:?}"))?;

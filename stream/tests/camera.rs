@@ -306,3 +306,20 @@ fn bad_capture_inputs_fail_with_a_clear_message() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_camera_that_cannot_open_says_what_to_try() {
+    let out = avlm()
+        .args(["camera", "--no-captions", "--video-device", "none"])
+        .args(["--audio-device", "avlm-no-such-microphone"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("avlm-no-such-microphone"), "{stderr}");
+    assert!(
+        stderr.contains("--list-devices") && stderr.contains("--input"),
+        "no hint in {stderr}"
+    );
+    assert!(!stderr.contains("ALSA lib"), "ALSA noise in {stderr}");
+}

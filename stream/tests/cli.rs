@@ -343,3 +343,191 @@ fn serve_exports_metrics_and_drains_on_sigterm() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("shutting down"), "{rest}");
 }
+
+/// The first `seconds` of the 16 kHz mono s16le speech, as a file.
+fn pcm_prefix(name: &str, seconds: usize) -> PathBuf {
+    let pcm = std::fs::read(media("speech.s16le")).unwrap();
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, &pcm[..seconds * 16_000 * 2]).unwrap();
+    path
+}
+
+/// Runs `avlm stream ARGS...` with `stdin` piped in; (status, stdout, wall time).
+fn stream_stdin(args: &[&str], stdin: Vec<u8>) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let mut child = avlm()
+        .arg("stream")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // The reader may stop early on failure: a broken pipe is not this test's concern.
+        let _ = pipe.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn realtime_paces_raw_pcm_and_stdin() {
+    // A PCM file: its byte rate comes from --pcm-rate and --pcm-channels.
+    let pcm = pcm_prefix("realtime-3s.s16le", 3);
+    let started = Instant::now();
+    let out = avlm()
+        .args(["stream", "--json", "--realtime", "--pcm", "s16le"])
+        .arg(&pcm)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = json_lines(&out.stdout).pop().unwrap();
+    assert!(
+        (last["media_seconds_processed"].as_f64().unwrap() - 3.0).abs() < 0.1,
+        "{last}"
+    );
+    assert!(took >= Duration::from_millis(2500), "PCM file in {took:?}");
+
+    // The same PCM through stdin.
+    let bytes = std::fs::read(&pcm).unwrap();
+    let (out, took) = stream_stdin(&["--json", "--realtime", "--pcm", "s16le", "-"], bytes);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "PCM on stdin in {took:?}"
+    );
+
+    // A container on stdin, paced by its timestamps.
+    let webm = std::fs::read(media("short.webm")).unwrap();
+    let (out, took) = stream_stdin(&["--json", "--realtime", "-"], webm);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(segments(&json_lines(&out.stdout)).len(), 1);
+    assert!(
+        took >= Duration::from_millis(2500),
+        "WebM on stdin in {took:?}"
+    );
+}
+
+#[test]
+fn a_missing_input_fails_at_once_before_any_server_starts() {
+    let started = Instant::now();
+    let out = avlm()
+        .args(["stream", "--task", "transcribe", "no-such-file.webm"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("no-such-file.webm"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "failed after {took:?}");
+
+    let out = avlm()
+        .args(["stream", "--pcm", "s16le", "no-such-file.pcm"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn info_exits_3_when_it_cannot_connect() {
+    let out = avlm()
+        .args(["info", "--server", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn piped_output_has_no_colour_and_client_logs_are_quiet_by_default() {
+    let bundle = common::quick_bundle("cli-colour-bundle");
+    let out = avlm()
+        .env_remove("AVLM_LOG")
+        .env_remove("NO_COLOR")
+        // Paced, so the model has time for partials between the finals.
+        .args(["stream", "--task", "transcribe", "--partials", "--realtime"])
+        .args(["--partial-interval-ms", "200", "--bundle"])
+        .arg(&bundle)
+        .arg(media("speech.webm"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("partial "), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b'),
+        "colour codes in a pipe: {stdout:?}"
+    );
+    assert!(
+        !stderr.contains("INFO"),
+        "info logs from a client: {stderr}"
+    );
+}
+
+#[test]
+fn validate_prints_readable_text() {
+    let bundle = common::quick_bundle("cli-validate-bundle");
+    let out = avlm().arg("validate").arg(&bundle).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("audio encoder"), "{stdout}");
+    for debug in ["{", "Some(", "Config", "[\""] {
+        assert!(!stdout.contains(debug), "{debug:?} in {stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}
+
+#[test]
+fn bench_finds_its_default_sample_from_any_directory() {
+    let elsewhere = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = avlm()
+        .current_dir(&elsewhere)
+        .env(
+            "AVLM_HOME",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.avlm"),
+        )
+        .args([
+            "bench",
+            "--parts",
+            "segments",
+            "--sessions",
+            "1",
+            "--repeats",
+            "1",
+        ])
+        .arg("--no-bundle")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("demo.webm"), "{stdout}");
+}

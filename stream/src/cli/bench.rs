@@ -52,15 +52,17 @@ pub struct BenchArgs {
     /// Internal: the GGUF for --llm-worker.
     #[arg(long, hide = true)]
     pub gguf: Option<PathBuf>,
-    /// Media to stream (any container the server reads).
-    #[arg(long, default_value = "samples/demo.webm")]
-    pub input: PathBuf,
+    /// Media to stream (any container the server reads) [default: the
+    /// checkout's samples/demo.webm].
+    #[arg(long)]
+    pub input: Option<PathBuf>,
     /// Concurrent session counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub sessions: Vec<usize>,
-    /// Clips with word timings for the latency section (tools/make_latency_clips.py).
-    #[arg(long, default_value = "samples/latency")]
-    pub latency_clips: PathBuf,
+    /// Clips with word timings for the latency section
+    /// (tools/make_latency_clips.py) [default: the checkout's samples/latency].
+    #[arg(long)]
+    pub latency_clips: Option<PathBuf>,
     /// Concurrent real-time stream counts for the latency section, ascending.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub latency_streams: Vec<usize>,
@@ -77,8 +79,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub caption_streams: Vec<usize>,
     /// Video the captions section streams.
-    #[arg(long, default_value = "tests/media/generated/slides.webm")]
-    pub caption_input: PathBuf,
+    /// [default: the checkout's tests/media/generated/slides.webm]
+    #[arg(long)]
+    pub caption_input: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -105,7 +108,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.parts.contains(&Part::Latency) {
         super::bench_latency::latency(
             &args.runtime,
-            &args.latency_clips,
+            &args
+                .latency_clips
+                .clone()
+                .unwrap_or_else(|| paths::in_checkout("samples/latency")),
             &args.latency_streams,
             args.partial_interval_ms,
         )
@@ -116,7 +122,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             &args.runtime,
             args.caption_minutes,
             &args.caption_streams,
-            &args.caption_input,
+            &args
+                .caption_input
+                .clone()
+                .unwrap_or_else(|| paths::in_checkout("tests/media/generated/slides.webm")),
         )
         .await?;
     }
@@ -169,8 +178,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(&args.input).map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
+    let input = args
+        .input
+        .clone()
+        .unwrap_or_else(|| paths::in_checkout("samples/demo.webm"));
+    let bytes = std::fs::read(&input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let max = args.sessions.iter().copied().max().unwrap_or(1);
     let server = avlm_stream::server::start(
         args.runtime
@@ -181,7 +193,7 @@ async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
     let url = server.url();
     println!(
         "segmentation path (FFmpeg decode + Silero VAD + endpointing), {}",
-        args.input.display()
+        input.display()
     );
     println!(
         "{:>8} {:>12} {:>10} {:>16} {:>14}",

@@ -245,12 +245,23 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<i32> {
     }
     let spec = args.spec();
     if spec.inputs.is_empty() {
-        anyhow::bail!("no capture device: pass --audio-device (and --video-device), or --input");
+        anyhow::bail!(
+            "no capture device: pass --audio-device (and --video-device; \
+             `avlm camera --list-devices` shows them), or --input FILE"
+        );
     }
     // A wrong device or file is reported before any model loads.
     let probe = spec.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || capture::check(&probe)).await? {
-        return super::stream::finish(Err(ClientError::Source(e)), args.json);
+        let code = super::stream::finish(Err(ClientError::Source(e)), args.json);
+        if args.input.is_none() {
+            eprintln!(
+                "hint: `avlm camera --list-devices` shows the cameras and microphones FFmpeg \
+                 can open here (pass one with --video-device / --audio-device); \
+                 `--input FILE` runs the demo on a recording instead"
+            );
+        }
+        return code;
     }
     let (url, local) = match &args.server {
         Some(url) => (args.credentials.target(url), None),
@@ -357,8 +368,9 @@ impl LiveView {
                 );
                 let _ = write!(
                     out,
-                    "\r\x1b[2K  {:>7}  {stable}\x1b[2m{unstable}\x1b[0m",
-                    clock(p.start_s)
+                    "\r\x1b[2K  {:>7}  {stable}{}",
+                    clock(p.start_s),
+                    print::dim(&unstable, print::colour())
                 );
                 self.partial_shown = true;
             }

@@ -1,19 +1,32 @@
 //! `avlm info`: ask a server what it runs.
 
 use avlm_proto as pb;
+use avlm_stream::client::{self, ClientError};
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
-    /// Server URL.
+    /// Server URL, or HOST:PORT for plain http.
     #[arg(long, env = "AVLM_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     #[command(flatten)]
     pub credentials: super::credentials::Credentials,
 }
 
-pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let mut client = avlm_stream::client::connect(args.credentials.target(&args.server)).await?;
-    let info = client.get_info(pb::GetInfoRequest {}).await?.into_inner();
+/// Returns the exit code: as `avlm stream`'s, 3 when the server cannot be
+/// reached and 10 + the gRPC code when it refuses.
+pub async fn run(args: InfoArgs) -> anyhow::Result<i32> {
+    let asked = async {
+        let mut client = client::connect(args.credentials.target(&args.server)).await?;
+        let reply = client.get_info(pb::GetInfoRequest {}).await;
+        reply.map(|r| r.into_inner()).map_err(ClientError::Status)
+    };
+    let info = match asked.await {
+        Ok(info) => info,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(e.exit_code());
+        }
+    };
     println!("avlm {} at {}", info.version, args.server);
     println!(
         "sessions: {} active of {}",
@@ -47,5 +60,5 @@ pub async fn run(args: InfoArgs) -> anyhow::Result<()> {
             named("LLM", &m.llm)
         );
     }
-    Ok(())
+    Ok(0)
 }

@@ -18,7 +18,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-const DEFAULT_LOG: &str = "warn,avlm_stream=info";
+/// The server's log filter when none is given.
+const SERVE_LOG: &str = "warn,avlm_stream=info";
+/// Client commands print results on stdout and start in-process servers
+/// whose info lines would land among them: warnings only, unless asked.
+const CLIENT_LOG: &str = "warn";
 
 /// avlm: a live audio-visual language-model server. Send video and audio over
 /// a gRPC stream as it is captured; get speech segments, transcripts and
@@ -29,14 +33,10 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "AVLM_LOG_JSON")]
     log_json: bool,
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "avlm_stream=debug".
-    #[arg(
-        long,
-        global = true,
-        env = "AVLM_LOG",
-        default_value = DEFAULT_LOG
-    )]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "avlm_stream=debug"
+    /// [default: "warn,avlm_stream=info" for serve, "warn" for the other commands].
+    #[arg(long, global = true, env = "AVLM_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,12 +61,10 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The camera's live view shares the terminal with the log: keep the
-    // in-process server quiet there unless a filter was asked for.
-    let log = match cli.command {
-        Command::Camera(_) if cli.log == DEFAULT_LOG => "warn",
-        _ => cli.log.as_str(),
-    };
+    let log = cli.log.as_deref().unwrap_or(match cli.command {
+        Command::Serve(_) => SERVE_LOG,
+        _ => CLIENT_LOG,
+    });
     init_logging(log, cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,7 +81,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await.map(|_| 0),
             Command::Stream(args) => stream::run(args).await,
             Command::Camera(args) => camera::run(args).await,
-            Command::Info(args) => info::run(args).await.map(|_| 0),
+            Command::Info(args) => info::run(args).await,
             Command::Bench(args) => bench::run(args).await.map(|_| 0),
             Command::Validate(args) => validate::run(args).await.map(|_| 0),
             Command::Eval(args) => eval::run(args).await.map(|_| 0),

@@ -32,3 +32,28 @@ pub fn resolve(explicit: Option<PathBuf>, relative: &str) -> PathBuf {
         None => Path::new(".avlm").join(relative),
     })
 }
+
+/// A file of the checkout (samples, test media) found the way `.avlm` is:
+/// beside AVLM_HOME, or above the executable or the working directory;
+/// `relative` as is when none has it.
+pub fn in_checkout(relative: &str) -> PathBuf {
+    let mut starts = Vec::new();
+    if let Ok(home) = std::env::var("AVLM_HOME") {
+        starts.extend(Path::new(&home).parent().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.push(cwd);
+    }
+    starts
+        .iter()
+        .find_map(|start| {
+            start
+                .ancestors()
+                .map(|dir| dir.join(relative))
+                .find(|candidate| candidate.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from(relative))
+}

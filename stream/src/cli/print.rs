@@ -1,7 +1,7 @@
 //! Printing server messages as they arrive: aligned text for people, one
 //! JSON object per line for programs.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use avlm_proto as pb;
 use serde_json::json;
@@ -81,8 +81,23 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Prints `msg` for a person.
-pub fn human(out: &mut impl Write, msg: &pb::ServerMessage) -> std::io::Result<()> {
+/// Whether to colour stdout: only a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string (https://no-color.org).
+pub fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `text` dimmed when `colour`, else as is.
+pub fn dim(text: &str, colour: bool) -> String {
+    if colour && !text.is_empty() {
+        format!("\x1b[2m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Prints `msg` for a person; the unstable end of a partial is dimmed when `colour`.
+pub fn human(out: &mut impl Write, msg: &pb::ServerMessage, colour: bool) -> std::io::Result<()> {
     use pb::server_message::Msg;
     match &msg.msg {
         Some(Msg::Ready(r)) => {
@@ -128,7 +143,7 @@ pub fn human(out: &mut impl Write, msg: &pb::ServerMessage) -> std::io::Result<(
                 String::new()
             }
         )?,
-        Some(Msg::Partial(p)) => writeln!(out, "partial   #{:<3} {}\x1b[2m{}\x1b[0m", p.segment_id, p.stable_text, p.unstable_text)?,
+        Some(Msg::Partial(p)) => writeln!(out, "partial   #{:<3} {}{}", p.segment_id, p.stable_text, dim(&p.unstable_text, colour))?,
         Some(Msg::Final(f)) => writeln!(out, "final     #{:<3} {:>8.2}s – {:>8.2}s  {}", f.segment_id, f.start_s, f.end_s, f.text)?,
         Some(Msg::Caption(c)) => writeln!(out, "caption   {:>8.2}s  {}", c.media_time_s, c.text)?,
         None => {}

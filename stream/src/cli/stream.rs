@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use avlm_proto as pb;
+use avlm_stream::capture::{CaptureInput, CaptureSpec};
 use avlm_stream::client::{self, ClientError, SendOptions, Source};
 
 use super::print;
@@ -42,7 +43,7 @@ pub struct StreamArgs {
     pub task: TaskArg,
     /// Which streams of the media to use [default: video for --task caption,
     /// audio and video with --captions, else audio].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, alias = "modality")]
     pub modalities: Option<ModalitiesArg>,
     /// Also caption the video (with --task transcribe or segments).
     #[arg(long)]
@@ -56,7 +57,10 @@ pub struct StreamArgs {
     /// Most tokens of one caption.
     #[arg(long)]
     pub caption_max_tokens: Option<u32>,
-    /// Send at the media's own pace (as a live capture would) instead of as fast as the server takes it.
+    /// Send at the media's own pace (as a live capture would) instead of as
+    /// fast as the server takes it: files and FFmpeg inputs by their
+    /// timestamps, --pcm by its rate, stdin by re-muxing it here (not with
+    /// --as-is, whose bytes have no known pace).
     #[arg(long)]
     pub realtime: bool,
     /// Bytes per MediaChunk message, at least 256: HTTP/2 servers (avlm's too)
@@ -176,15 +180,12 @@ impl StreamArgs {
 }
 
 /// Returns the process exit code: 0 when the server ended the stream with OK.
-pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
-    let source = if args.pcm.is_some() || args.as_is {
-        match args.input.as_str() {
-            "-" => Source::Stdin,
-            path => Source::File(path.into()),
-        }
-    } else {
-        Source::detect(&args.input, args.format.clone())
-    };
+pub async fn run(mut args: StreamArgs) -> anyhow::Result<i32> {
+    // Before any server starts or model loads: a typo fails at once.
+    if let Err(e) = check_input(&args) {
+        return finish(Err(ClientError::Source(e)), args.json);
+    }
+    let source = source(&mut args);
     let (url, local) = match &args.server {
         Some(url) => (args.credentials.target(url), None),
         None => {
@@ -205,6 +206,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
         stop: Some(super::stop_on_ctrl_c()),
     };
     let json = args.json;
+    let colour = print::colour();
     let stdout = std::io::stdout();
     let mut cues = avlm_stream::subtitles::CueCollector::default();
     let result = client::stream(&url, args.config(), source, send, |msg| {
@@ -213,7 +215,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
         let _ = if json {
             writeln!(out, "{}", print::to_json(msg)).and_then(|_| out.flush())
         } else {
-            print::human(&mut out, msg)
+            print::human(&mut out, msg, colour)
         };
     })
     .await;
@@ -223,6 +225,88 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<i32> {
     // Subtitles hold what arrived, even when the stream failed part way.
     write_subtitles(&cues.cues(), args.srt.as_deref(), args.vtt.as_deref())?;
     finish(result, json)
+}
+
+/// Fails when INPUT names a file that is not there (a URL, a device with
+/// --format, or stdin are FFmpeg's or the pipe's to judge).
+fn check_input(args: &StreamArgs) -> Result<(), String> {
+    let input = args.input.as_str();
+    if input == "-" || (args.format.is_some() && args.pcm.is_none()) {
+        return Ok(());
+    }
+    let path = std::path::Path::new(input);
+    let file = args.pcm.is_some() || args.as_is || !has_protocol(input);
+    if file {
+        std::fs::File::open(path).map_err(|e| format!("{input}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `proto:rest` as FFmpeg reads URLs (http://, rtsp://, pipe:0, ...).
+fn has_protocol(input: &str) -> bool {
+    input.split_once(':').is_some_and(|(proto, _)| {
+        proto.len() > 1
+            && proto
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
+}
+
+/// Where the bytes come from. With --realtime, inputs whose bytes carry no
+/// pace of their own are read through FFmpeg here and sent as live
+/// Matroska at their timestamps (the server then reads Matroska).
+fn source(args: &mut StreamArgs) -> Source {
+    let stdin = args.input == "-";
+    let url = if stdin {
+        "pipe:0".to_string()
+    } else {
+        args.input.clone()
+    };
+    if let (Some(pcm), true) = (args.pcm, args.realtime) {
+        let channels = match args.pcm_channels {
+            1 => "mono".to_string(),
+            2 => "stereo".to_string(),
+            n => format!("{n}c"),
+        };
+        let format = match pcm {
+            PcmArg::S16le => "s16le",
+            PcmArg::F32le => "f32le",
+        };
+        args.pcm = None;
+        args.format_hint = Some("matroska".into());
+        return Source::Capture(CaptureSpec {
+            inputs: vec![CaptureInput {
+                url,
+                format: Some(format.into()),
+                options: vec![
+                    ("sample_rate".into(), args.pcm_rate.to_string()),
+                    ("ch_layout".into(), channels),
+                ],
+            }],
+            audio: true,
+            video: false,
+            max_width: 640,
+            max_fps: 15.0,
+        });
+    }
+    if args.pcm.is_some() || args.as_is {
+        if stdin && args.realtime && args.pcm.is_none() {
+            tracing::warn!(
+                "--realtime: stdin sent --as-is has no known pace; sending it as it arrives"
+            );
+        }
+        return match stdin {
+            true => Source::Stdin,
+            false => Source::File(args.input.clone().into()),
+        };
+    }
+    if stdin && args.realtime {
+        // The hint names the server's demuxer; here it opens stdin instead.
+        let format = args.format.clone().or(args.format_hint.take());
+        args.format_hint = Some("matroska".into());
+        return Source::Remux { input: url, format };
+    }
+    Source::detect(&args.input, args.format.clone())
 }
 
 /// Writes the finals and captions as SubRip and/or WebVTT.
