@@ -445,6 +445,86 @@ fn a_missing_input_fails_at_once_before_any_server_starts() {
     assert_eq!(out.status.code(), Some(4));
 }
 
+/// Starts `avlm serve ARGS...` on a free port; the child and its `host:port`.
+fn serve(args: &[&str]) -> (Reaped, String) {
+    let mut server = Reaped(
+        avlm()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(server.0.stderr.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    // Keep draining so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (server, addr)
+}
+
+#[test]
+fn info_and_eval_against_a_server_given_as_host_port() {
+    let bundle = common::quick_bundle("cli-info-bundle");
+    let bundle_name = bundle.to_string_lossy().into_owned();
+    let (_server, addr) = serve(&["--bundle", &bundle_name]);
+
+    // No scheme: http:// is implied.
+    let out = avlm().args(["info", "--server", &addr]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in ["vad ", "audio encoder ", "LLM "] {
+        assert!(stdout.contains(part), "no {part:?} in {stdout}");
+    }
+
+    // eval through the server, piped: progress on stderr, what was used in summary.json.
+    let set =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/media/generated/lrs3/synthetic_ci");
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-eval-server");
+    let out = avlm()
+        .args(["eval", "lrs3"])
+        .arg(&set)
+        .args(["--limit", "2", "--snr", "0,clean", "--modalities", "audio"])
+        .args(["--server", &addr, "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("4/4"), "no progress line in {stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+    let run = &summary["run"];
+    assert!(
+        run["noise"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("babble.wav"),
+        "{run}"
+    );
+    assert!(run["noise"]["description"].is_string(), "{run}");
+    // The server's model, not a local bundle.
+    assert!(run["bundle"].is_null(), "{run}");
+    assert!(
+        run["server_model"]["llm"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{run}"
+    );
+}
+
 #[test]
 fn info_exits_3_when_it_cannot_connect() {
     let out = avlm()
@@ -530,4 +610,26 @@ fn bench_finds_its_default_sample_from_any_directory() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("demo.webm"), "{stdout}");
+}
+
+#[test]
+fn modality_and_modalities_are_both_accepted() {
+    for spelling in ["--modality", "--modalities"] {
+        let out = avlm()
+            .args(["stream", "--json", spelling, "audio"])
+            .arg(media("short.webm"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "stream {spelling}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = avlm()
+            .args(["eval", "lrs3", "no-such-set", spelling, "av"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("lip encoder"), "eval {spelling}: {stderr}");
+    }
 }

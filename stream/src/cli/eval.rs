@@ -1,16 +1,19 @@
 //! `avlm eval lrs3 DIR`: WER and CER on a test set in the LRS3 layout, clean
 //! and with babble noise at chosen SNRs, in process or through a server.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+
+use avlm_proto as pb;
 
 use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::engine::AsrPipeline;
 use avlm_stream::eval::lrs3::{self, Backend, Condition};
 use avlm_stream::eval::noise::NoiseMixer;
+use avlm_stream::eval::plot::PlotTitle;
 use avlm_stream::media::file::decode_audio_file;
 
 use super::paths;
+use super::progress::Progress;
 use super::serve::RuntimeArgs;
 
 #[derive(Debug, clap::Args)]
@@ -37,7 +40,12 @@ pub struct Lrs3Args {
     /// The test set folder.
     pub dir: PathBuf,
     /// Which streams the model uses.
-    #[arg(long, value_enum, default_value = "audio")]
+    #[arg(
+        long = "modalities",
+        alias = "modality",
+        value_enum,
+        default_value = "audio"
+    )]
     pub modality: Modality,
     /// Conditions: SNRs in dB and/or "clean", e.g. 5,2,0,-2,-5,clean.
     #[arg(
@@ -72,7 +80,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let EvalSet::Lrs3(args) = args.set;
     if args.modality != Modality::Audio {
         anyhow::bail!(
-            "--modality {:?} needs a lip encoder (mouth crops + AV-HuBERT); the loaded bundles are audio-only, so only --modality audio can run",
+            "--modalities {:?} needs a lip encoder (mouth crops + AV-HuBERT); the loaded bundles are audio-only, so only --modalities audio can run",
             args.modality
         );
     }
@@ -95,70 +103,53 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         anyhow::bail!("no clips to evaluate");
     }
     let config = args.runtime.server_config(1, 1);
-    let mixer = if conditions.iter().any(|c| matches!(c, Condition::Snr(_))) {
-        let path = args
-            .noise
-            .clone()
-            .unwrap_or_else(|| paths::resolve(None, "noise/babble.wav"));
-        let noise = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || decode_audio_file(&path)
-        })
-        .await?
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "noise {}: {e} (run tools/setup.sh for the default babble)",
-                path.display()
-            )
-        })?;
-        Some(
-            NoiseMixer::new(noise, args.seed)
-                .map_err(|e| anyhow::anyhow!("noise {}: {e}", path.display()))?,
-        )
+    let (mixer, noise) = if conditions.iter().any(|c| matches!(c, Condition::Snr(_))) {
+        let (mixer, noise) = load_noise(&args).await?;
+        (Some(mixer), noise)
     } else {
-        None
+        (None, serde_json::Value::Null)
     };
-    let mut backend = match &args.server {
-        Some(url) => Backend::Server(args.credentials.target(url)),
+    // What decodes: a server's model (as it reports it) or a local bundle.
+    let (mut backend, model) = match &args.server {
+        Some(url) => {
+            let target = args.credentials.target(url);
+            let info = server_model(&target).await?;
+            (Backend::Server(target), info)
+        }
         None => {
             let bundle = config.bundle.clone().ok_or_else(|| {
                 anyhow::anyhow!("no model bundle (run tools/setup.sh or pass --bundle)")
             })?;
             let ort = config.ort_lib.clone();
             let threads = config.engine_threads;
-            let pipeline = tokio::task::spawn_blocking(move || -> anyhow::Result<AsrPipeline> {
+            let dir = bundle.clone();
+            let (pipeline, name) = tokio::task::spawn_blocking(move || {
                 avlm_encoders::runtime::init(&ort)?;
-                let loaded = LoadedBundle::load(&bundle, threads)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.display()))?;
-                Ok(AsrPipeline::new(loaded)?)
+                let loaded = LoadedBundle::load(&dir, threads)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+                let name = loaded.manifest.name.clone();
+                anyhow::Ok((AsrPipeline::new(loaded)?, name))
             })
             .await??;
-            Backend::InProcess(Some(Box::new(pipeline)))
+            let model = serde_json::json!({"name": name, "bundle": bundle});
+            (Backend::InProcess(Some(Box::new(pipeline))), model)
         }
     };
-    let total = (clips.len() * conditions.len()) as u64;
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} clips · {elapsed} elapsed · ETA {eta} · {msg}",
-        ) {
-            bar.set_style(style);
-        }
-        Some(bar)
-    } else {
-        None
-    };
+    // One step is one clip heard under one condition.
+    let mut progress = Progress::new(
+        (clips.len() * conditions.len()) as u64,
+        &format!(
+            "decodes ({} clips x {} conditions)",
+            clips.len(),
+            conditions.len()
+        ),
+    );
     let results = lrs3::run(&clips, &conditions, &mut backend, mixer.as_ref(), |r| {
-        if let Some(bar) = &bar {
-            bar.set_message(format!("{} @ {}", r.id, r.condition));
-            bar.inc(1);
-        }
+        progress.step(&format!("{} @ {}", r.id, r.condition));
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let summary = lrs3::summarize(&results, &conditions);
     println!(
         "{:>10} {:>6} {:>8} {:>8} {:>8}",
@@ -176,13 +167,103 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             "clips_found": clips_found,
             "modality": "audio",
             "backend": match &args.server { Some(u) => format!("grpc {u}"), None => "in-process".to_string() },
-            "bundle": config.bundle,
-            "noise": args.noise,
+            "bundle": if args.server.is_none() { model["bundle"].clone() } else { serde_json::Value::Null },
+            "server_model": if args.server.is_some() { model.clone() } else { serde_json::Value::Null },
+            "noise": noise,
             "seed": args.seed,
             "limit": args.limit,
         });
-        lrs3::write_outputs(out, &results, &summary, meta)?;
+        let title = PlotTitle {
+            model: model["name"].as_str().unwrap_or("?").to_string(),
+            clips: clips.len(),
+            date: today(),
+        };
+        lrs3::write_outputs(out, &results, &summary, meta, &title)?;
         println!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// Where tools/setup.sh's default babble comes from, for the record.
+const DEFAULT_BABBLE: &str =
+    "six espeak-ng talkers reading different texts at once, 60 s (tools/make_babble.py)";
+
+/// The noise mixer for SNR conditions, and what it mixes, for summary.json.
+async fn load_noise(args: &Lrs3Args) -> anyhow::Result<(NoiseMixer, serde_json::Value)> {
+    let path = args
+        .noise
+        .clone()
+        .unwrap_or_else(|| paths::resolve(None, "noise/babble.wav"));
+    let noise = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || decode_audio_file(&path)
+    })
+    .await?
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "noise {}: {e} (run tools/setup.sh for the default babble)",
+            path.display()
+        )
+    })?;
+    let seconds = noise.len() as f64 / f64::from(avlm_stream::media::AUDIO_RATE);
+    let record = serde_json::json!({
+        "file": path,
+        "description": match args.noise {
+            Some(_) => "the recording given with --noise",
+            None => DEFAULT_BABBLE,
+        },
+        "seconds": (seconds * 100.0).round() / 100.0,
+        "seed": args.seed,
+    });
+    let mixer = NoiseMixer::new(noise, args.seed)
+        .map_err(|e| anyhow::anyhow!("noise {}: {e}", path.display()))?;
+    Ok((mixer, record))
+}
+
+/// The model a server runs, as its GetInfo reports it.
+async fn server_model(target: &avlm_stream::client::Target) -> anyhow::Result<serde_json::Value> {
+    let mut client = avlm_stream::client::connect(target).await?;
+    let info = client.get_info(pb::GetInfoRequest {}).await?.into_inner();
+    let m = info
+        .models
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the server reports no model"))?;
+    Ok(serde_json::json!({
+        "server_version": info.version,
+        "name": m.name,
+        "vad": m.vad,
+        "audio_encoder": m.audio_encoder,
+        "vision_encoder": m.vision_encoder,
+        "llm": m.llm,
+    }))
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn today_is_a_date() {
+        let d = super::today();
+        assert_eq!(d.len(), 10, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+    }
 }

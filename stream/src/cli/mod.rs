@@ -10,6 +10,7 @@ mod eval;
 mod info;
 mod paths;
 mod print;
+mod progress;
 mod serve;
 mod stream;
 mod validate;

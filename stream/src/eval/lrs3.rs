@@ -301,6 +301,7 @@ pub fn write_outputs(
     results: &[ClipResult],
     summary: &[ConditionSummary],
     meta: serde_json::Value,
+    title: &super::plot::PlotTitle,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out.join("clips.csv"))?);
@@ -357,7 +358,7 @@ pub fn write_outputs(
         .iter()
         .map(|s| (s.condition.clone(), s.wer))
         .collect();
-    super::plot::wer_vs_snr(&points, &out.join("wer_vs_snr.png"))
+    super::plot::wer_vs_snr(&points, title, &out.join("wer_vs_snr.png"))
 }
 
 #[cfg(test)]
