@@ -148,3 +148,37 @@ fn a_request_nobody_waits_for_leaves_without_an_answer() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A prompt prefilled a few positions at a time (as a busy tick's leftover
+/// budget allows) runs to exactly the numbers it runs to in one go: its
+/// chunks start at fixed positions whatever the budget. Under load the
+/// budget varies from tick to tick, and transcripts used to change with it.
+#[test]
+fn a_prompt_runs_to_the_same_numbers_whatever_the_prefill_budget() {
+    init();
+    let dir = quick_bundle("scheduler-budget");
+    let mut pipeline = AsrPipeline::new(LoadedBundle::load(&dir, 1).unwrap()).unwrap();
+    for n in [1, 2, 4] {
+        let samples = card(n);
+        let mut whole = pipeline.begin(&samples, &[], false).unwrap();
+        pipeline.prefill(&mut whole, usize::MAX).unwrap();
+        assert_eq!(whole.prefill_left(), 0);
+        let want = whole.prompt_digest().expect("the prompt is in");
+        for budgets in [vec![1], vec![3, 7, 64], vec![5, 100, 2, 250], vec![64]] {
+            let mut d = pipeline.begin(&samples, &[], false).unwrap();
+            let mut turn = 0;
+            while d.prefill_left() > 0 {
+                let ran = pipeline
+                    .prefill(&mut d, budgets[turn % budgets.len()])
+                    .unwrap();
+                assert!(ran > 0);
+                turn += 1;
+            }
+            assert_eq!(
+                d.prompt_digest(),
+                Some(want),
+                "card {n}, budgets {budgets:?}: the prompt's logits differ from one go"
+            );
+        }
+    }
+}

@@ -266,6 +266,7 @@ impl AsrPipeline {
                 stopped: false,
             }),
             silent: true,
+            prompt_digest: None,
         };
         let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
             return Ok(empty(times));
@@ -312,12 +313,17 @@ impl AsrPipeline {
                 budget,
             })),
             silent: false,
+            prompt_digest: None,
         })
     }
 
-    /// Runs up to `max_tokens` more prompt positions of `d` through the LLM
-    /// (at least one when any are left); once the prompt is in, `d` is ready
-    /// to step. Returns the positions run.
+    /// Runs more prompt positions of `d` through the LLM, in whole chunks of
+    /// [`PREFILL_CHUNK`] positions while they fit in `max_tokens` (at least
+    /// one chunk when any are left); once the prompt is in, `d` is ready to
+    /// step. Returns the positions run.
+    ///
+    /// The chunks start at fixed positions whatever the budget, so a prompt
+    /// gives the same numbers (and the same transcript) alone and under load.
     pub fn prefill(&self, d: &mut Decode, max_tokens: usize) -> Result<usize, BundleError> {
         let DecodeState::Prefill(p) = &mut d.state else {
             return Ok(0);
@@ -325,14 +331,24 @@ impl AsrPipeline {
         let t = Instant::now();
         let llm = &self.bundle.llm;
         let total = p.input.dim(0).map_err(tensor_error)?;
-        let n = (total - p.fed).min(max_tokens.max(1));
-        let chunk = p.input.narrow(0, p.fed, n).map_err(tensor_error)?;
-        let logits = Llama::last_logits(&llm.forward_embeds(&chunk, &mut p.cache, false)?)?;
-        p.fed += n;
+        let mut ran = 0;
+        let logits = loop {
+            let n = (total - p.fed).min(PREFILL_CHUNK);
+            let chunk = p.input.narrow(0, p.fed, n).map_err(tensor_error)?;
+            let out = llm.forward_embeds(&chunk, &mut p.cache, false)?;
+            p.fed += n;
+            ran += n;
+            if p.fed == total {
+                break Llama::last_logits(&out)?;
+            }
+            if ran + (total - p.fed).min(PREFILL_CHUNK) > max_tokens {
+                d.times.prefill += t.elapsed();
+                return Ok(ran);
+            }
+        };
         d.times.prefill += t.elapsed();
-        if p.fed < total {
-            return Ok(n);
-        }
+        d.prompt_digest = Some(digest(&logits));
+        let n = ran;
         let DecodeState::Prefill(p) = std::mem::replace(&mut d.state, DecodeState::Taken) else {
             unreachable!("matched above");
         };
@@ -461,6 +477,21 @@ enum DecodeState {
     Taken,
 }
 
+/// A hash of `values`' bits.
+fn digest(values: &[f32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for v in values {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Prompt positions one prefill call of the LLM runs at most: prompts are
+/// cut at multiples of it from their start, so their numbers never depend
+/// on how much else a tick runs.
+pub const PREFILL_CHUNK: usize = 64;
+
 /// One transcription in progress (see [`AsrPipeline::begin`]): its prompt
 /// is prefilled, then its search advances one token per round, its rows
 /// run by the caller, batched with other decodes' rows.
@@ -472,9 +503,18 @@ pub struct Decode {
     silent: bool,
     pub times: StageTimes,
     state: DecodeState,
+    /// A fingerprint of the logits after the whole prompt, once it is in.
+    prompt_digest: Option<u64>,
 }
 
 impl Decode {
+    /// A fingerprint of the exact logits the prompt ended with, once the
+    /// prompt is in: two decodes with equal fingerprints ran their prompts
+    /// to the same numbers, bit for bit.
+    pub fn prompt_digest(&self) -> Option<u64> {
+        self.prompt_digest
+    }
+
     /// Prompt positions still to run.
     pub fn prefill_left(&self) -> usize {
         match &self.state {
