@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod capture;
+pub mod chaos;
 pub mod client;
 pub mod config;
 pub mod engine;
