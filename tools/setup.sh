@@ -19,7 +19,7 @@ APT_PACKAGES=(
   ffmpeg pkg-config clang libclang-dev
   libavcodec-dev libavformat-dev libavutil-dev libswresample-dev
   libswscale-dev libavdevice-dev libavfilter-dev
-  espeak-ng sox pocketsphinx-testdata python3-venv
+  espeak-ng sox pocketsphinx-testdata python3-venv fonts-dejavu-core
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -22,6 +22,10 @@ pub enum Part {
     /// Live captions: vision front end frames/s, the caption loop's step over
     /// a long stream (time and memory), concurrent caption streams.
     Captions,
+    /// Chaos: concurrent good and misbehaving clients against a separate
+    /// server process for minutes; every stream's outcome, memory, threads,
+    /// descriptors and active sessions before and after.
+    Chaos,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +86,15 @@ pub struct BenchArgs {
     /// [default: the checkout's tests/media/generated/slides.webm]
     #[arg(long)]
     pub caption_input: Option<PathBuf>,
+    /// Concurrent clients in the chaos section.
+    #[arg(long, default_value_t = 32)]
+    pub chaos_clients: usize,
+    /// Minutes the chaos section's clients keep starting streams.
+    #[arg(long, default_value_t = 5.0)]
+    pub chaos_minutes: f64,
+    /// Seed of the chaos section's mix of behaviours.
+    #[arg(long, default_value_t = 1)]
+    pub chaos_seed: u64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -128,6 +141,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| paths::in_checkout("tests/media/generated/slides.webm")),
         )
         .await?;
+    }
+    if args.parts.contains(&Part::Chaos) {
+        chaos(&args).await?;
     }
     if !args
         .parts
@@ -256,5 +272,47 @@ async fn segments(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     server.shutdown().await?;
+    Ok(())
+}
+
+/// The chaos load test against `avlm serve` run from this binary with the
+/// runtime files this command was given.
+async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
+    let config = args.runtime.server_config(1, 1);
+    let mut serve_args = vec![
+        "--ort-lib".to_string(),
+        config.ort_lib.display().to_string(),
+        "--vad-model".to_string(),
+        config.vad_model.display().to_string(),
+    ];
+    match &config.bundle {
+        Some(b) => serve_args.extend(["--bundle".to_string(), b.display().to_string()]),
+        None => anyhow::bail!("no model bundle (run tools/setup.sh or pass --bundle)"),
+    }
+    println!(
+        "chaos: {} clients for {:.1} min against a separate server (seed {})",
+        args.chaos_clients, args.chaos_minutes, args.chaos_seed
+    );
+    let report = avlm_stream::chaos::run(avlm_stream::chaos::ChaosConfig {
+        avlm: std::env::current_exe()?,
+        serve_args,
+        media: args
+            .input
+            .clone()
+            .unwrap_or_else(|| paths::in_checkout("samples/demo.webm")),
+        clients: args.chaos_clients,
+        duration: std::time::Duration::from_secs_f64(args.chaos_minutes * 60.0),
+        seed: args.chaos_seed,
+        idle_timeout_s: 5,
+        max_message_bytes: 1 << 20,
+    })
+    .await?;
+    report.print();
+    anyhow::ensure!(
+        report.failures() == 0 && report.active_after == 0,
+        "the chaos run found {} streams that did not end as they must, {} sessions left",
+        report.failures(),
+        report.active_after
+    );
     Ok(())
 }
