@@ -108,6 +108,8 @@ pub struct ChaosReport {
     pub active_after: u32,
     /// Most active sessions the server reported during the run.
     pub active_peak: u32,
+    /// How long each GetInfo call took during the run (one every half second).
+    pub info_latency: Vec<Duration>,
     pub wall: Duration,
 }
 
@@ -159,6 +161,16 @@ impl ChaosReport {
             "active sessions: {} at most during the run, {} after",
             self.active_peak, self.active_after
         );
+        let mut info = self.info_latency.clone();
+        info.sort();
+        if let Some(max) = info.last() {
+            println!(
+                "GetInfo during the run: {} calls, median {:.1} ms, max {:.1} ms",
+                info.len(),
+                info[info.len() / 2].as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            );
+        }
     }
 }
 
@@ -588,9 +600,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(Mutex::new(report.before));
     let active_peak = Arc::new(Mutex::new(0u32));
+    let info_latency = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
-        let (stop, peak, active_peak, url) =
-            (stop.clone(), peak.clone(), active_peak.clone(), url.clone());
+        let (stop, peak, active_peak, info_latency, url) = (
+            stop.clone(),
+            peak.clone(),
+            active_peak.clone(),
+            info_latency.clone(),
+            url.clone(),
+        );
         tokio::spawn(async move {
             let mut info = client::connect(&url).await.ok();
             while !stop.load(Ordering::Relaxed) {
@@ -602,7 +620,10 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
                     p.fds = p.fds.max(s.fds);
                 }
                 if let Some(c) = info.as_mut() {
-                    if let Ok(r) = c.get_info(pb::GetInfoRequest {}).await {
+                    let asked = Instant::now();
+                    let answer = c.get_info(pb::GetInfoRequest {}).await;
+                    info_latency.lock().expect("latency").push(asked.elapsed());
+                    if let Ok(r) = answer {
                         let mut a = active_peak.lock().expect("active");
                         *a = (*a).max(r.into_inner().active_sessions);
                     }
@@ -675,6 +696,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     report.after = sample(pid);
     report.peak = *peak.lock().expect("peak");
     report.active_peak = *active_peak.lock().expect("active");
+    report.info_latency = std::mem::take(&mut *info_latency.lock().expect("latency"));
     report.tallies = std::mem::take(&mut *tallies.lock().expect("tallies"));
     drop(server);
     Ok(report)

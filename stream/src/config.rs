@@ -59,6 +59,11 @@ pub struct ServerConfig {
     /// How long a shutdown waits for open calls to finish before it drops
     /// them (a client that stopped reading would otherwise hold it forever).
     pub shutdown_grace: std::time::Duration,
+    /// Audio seconds of finals queued for the model (all sessions) beyond
+    /// which new transcription or caption streams are refused with
+    /// RESOURCE_EXHAUSTED, so a full server sheds load instead of making
+    /// every client wait (None: no limit).
+    pub max_queued_audio_s: Option<f64>,
 }
 
 /// The ONNX Runtime library tools/setup.sh installs, inside the `.avlm` folder.
@@ -78,6 +83,10 @@ pub const DEFAULT_PARTIAL_INTERVAL_MS: u32 = 500;
 
 /// Most frames a second a caption session may ask the captioner to see.
 pub const MAX_CAPTION_FPS: f32 = 10.0;
+
+/// Default `max_queued_audio_s`: about a minute of model work on a small
+/// CPU machine.
+pub const DEFAULT_MAX_QUEUED_AUDIO_S: f64 = 120.0;
 
 /// Default `shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
@@ -101,6 +110,7 @@ impl ServerConfig {
             engine_threads: 2,
             idle_timeout: Some(std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S)),
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
+            max_queued_audio_s: Some(DEFAULT_MAX_QUEUED_AUDIO_S),
         }
     }
 }

@@ -49,6 +49,17 @@ async fn good_streams_match_running_alone_and_bad_ones_get_their_status_under_lo
         report.before.fds,
         report.after.fds
     );
+    // The server stays responsive: GetInfo answers promptly under load.
+    let slowest = report
+        .info_latency
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "GetInfo took {slowest:?} under load"
+    );
     // Memory is bounded during the storm and given back after it.
     let mb = |b: u64| b >> 20;
     assert!(

@@ -495,3 +495,50 @@ async fn stats_show_the_backlog_while_another_sessions_decodes_run() {
     assert_eq!((last.segments_pending, last.expected_delay_s), (0, 0.0));
     server.shutdown().await.unwrap();
 }
+
+/// Past the server's limit of audio queued for the model, new streams that
+/// need the model are refused with RESOURCE_EXHAUSTED naming the limit,
+/// while streams that do not (segments) are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_model_queue_sheds_new_transcriptions_with_resource_exhausted() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        max_queued_audio_s: Some(1.0),
+        ..transcribe_server_config()
+    })
+    .await;
+    let url = server.url();
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { stream_bytes(&url, transcribe_config(), read_media("speech.webm"), 4096).await }
+    });
+    let engine = server.state.engine.as_ref().unwrap();
+    let started = std::time::Instant::now();
+    while engine.load().backlog_s() <= 1.0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the first stream never queued more than 1 s of audio"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let refused = stream_bytes(&url, transcribe_config(), read_media("short.webm"), 4096).await;
+    match refused {
+        Err(avlm_stream::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+            assert!(
+                s.message().contains("max-queued-audio-s"),
+                "{}",
+                s.message()
+            );
+        }
+        other => panic!("a transcription was taken past the queue limit: {other:?}"),
+    }
+    // Segments need no model: served as ever.
+    let segments = stream_bytes(&url, container_config(), read_media("short.webm"), 4096)
+        .await
+        .expect("segments are served");
+    assert_eq!(segments.segments().len(), 1);
+    // The first stream, already admitted, loses nothing.
+    let first = first.await.unwrap().expect("the admitted stream ends OK");
+    assert_eq!(finals(&first).len(), first.segments().len());
+    server.shutdown().await.unwrap();
+}

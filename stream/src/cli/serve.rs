@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// before it cuts them.
     #[arg(long, env = "AVLM_SHUTDOWN_GRACE_S", default_value_t = avlm_stream::config::DEFAULT_SHUTDOWN_GRACE_S)]
     pub shutdown_grace_s: u64,
+    /// Audio seconds queued for the model (all sessions) beyond which new
+    /// transcription and caption streams are refused with RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "AVLM_MAX_QUEUED_AUDIO_S", default_value_t = avlm_stream::config::DEFAULT_MAX_QUEUED_AUDIO_S)]
+    pub max_queued_audio_s: f64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
     #[arg(long, env = "AVLM_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -100,6 +104,7 @@ impl RuntimeArgs {
             shutdown_grace: std::time::Duration::from_secs(
                 avlm_stream::config::DEFAULT_SHUTDOWN_GRACE_S,
             ),
+            max_queued_audio_s: Some(avlm_stream::config::DEFAULT_MAX_QUEUED_AUDIO_S),
         }
     }
 }
@@ -135,6 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
+    config.max_queued_audio_s = (args.max_queued_audio_s > 0.0).then_some(args.max_queued_audio_s);
     // A stop while the models load (a pod deleted early) ends at once.
     let server = tokio::select! {
         started = avlm_stream::server::start_with(config, args.listen, transport) => started?,

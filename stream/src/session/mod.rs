@@ -104,6 +104,9 @@ pub async fn run(
         Ok(v) => v,
         Err(status) => return fail(&tx, status).await,
     };
+    if let Some(e) = overloaded(&state, &valid) {
+        return fail(&tx, e).await;
+    }
     tracing::info!(task = ?valid.task, input = ?valid.decode.input, "session started");
 
     let vad = {
@@ -348,6 +351,21 @@ fn missing_chunks(expected: u64, got: u64) -> String {
 
 /// Longest question a client may ask, in bytes.
 const MAX_QUESTION_BYTES: usize = 1000;
+
+/// Why a new session that needs the model is refused, when the model's
+/// queue is over the server's limit: a balancer or client retries elsewhere
+/// instead of every session waiting longer.
+fn overloaded(state: &ServerState, valid: &valid::ValidConfig) -> Option<SessionError> {
+    let limit = state.config.max_queued_audio_s?;
+    let engine = state.engine.as_ref()?;
+    let uses_model = valid.task == valid::Task::Transcribe || valid.captions.is_some();
+    let queued = engine.load().backlog_s();
+    (uses_model && queued > limit).then(|| {
+        SessionError::resource(format!(
+            "the model has {queued:.0} s of audio queued, over this server's limit of {limit:.0} s (serve --max-queued-audio-s); retry later or on another server"
+        ))
+    })
+}
 
 impl Reader {
     /// Reads client messages until the client is done or something is wrong.
