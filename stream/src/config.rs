@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// RESOURCE_EXHAUSTED, so a full server sheds load instead of making
     /// every client wait (None: no limit).
     pub max_queued_audio_s: Option<f64>,
+    /// Decoded media (the byte ring, decoded frames and audio waiting for
+    /// analysis) all open sessions may hold together, counted at each
+    /// session's worst case when it starts; a session that would go past it
+    /// is refused with RESOURCE_EXHAUSTED (None: no limit).
+    pub max_media_memory_bytes: Option<u64>,
 }
 
 /// The ONNX Runtime library tools/setup.sh installs, inside the `.avlm` folder.
@@ -88,6 +93,10 @@ pub const MAX_CAPTION_FPS: f32 = 10.0;
 /// CPU machine.
 pub const DEFAULT_MAX_QUEUED_AUDIO_S: f64 = 120.0;
 
+/// Default `max_media_memory_bytes`: room for every default-sized session
+/// many times over, and for about ten at the largest frame size.
+pub const DEFAULT_MAX_MEDIA_MEMORY_MB: u64 = 1024;
+
 /// Default `shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 
@@ -111,6 +120,7 @@ impl ServerConfig {
             idle_timeout: Some(std::time::Duration::from_secs(DEFAULT_IDLE_TIMEOUT_S)),
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             max_queued_audio_s: Some(DEFAULT_MAX_QUEUED_AUDIO_S),
+            max_media_memory_bytes: Some(DEFAULT_MAX_MEDIA_MEMORY_MB << 20),
         }
     }
 }

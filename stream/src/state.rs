@@ -1,7 +1,7 @@
 //! What the server shares between sessions: loaded models, limits, and the
 //! session count.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use avlm_encoders::SileroVad;
@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::ServerConfig;
 use crate::engine::Engine;
+use crate::error::SessionError;
 
 /// Name of the model set this server runs.
 pub const MODEL_NAME: &str = "default";
@@ -21,6 +22,21 @@ pub struct ServerState {
     pub engine: Option<Engine>,
     sessions: Arc<Semaphore>,
     active: Arc<AtomicUsize>,
+    /// Decoded-media bytes the open sessions have reserved.
+    media_reserved: Arc<AtomicU64>,
+}
+
+/// The decoded-media memory a session may hold at most, reserved for as long
+/// as any part of it holds this.
+pub struct MediaReservation {
+    bytes: u64,
+    reserved: Arc<AtomicU64>,
+}
+
+impl Drop for MediaReservation {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// A running session's claim on one of the server's session slots, shared
@@ -89,6 +105,7 @@ impl ServerState {
             engine,
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             active: Arc::new(AtomicUsize::new(0)),
+            media_reserved: Arc::new(AtomicU64::new(0)),
             config,
             vad,
         })
@@ -106,6 +123,34 @@ impl ServerState {
             dropped: tokio::sync::watch::channel(()).0,
             id: uuid::Uuid::new_v4().to_string(),
         })
+    }
+
+    /// Reserves `bytes` of decoded media for a new session, or says which
+    /// limit it would pass.
+    pub fn reserve_media(&self, bytes: u64) -> Result<MediaReservation, SessionError> {
+        let limit = self.config.max_media_memory_bytes.unwrap_or(u64::MAX);
+        let taken = self
+            .media_reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                now.checked_add(bytes).filter(|&total| total <= limit)
+            });
+        match taken {
+            Ok(_) => Ok(MediaReservation {
+                bytes,
+                reserved: self.media_reserved.clone(),
+            }),
+            Err(now) => Err(SessionError::resource(format!(
+                "this session's decoded media (up to {} MiB at its frame size) would take the open sessions past the server's limit of {} MiB ({} MiB held; serve --max-media-memory-mb); ask for smaller video frames (options.video_width/height) or retry later",
+                bytes.div_ceil(1 << 20),
+                limit >> 20,
+                now.div_ceil(1 << 20)
+            ))),
+        }
+    }
+
+    /// Decoded-media bytes the open sessions have reserved.
+    pub fn media_reserved(&self) -> u64 {
+        self.media_reserved.load(Ordering::Acquire)
     }
 
     /// Sessions whose call is open now.

@@ -318,3 +318,63 @@ async fn a_shutdown_drops_calls_still_open_after_its_grace_period() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
 }
+
+/// Decoded media is budgeted across sessions: each reserves its worst case
+/// (its byte ring plus a queue of frames at its frame size) when it starts,
+/// and one that would pass the server's limit is refused with
+/// RESOURCE_EXHAUSTED naming it, until others end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_media_past_the_servers_memory_limit_is_refused_until_sessions_end() {
+    let server = start_server(avlm_stream::config::ServerConfig {
+        // One default-sized video session (1 MiB ring + 32 frames of
+        // 224x224 RGB = 5.6 MiB) and one audio session (3 MiB) fit; a
+        // second video session does not.
+        max_media_memory_bytes: Some(10 << 20),
+        ..server_config()
+    })
+    .await;
+    let url = server.url();
+    let video = || {
+        let mut c = container_config();
+        c.modalities = pb::Modalities::AudioVideo as i32;
+        c
+    };
+    let mut client = avlm_stream::client::connect(&url).await.unwrap();
+    let (held_tx, mut held) = open_stream(&mut client, vec![config_msg(video())], 1).await;
+    held.message().await.unwrap().expect("Ready");
+    let mut other = avlm_stream::client::connect(&url).await.unwrap();
+    let (_audio_tx, mut audio) =
+        open_stream(&mut other, vec![config_msg(container_config())], 1).await;
+    audio
+        .message()
+        .await
+        .unwrap()
+        .expect("an audio session fits");
+
+    let (_, refused) = raw_call(&url, vec![config_msg(video())]).await;
+    let status = refused.expect_err("a second video session is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max-media-memory-mb"),
+        "{}",
+        status.message()
+    );
+    assert!(server.state.media_reserved() <= 10 << 20);
+
+    // The held video session ends: its reservation is given back.
+    drop(held_tx);
+    while held.message().await.unwrap().is_some() {}
+    let started = Instant::now();
+    loop {
+        let (_, status) = raw_call(&url, vec![config_msg(video())]).await;
+        if status.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused after the first video session ended: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await.unwrap();
+}

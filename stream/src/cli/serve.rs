@@ -31,6 +31,11 @@ pub struct ServeArgs {
     /// transcription and caption streams are refused with RESOURCE_EXHAUSTED (0: no limit).
     #[arg(long, env = "AVLM_MAX_QUEUED_AUDIO_S", default_value_t = avlm_stream::config::DEFAULT_MAX_QUEUED_AUDIO_S)]
     pub max_queued_audio_s: f64,
+    /// MiB of decoded media all open sessions may hold, each counted at its
+    /// worst case (frame size x queue) when it starts; past it new sessions get
+    /// RESOURCE_EXHAUSTED (0: no limit).
+    #[arg(long, env = "AVLM_MAX_MEDIA_MEMORY_MB", default_value_t = avlm_stream::config::DEFAULT_MAX_MEDIA_MEMORY_MB)]
+    pub max_media_memory_mb: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
     #[arg(long, env = "AVLM_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -105,6 +110,7 @@ impl RuntimeArgs {
                 avlm_stream::config::DEFAULT_SHUTDOWN_GRACE_S,
             ),
             max_queued_audio_s: Some(avlm_stream::config::DEFAULT_MAX_QUEUED_AUDIO_S),
+            max_media_memory_bytes: Some(avlm_stream::config::DEFAULT_MAX_MEDIA_MEMORY_MB << 20),
         }
     }
 }
@@ -141,6 +147,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
     config.max_queued_audio_s = (args.max_queued_audio_s > 0.0).then_some(args.max_queued_audio_s);
+    config.max_media_memory_bytes =
+        (args.max_media_memory_mb > 0).then_some(args.max_media_memory_mb << 20);
     // A stop while the models load (a pod deleted early) ends at once.
     let server = tokio::select! {
         started = avlm_stream::server::start_with(config, args.listen, transport) => started?,

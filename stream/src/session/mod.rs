@@ -107,6 +107,10 @@ pub async fn run(
     if let Some(e) = overloaded(&state, &valid) {
         return fail(&tx, e).await;
     }
+    let media = match state.reserve_media(media_bytes(&valid, state.config.pipe_bytes)) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail(&tx, e).await,
+    };
     tracing::info!(task = ?valid.task, input = ?valid.decode.input, "session started");
 
     let vad = {
@@ -156,11 +160,13 @@ pub async fn run(
         tx: media_tx,
         meter: decode_meter.clone(),
     };
+    let decoder_media = media.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("avlm-decode-{}", &lease.id[..8]))
         .spawn(move || {
             let result = media::decode(&spec, reader, sink);
             let _ = done_tx.send(result);
+            drop(decoder_media);
         });
     if let Err(e) = spawned {
         return fail(
@@ -230,6 +236,9 @@ pub async fn run(
             if matches!(outcome, analysis::Outcome::Gone) {
                 analysis_abort.abort();
             }
+            // The decoded media it consumed is freed: the reservation goes
+            // once the decoder is done too.
+            drop(media);
             let _ = done_signal.send(());
         });
     if let Err(e) = spawned {
@@ -351,6 +360,21 @@ fn missing_chunks(expected: u64, got: u64) -> String {
 
 /// Longest question a client may ask, in bytes.
 const MAX_QUESTION_BYTES: usize = 1000;
+
+/// The most bytes of audio one decoded item carries (FFmpeg's audio frames
+/// are a few thousand samples; resampled to 16 kHz mono f32).
+const MAX_AUDIO_ITEM_BYTES: u64 = 64 << 10;
+
+/// The most decoded media a session can hold at once: its byte ring plus a
+/// full queue of its largest items (RGB frames at its frame size, or audio).
+fn media_bytes(valid: &valid::ValidConfig, pipe_bytes: usize) -> u64 {
+    let frame = valid
+        .decode
+        .video
+        .as_ref()
+        .map_or(0, |v| u64::from(v.width) * u64::from(v.height) * 3);
+    pipe_bytes as u64 + MEDIA_QUEUE as u64 * frame.max(MAX_AUDIO_ITEM_BYTES)
+}
 
 /// Why a new session that needs the model is refused, when the model's
 /// queue is over the server's limit: a balancer or client retries elsewhere
