@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod media;
 pub mod metrics;
+pub mod realtime;
 pub mod replies;
 pub mod server;
 pub mod service;

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED (0: no limit).
     #[arg(long, env = "AVLM_MAX_MEDIA_MEMORY_MB", default_value_t = avlm_stream::config::DEFAULT_MAX_MEDIA_MEMORY_MB)]
     pub max_media_memory_mb: u64,
+    /// Serve OpenAI's realtime transcription events on a WebSocket at
+    /// ws://ADDR/v1/realtime (bridged to a session on the gRPC listener).
+    #[arg(long, env = "AVLM_OPENAI_REALTIME")]
+    pub openai_realtime: Option<SocketAddr>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
     #[arg(long, env = "AVLM_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -149,6 +153,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_queued_audio_s = (args.max_queued_audio_s > 0.0).then_some(args.max_queued_audio_s);
     config.max_media_memory_bytes =
         (args.max_media_memory_mb > 0).then_some(args.max_media_memory_mb << 20);
+    if args.openai_realtime.is_some() && transport.tls.is_some() {
+        anyhow::bail!(
+            "--openai-realtime bridges to the plaintext gRPC listener: serve the socket behind a TLS-terminating proxy instead of --tls-cert"
+        );
+    }
     // A stop while the models load (a pod deleted early) ends at once.
     let server = tokio::select! {
         started = avlm_stream::server::start_with(config, args.listen, transport) => started?,
@@ -156,6 +165,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             eprintln!("stopped while loading the models");
             return Ok(());
         }
+    };
+    // The socket's line comes first: a script waiting for the serving line
+    // then has every address.
+    let realtime = match args.openai_realtime {
+        Some(addr) => {
+            let r = avlm_stream::realtime::serve(addr, server.url()).await?;
+            eprintln!(
+                "OpenAI realtime transcription socket at ws://{}/v1/realtime",
+                r.addr
+            );
+            Some(r)
+        }
+        None => None,
     };
     eprintln!(
         "avlm serving on {} (Ctrl-C or SIGTERM to stop)",
@@ -168,6 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await?;
     drop(metrics);
+    drop(realtime);
     Ok(())
 }
 
