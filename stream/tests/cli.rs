@@ -633,3 +633,54 @@ fn modality_and_modalities_are_both_accepted() {
         assert!(stderr.contains("lip encoder"), "eval {spelling}: {stderr}");
     }
 }
+
+#[test]
+fn subtitles_and_partials_mean_transcription_and_never_an_empty_file_silently() {
+    let dir = std::env::temp_dir().join(format!("avlm-cli-srt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let srt = dir.join("out.srt");
+    // Asked of a task that cannot give them: refused before anything runs.
+    for (args, says) in [
+        (vec!["--task", "segments", "--partials"], "--partials"),
+        (
+            vec!["--task", "segments", "--srt", srt.to_str().unwrap()],
+            "--srt",
+        ),
+    ] {
+        let started = Instant::now();
+        let out = avlm()
+            .arg("stream")
+            .args(&args)
+            .arg(media("short.webm"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.contains("transcribe"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(!srt.exists());
+    }
+    // Without --task, --srt transcribes and the file has the finals.
+    let out = avlm()
+        .args(["stream", "--json", "--srt"])
+        .arg(&srt)
+        .arg(media("speech.webm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = json_lines(&out.stdout);
+    assert_eq!(events[0]["task"], "TASK_TRANSCRIBE", "{:?}", events[0]);
+    let finals = events.iter().filter(|e| e["type"] == "final").count();
+    assert!(finals > 0);
+    let text = std::fs::read_to_string(&srt).unwrap();
+    assert_eq!(text.matches(" --> ").count(), finals, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,9 +38,10 @@ pub struct StreamArgs {
     pub server: Option<String>,
     #[command(flatten)]
     pub credentials: super::credentials::Credentials,
-    /// What the server should do with the media.
-    #[arg(long, value_enum, default_value = "segments")]
-    pub task: TaskArg,
+    /// What the server should do with the media [default: transcribe with
+    /// --partials, --srt or --vtt, else segments].
+    #[arg(long, value_enum)]
+    pub task: Option<TaskArg>,
     /// Which streams of the media to use [default: video for --task caption,
     /// audio and video with --captions, else audio].
     #[arg(long, value_enum, alias = "modality")]
@@ -129,6 +130,36 @@ pub struct StreamArgs {
 }
 
 impl StreamArgs {
+    /// The task asked for; partials and subtitles mean transcription.
+    fn task(&self) -> TaskArg {
+        match self.task {
+            Some(t) => t,
+            None if self.partials || self.srt.is_some() || self.vtt.is_some() => {
+                TaskArg::Transcribe
+            }
+            None => TaskArg::Segments,
+        }
+    }
+
+    /// Options that cannot give what they ask for with the task chosen,
+    /// found before anything connects.
+    fn check_options(&self) -> Result<(), String> {
+        let task = self.task();
+        if self.partials && !matches!(task, TaskArg::Transcribe) {
+            return Err("--partials are partial transcripts: they need --task transcribe".into());
+        }
+        if (self.srt.is_some() || self.vtt.is_some())
+            && matches!(task, TaskArg::Segments)
+            && !self.captions
+        {
+            return Err(
+                "--srt/--vtt write transcripts and captions, which --task segments has none of: use --task transcribe or --captions"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn config(&self) -> pb::StreamConfig {
         let input = match self.pcm {
             Some(fmt) => pb::stream_config::Input::RawPcm(pb::RawPcmInput {
@@ -145,7 +176,7 @@ impl StreamArgs {
             }),
         };
         pb::StreamConfig {
-            task: match self.task {
+            task: match self.task() {
                 TaskArg::Segments => pb::Task::Segments,
                 TaskArg::Transcribe => pb::Task::Transcribe,
                 TaskArg::Caption => pb::Task::Caption,
@@ -154,7 +185,7 @@ impl StreamArgs {
                 Some(ModalitiesArg::Audio) => pb::Modalities::Audio,
                 Some(ModalitiesArg::Video) => pb::Modalities::Video,
                 Some(ModalitiesArg::Av) => pb::Modalities::AudioVideo,
-                None if matches!(self.task, TaskArg::Caption) => pb::Modalities::Video,
+                None if matches!(self.task(), TaskArg::Caption) => pb::Modalities::Video,
                 None if self.captions => pb::Modalities::AudioVideo,
                 None => pb::Modalities::Audio,
             } as i32,
@@ -182,6 +213,10 @@ impl StreamArgs {
 /// Returns the process exit code: 0 when the server ended the stream with OK.
 pub async fn run(mut args: StreamArgs) -> anyhow::Result<i32> {
     // Before any server starts or model loads: a typo fails at once.
+    if let Err(e) = args.check_options() {
+        eprintln!("error: {e}");
+        return Ok(2);
+    }
     if let Err(e) = check_input(&args) {
         return finish(Err(ClientError::Source(e)), args.json);
     }
@@ -193,7 +228,7 @@ pub async fn run(mut args: StreamArgs) -> anyhow::Result<i32> {
                 .runtime
                 .server_config(4, avlm_stream::config::DEFAULT_MAX_MESSAGE_BYTES);
             // Only transcription and captions need the model bundle.
-            if matches!(args.task, TaskArg::Segments) && !args.captions {
+            if matches!(args.task(), TaskArg::Segments) && !args.captions {
                 config.bundle = None;
             }
             let server = avlm_stream::server::start(config, "127.0.0.1:0".parse()?).await?;
@@ -315,6 +350,9 @@ pub(super) fn write_subtitles(
     srt: Option<&std::path::Path>,
     vtt: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    if cues.is_empty() && (srt.is_some() || vtt.is_some()) {
+        eprintln!("warning: no finals or captions came back: the subtitle file has no cues");
+    }
     if let Some(path) = srt {
         std::fs::write(path, avlm_stream::subtitles::srt(cues))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
