@@ -1083,7 +1083,7 @@ def main():
                 log(f"--max-minutes {args.max_minutes} reached at step {step}: stopping (resume with --resume)")
                 break
     train_s = time.time() - t_start
-    log(f"training stopped at step {step}, {train_s / 60:.1f} min this session")
+    log(f"training stopped at step {step}, {train_s / 60:.1f} min in this run")
 
     # final evaluation with the best checkpoint (chosen on held-out synthetic loss only)
     bst = torch.load(os.path.join(ck_dir, "best.pt"), weights_only=False, map_location=DEV)
