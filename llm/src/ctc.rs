@@ -394,6 +394,89 @@ impl CtcPrefixScorer {
         Ok(state)
     }
 
+    /// The most likely CTC path reading exactly `tokens` over the
+    /// utterance's frames (forced alignment, Viterbi): for each token, the
+    /// first and last frame it holds. `None` when the frames are too few to
+    /// read the tokens (each needs a frame, and a repeat a blank between).
+    pub fn align(&self, tokens: &[u32]) -> Result<Option<Vec<(usize, usize)>>> {
+        let frames = self.frames();
+        if tokens.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let repeats = tokens.windows(2).filter(|w| w[0] == w[1]).count();
+        if frames < tokens.len() + repeats {
+            return Ok(None);
+        }
+        let ids = Tensor::new(tokens, self.audio.device())?;
+        let emb = self.embeddings.index_select(&ids, 0)?;
+        let cols = self.audio.matmul(&emb.t()?)?.to_vec2::<f32>()?;
+        // States: blank, token 0, blank, token 1, ..., blank.
+        let states = 2 * tokens.len() + 1;
+        let lp = |t: usize, s: usize| {
+            if s.is_multiple_of(2) {
+                self.blank_lp[t]
+            } else {
+                cols[t][s / 2] - self.lse[t]
+            }
+        };
+        let mut score = vec![f32::NEG_INFINITY; states];
+        score[0] = lp(0, 0);
+        score[1] = lp(0, 1);
+        // from[t][s]: how state s was reached at frame t (0 stay, 1 from
+        // s - 1, 2 from s - 2).
+        let mut from = vec![vec![0u8; states]; frames];
+        for (t, from_t) in from.iter_mut().enumerate().skip(1) {
+            let mut next = vec![f32::NEG_INFINITY; states];
+            for s in 0..states {
+                let mut best = (score[s], 0u8);
+                if s >= 1 && score[s - 1] > best.0 {
+                    best = (score[s - 1], 1);
+                }
+                // A token may follow the previous token directly unless
+                // they are the same token.
+                if s >= 2
+                    && !s.is_multiple_of(2)
+                    && tokens[s / 2] != tokens[s / 2 - 1]
+                    && score[s - 2] > best.0
+                {
+                    best = (score[s - 2], 2);
+                }
+                if best.0 > f32::NEG_INFINITY {
+                    next[s] = best.0 + lp(t, s);
+                    from_t[s] = best.1;
+                }
+            }
+            score = next;
+        }
+        // The path ends in the last token or the blank after it.
+        let mut s = if score[states - 1] >= score[states - 2] {
+            states - 1
+        } else {
+            states - 2
+        };
+        if score[s] == f32::NEG_INFINITY {
+            return Ok(None);
+        }
+        // Walking back: a token's first visit is its last frame, its final
+        // visit its first.
+        let mut first = vec![0usize; tokens.len()];
+        let mut last: Vec<Option<usize>> = vec![None; tokens.len()];
+        for t in (0..frames).rev() {
+            if !s.is_multiple_of(2) {
+                first[s / 2] = t;
+                last[s / 2].get_or_insert(t);
+            }
+            s -= usize::from(from[t][s]);
+        }
+        Ok(Some(
+            first
+                .into_iter()
+                .zip(last)
+                .map(|(f, l)| (f, l.unwrap_or(f)))
+                .collect(),
+        ))
+    }
+
     /// log P(the whole labelling is exactly `state`'s prefix).
     pub fn final_score(&self, state: &CtcState) -> f32 {
         let last = self.frames() - 1;

@@ -17,16 +17,39 @@ pub const CAPTION_MARK: &str = "[video]";
 pub struct CueCollector {
     finals: Vec<Cue>,
     captions: Vec<(f64, String)>,
+    /// A cue per word of each final (when it carries word times).
+    words: bool,
+    /// Finals collected.
+    final_count: usize,
 }
 
 impl CueCollector {
+    /// A collector writing a cue per word of each final that has word times.
+    pub fn word_level() -> Self {
+        CueCollector {
+            words: true,
+            ..Default::default()
+        }
+    }
+
     pub fn push(&mut self, msg: &pb::ServerMessage) {
         match &msg.msg {
-            Some(pb::server_message::Msg::Final(f)) => self.finals.push(Cue {
-                start_s: f.start_s,
-                end_s: f.end_s,
-                text: f.text.clone(),
-            }),
+            Some(pb::server_message::Msg::Final(f)) => {
+                self.final_count += 1;
+                if self.words && !f.words.is_empty() {
+                    self.finals.extend(f.words.iter().map(|w| Cue {
+                        start_s: w.start_s,
+                        end_s: w.end_s,
+                        text: w.text.clone(),
+                    }));
+                } else {
+                    self.finals.push(Cue {
+                        start_s: f.start_s,
+                        end_s: f.end_s,
+                        text: f.text.clone(),
+                    });
+                }
+            }
             Some(pb::server_message::Msg::Caption(c)) => {
                 self.captions.push((c.media_time_s, c.text.clone()))
             }
@@ -36,7 +59,7 @@ impl CueCollector {
 
     /// Finals collected.
     pub fn finals(&self) -> usize {
-        self.finals.len()
+        self.final_count
     }
 
     /// Captions collected.
@@ -171,6 +194,40 @@ mod tests {
         assert_eq!((cues[1].start_s, cues[1].end_s), (1.0, 2.5));
         assert_eq!(cues[2].end_s, 2.5 + CAPTION_HOLD_S);
         assert!(srt(&cues).contains("[video] A pineapple."));
+    }
+
+    #[test]
+    fn word_level_cues_are_one_per_timed_word() {
+        let fin = |words: Vec<pb::Word>, start_s: f64| pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Final(pb::Final {
+                text: "hello there".into(),
+                start_s,
+                end_s: start_s + 1.0,
+                words,
+                ..Default::default()
+            })),
+        };
+        let word = |text: &str, start_s: f64, end_s: f64| pb::Word {
+            text: text.into(),
+            start_s,
+            end_s,
+        };
+        let mut c = CueCollector::word_level();
+        c.push(&fin(
+            vec![word("hello", 0.5, 0.9), word("there", 0.9, 1.4)],
+            0.5,
+        ));
+        // A final without word times stays whole.
+        c.push(&fin(Vec::new(), 2.0));
+        let cues = c.cues();
+        assert_eq!(c.finals(), 2);
+        assert_eq!(
+            cues.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+            ["hello", "there", "hello there"]
+        );
+        assert_eq!((cues[1].start_s, cues[1].end_s), (0.9, 1.4));
+        let doc = srt(&cues);
+        assert_eq!(parse(&doc, false).unwrap().len(), 3, "{doc}");
     }
 
     /// A strict reader: returns (start, end, text) per cue or an error.

@@ -542,3 +542,115 @@ async fn a_full_model_queue_sheds_new_transcriptions_with_resource_exhausted() {
     assert_eq!(finals(&first).len(), first.segments().len());
     server.shutdown().await.unwrap();
 }
+
+/// Word times against the word timings of the latency clips (their
+/// synthesiser's own word boundaries): each Final's words carry media
+/// times from the CTC head's forced alignment, within a measured bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_words_carry_times_close_to_the_spoken_words() {
+    #[derive(serde::Deserialize)]
+    struct Timed {
+        word: String,
+        start_s: f64,
+        end_s: f64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Clip {
+        words: Vec<Timed>,
+    }
+    let norm = |w: &str| -> String {
+        w.chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let server = start_server(transcribe_server_config()).await;
+    let latency = repo_root().join("samples/latency");
+    let (mut starts, mut ends) = (Vec::new(), Vec::new());
+    let mut reference_words = 0;
+    for clip in ["clip1", "clip2"] {
+        let truth: Clip =
+            serde_json::from_slice(&std::fs::read(latency.join(format!("{clip}.json"))).unwrap())
+                .unwrap();
+        reference_words += truth.words.len();
+        let bytes = std::fs::read(latency.join(format!("{clip}.flac"))).unwrap();
+        let run = stream_bytes(&server.url(), transcribe_config(), bytes, 16 * 1024)
+            .await
+            .unwrap();
+        let mut hyp = Vec::new();
+        for f in finals(&run) {
+            assert_eq!(
+                f.words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(),
+                f.text.split_whitespace().collect::<Vec<_>>(),
+                "a Final's words are its text's words"
+            );
+            for w in &f.words {
+                assert!(
+                    f.start_s - 0.5 <= w.start_s
+                        && w.start_s <= w.end_s
+                        && w.end_s <= f.end_s + 1e-9,
+                    "{w:?} outside its segment {}..{}",
+                    f.start_s,
+                    f.end_s
+                );
+            }
+            hyp.extend(f.words.clone());
+        }
+        // Words matched in order (longest common subsequence by text).
+        let (a, b) = (&truth.words, &hyp);
+        let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for i in (0..a.len()).rev() {
+            for j in (0..b.len()).rev() {
+                lcs[i][j] = if norm(&a[i].word) == norm(&b[j].text) {
+                    lcs[i + 1][j + 1] + 1
+                } else {
+                    lcs[i + 1][j].max(lcs[i][j + 1])
+                };
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            if norm(&a[i].word) == norm(&b[j].text) {
+                starts.push((b[j].start_s - a[i].start_s).abs() * 1000.0);
+                ends.push((b[j].end_s - a[i].end_s).abs() * 1000.0);
+                i += 1;
+                j += 1;
+            } else if lcs[i + 1][j] >= lcs[i][j + 1] {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let p95 = v[((v.len() as f64 * 0.95).ceil() as usize).min(v.len()) - 1];
+        (mean, p95)
+    };
+    let matched = starts.len();
+    let (start_mean, start_p95) = stats(&mut starts);
+    let (end_mean, end_p95) = stats(&mut ends);
+    eprintln!(
+        "word times: {matched} of {reference_words} words matched; start error mean {start_mean:.0} ms, p95 {start_p95:.0} ms; end error mean {end_mean:.0} ms, p95 {end_p95:.0} ms"
+    );
+    assert!(
+        matched * 2 >= reference_words,
+        "{matched} of {reference_words} words matched"
+    );
+    assert!(
+        start_mean < BOUND_MEAN_MS && end_mean < BOUND_MEAN_MS,
+        "mean {start_mean:.0} / {end_mean:.0} ms"
+    );
+    assert!(
+        start_p95 < BOUND_P95_MS && end_p95 < BOUND_P95_MS,
+        "p95 {start_p95:.0} / {end_p95:.0} ms"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The word-time bounds the test holds the default model to (measured on
+/// these clips: start error mean 74 ms, p95 185 ms; end error mean 128 ms,
+/// p95 255 ms; 80 ms frames).
+const BOUND_MEAN_MS: f64 = 200.0;
+const BOUND_P95_MS: f64 = 400.0;

@@ -68,6 +68,7 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
         Some(Msg::Final(f)) => json!({
             "type": "final", "segment_id": f.segment_id, "text": f.text, "start_s": round3(f.start_s),
             "end_s": round3(f.end_s), "decode_latency_s": f.decode_latency_s, "compute_s": f.compute_s,
+            "words": f.words.iter().map(|w| json!({"text": w.text, "start_s": round3(w.start_s), "end_s": round3(w.end_s)})).collect::<Vec<_>>(),
         }),
         Some(Msg::Caption(c)) => {
             json!({"type": "caption", "text": c.text, "media_time_s": round3(c.media_time_s),

@@ -122,6 +122,10 @@ pub struct StreamArgs {
     /// Write the transcript's finals as SubRip subtitles to this file.
     #[arg(long)]
     pub srt: Option<std::path::PathBuf>,
+    /// Subtitles with a cue per word (from each final's word times) instead
+    /// of one per final.
+    #[arg(long)]
+    pub word_cues: bool,
     /// Write the transcript's finals as WebVTT subtitles to this file.
     #[arg(long)]
     pub vtt: Option<std::path::PathBuf>,
@@ -243,7 +247,11 @@ pub async fn run(mut args: StreamArgs) -> anyhow::Result<i32> {
     let json = args.json;
     let colour = print::colour();
     let stdout = std::io::stdout();
-    let mut cues = avlm_stream::subtitles::CueCollector::default();
+    let mut cues = if args.word_cues {
+        avlm_stream::subtitles::CueCollector::word_level()
+    } else {
+        avlm_stream::subtitles::CueCollector::default()
+    };
     let result = client::stream(&url, args.config(), source, send, |msg| {
         cues.push(msg);
         let mut out = stdout.lock();

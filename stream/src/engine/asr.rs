@@ -46,10 +46,22 @@ impl StageTimes {
 pub struct Transcript {
     pub text: String,
     pub tokens: Vec<u32>,
+    /// The words of `text` with their times in seconds from the utterance's
+    /// start, from the CTC head's forced alignment of the tokens (empty
+    /// without a CTC head, or when the alignment fails).
+    pub words: Vec<WordTime>,
     /// Projected audio positions in the prompt.
     pub audio_tokens: usize,
     pub prompt_tokens: usize,
     pub times: StageTimes,
+}
+
+/// One word of a transcript and when it was said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WordTime {
+    pub text: String,
+    pub start_s: f64,
+    pub end_s: f64,
 }
 
 pub struct AsrPipeline {
@@ -267,6 +279,8 @@ impl AsrPipeline {
             }),
             silent: true,
             prompt_digest: None,
+            ctc: None,
+            frame_s: 0.0,
         };
         let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
             return Ok(empty(times));
@@ -288,6 +302,17 @@ impl AsrPipeline {
         let ctc = match &self.bundle.ctc {
             Some(head) => Some(Arc::new(head.scorer(llm, &audio)?)),
             None => None,
+        };
+        let ctc_for_words = ctc.clone();
+        // Encoder frames are 2 hops (20 ms); the projector merges k of them.
+        let frame_s = {
+            let audio = self
+                .bundle
+                .audio
+                .as_ref()
+                .expect("audio embeddings came from it");
+            let k = 1000.0 / audio.projector.output_len(1000).max(1) as f64;
+            k * (2 * HOP) as f64 / f64::from(crate::media::AUDIO_RATE)
         };
         let fed_before = input.dim(0).map_err(tensor_error)?;
         let prompt_tokens = self.prefix_ids.len() + fed_before - forced.len();
@@ -314,6 +339,8 @@ impl AsrPipeline {
             })),
             silent: false,
             prompt_digest: None,
+            ctc: ctc_for_words,
+            frame_s,
         })
     }
 
@@ -405,6 +432,7 @@ impl AsrPipeline {
             return Ok(Transcript {
                 text: String::new(),
                 tokens: Vec::new(),
+                words: Vec::new(),
                 audio_tokens: 0,
                 prompt_tokens: 0,
                 times: d.times,
@@ -427,13 +455,79 @@ impl AsrPipeline {
             .to_string(),
             _ => super::repetition::cut_repetitions(&full),
         };
+        let words = match &d.ctc {
+            Some(ctc) => self.word_times(ctc, &tokens, &text, d.frame_s)?,
+            None => Vec::new(),
+        };
         Ok(Transcript {
             text,
             tokens,
+            words,
             audio_tokens: d.audio_tokens,
             prompt_tokens: d.prompt_tokens,
             times: d.times,
         })
+    }
+
+    /// The words of `text` (the transcript of `tokens`) timed by the CTC
+    /// head's forced alignment of the tokens; `frame_s` is the time one
+    /// projected audio frame covers. A word spans its tokens' frames.
+    fn word_times(
+        &self,
+        ctc: &CtcPrefixScorer,
+        tokens: &[u32],
+        text: &str,
+        frame_s: f64,
+    ) -> Result<Vec<WordTime>, BundleError> {
+        let tokenizer = &self.bundle.tokenizer;
+        // The spoken tokens: stop and special tokens decode to nothing.
+        let mut pieces = Vec::new();
+        for &t in tokens {
+            let piece = tokenizer.decode(&[t], true)?;
+            if !piece.is_empty() && !self.bundle.stop_ids.contains(&t) {
+                pieces.push((t, piece));
+            }
+        }
+        let ids: Vec<u32> = pieces.iter().map(|(t, _)| *t).collect();
+        let Some(spans) = ctc.align(&ids)? else {
+            return Ok(Vec::new());
+        };
+        // Tokens grouped into words: a piece starting with a space starts one.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        for (i, (_, piece)) in pieces.iter().enumerate() {
+            let starts = piece.starts_with(' ') || groups.is_empty();
+            if starts && !piece.trim().is_empty() {
+                groups.push((i, i));
+            } else if let Some(g) = groups.last_mut() {
+                g.1 = i;
+            }
+        }
+        // The transcript's words take the groups' times in order (its text
+        // may be shorter: repetitions are cut). CTC marks a token with a
+        // short spike near its onset, not its extent: a word starts at its
+        // first token's spike and lasts until the next word starts, the
+        // last one until the audio ends.
+        let starts: Vec<f64> = groups
+            .iter()
+            .map(|&(a, _)| spans[a].0 as f64 * frame_s)
+            .collect();
+        let audio_end = ctc.frames() as f64 * frame_s;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let n = words.len().min(groups.len());
+        Ok((0..n)
+            .map(|i| {
+                let (_, b) = groups[i];
+                let end = match starts.get(i + 1) {
+                    Some(&next) => next,
+                    None => audio_end.max((spans[b].1 + 1) as f64 * frame_s),
+                };
+                WordTime {
+                    text: words[i].to_string(),
+                    start_s: starts[i],
+                    end_s: end.max(starts[i] + frame_s / 2.0),
+                }
+            })
+            .collect())
     }
 
     /// Token ids of `text` as the model would write it after the prompt.
@@ -505,6 +599,10 @@ pub struct Decode {
     state: DecodeState,
     /// A fingerprint of the logits after the whole prompt, once it is in.
     prompt_digest: Option<u64>,
+    /// The CTC head's view of the audio, for the words' times.
+    ctc: Option<Arc<CtcPrefixScorer>>,
+    /// Seconds of audio one projected frame covers.
+    frame_s: f64,
 }
 
 impl Decode {

@@ -520,6 +520,20 @@ impl Transcriber {
                             end_s,
                             decode_latency_s: ended.elapsed().as_secs_f64(),
                             compute_s: t.times.total().as_secs_f64(),
+                            words: t
+                                .words
+                                .iter()
+                                .map(|w| {
+                                    // Within the segment: the audio around it
+                                    // (pre- and post-roll) is not speech.
+                                    let start = (audio_start_s + w.start_s).min(end_s);
+                                    pb::Word {
+                                        text: w.text.clone(),
+                                        start_s: start,
+                                        end_s: (audio_start_s + w.end_s).clamp(start, end_s),
+                                    }
+                                })
+                                .collect(),
                             text: t.text,
                         })),
                     }),

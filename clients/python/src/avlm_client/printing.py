@@ -76,6 +76,9 @@ def to_dict(msg: pb.ServerMessage) -> dict:
         return {
             "type": "final", "segment_id": f.segment_id, "text": f.text, "start_s": _r3(f.start_s),
             "end_s": _r3(f.end_s), "decode_latency_s": f.decode_latency_s, "compute_s": f.compute_s,
+            "words": [
+                {"text": w.text, "start_s": _r3(w.start_s), "end_s": _r3(w.end_s)} for w in f.words
+            ],
         }
     if kind == "caption":
         c = msg.caption
