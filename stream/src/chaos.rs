@@ -36,6 +36,9 @@ pub struct ChaosConfig {
     pub idle_timeout_s: u64,
     /// Largest client message the server takes.
     pub max_message_bytes: usize,
+    /// The server's limit of audio queued for the model: past it, new
+    /// transcriptions are shed (counted apart).
+    pub max_queued_audio_s: f64,
 }
 
 /// A client's behaviour in one round.
@@ -251,6 +254,10 @@ fn start_server(config: &ChaosConfig) -> anyhow::Result<ServerProcess> {
         .args(["--max-sessions", &(config.clients * 2).to_string()])
         .args(["--idle-timeout-s", &config.idle_timeout_s.to_string()])
         .args(["--max-message-bytes", &config.max_message_bytes.to_string()])
+        .args([
+            "--max-queued-audio-s",
+            &config.max_queued_audio_s.to_string(),
+        ])
         .args(&config.serve_args)
         .env("AVLM_LOG", "error")
         .stdout(std::process::Stdio::null())
@@ -501,6 +508,7 @@ async fn round(
             m.extend(chunks(usize::MAX));
             match raw(url, m, false, true, hold).await? {
                 None | Some(Code::Ok) => Ok(()),
+                Some(SHED_CODE) => Err(SHED.to_string()),
                 Some(c) => Err(format!("a cancelled call ended with {c:?}")),
             }
         }

@@ -19,6 +19,7 @@ async fn good_streams_match_running_alone_and_bad_ones_get_their_status_under_lo
         seed: 7,
         idle_timeout_s: 3,
         max_message_bytes: 1 << 20,
+        max_queued_audio_s: 600.0,
     })
     .await
     .expect("chaos run");

@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// Minutes the chaos section's clients keep starting streams.
     #[arg(long, default_value_t = 5.0)]
     pub chaos_minutes: f64,
+    /// The chaos server's --max-queued-audio-s: past it new transcriptions
+    /// are shed (counted apart from failures).
+    #[arg(long, default_value_t = 600.0)]
+    pub chaos_max_queued_audio_s: f64,
     /// Seed of the chaos section's mix of behaviours.
     #[arg(long, default_value_t = 1)]
     pub chaos_seed: u64,
@@ -305,6 +309,7 @@ async fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
         seed: args.chaos_seed,
         idle_timeout_s: 5,
         max_message_bytes: 1 << 20,
+        max_queued_audio_s: args.chaos_max_queued_audio_s,
     })
     .await?;
     report.print();
