@@ -216,6 +216,19 @@ async fn partials_commit_only_forward_and_finals_start_with_the_committed_words(
                 words.starts_with(&committed),
                 "committed text shrank or changed: {committed:?} -> {words:?}"
             );
+            // The committed words come with their times, within the audio
+            // the partial saw.
+            assert_eq!(
+                p.words.iter().map(|w| w.text.clone()).collect::<Vec<_>>(),
+                words,
+                "a partial's timed words are its committed words"
+            );
+            for w in &p.words {
+                assert!(
+                    w.start_s <= w.end_s && w.end_s <= p.end_s + 1e-9,
+                    "{w:?} in {p:?}"
+                );
+            }
             committed = words;
         }
         let final_words: Vec<String> = f.text.split_whitespace().map(str::to_string).collect();

@@ -343,6 +343,22 @@ impl Transcriber {
                 let (stable, unstable) =
                     a.update(t.text.split_whitespace().map(str::to_string).collect());
                 drop(a);
+                // The committed words lead this decode's text (it was forced
+                // to start with them): their times are its first words'.
+                let committed = stable.split_whitespace().count();
+                let words = t
+                    .words
+                    .iter()
+                    .take(committed)
+                    .map(|w| {
+                        let start = (audio_start_s + w.start_s).min(now_s);
+                        pb::Word {
+                            text: w.text.clone(),
+                            start_s: start,
+                            end_s: (audio_start_s + w.end_s).clamp(start, now_s),
+                        }
+                    })
+                    .collect();
                 let partial = pb::Partial {
                     segment_id: id,
                     stable_text: stable,
@@ -350,6 +366,7 @@ impl Transcriber {
                     start_s,
                     end_s: now_s,
                     compute_s,
+                    words,
                 };
                 out.deliver_partial(
                     before,
