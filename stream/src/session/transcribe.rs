@@ -405,7 +405,7 @@ impl Transcriber {
         &self.out.owed
     }
 
-    /// Seconds until this session's pending finals are likely all out (see
+    /// Seconds until this stream's pending finals are likely all out (see
     /// `Stats.expected_delay_s`).
     pub fn expected_delay_s(&self) -> f64 {
         if self.out.owed.segments.load(Ordering::Acquire) == 0 {
