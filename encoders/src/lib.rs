@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod lip;
 pub mod media;
 pub mod mel;
 pub mod runtime;
@@ -19,6 +20,7 @@ pub const SAMPLE_RATE: u32 = 16_000;
 
 pub use endpoint::{EndReason, EndpointConfig, Endpointer, SpeechEvent};
 pub use error::EncoderError;
+pub use lip::{LipEncoder, LipFeatures};
 pub use media::{Frame, Pcm};
 pub use mel::{LogMel, MelSpectrogram};
 pub use vad::{SileroVad, VadStream, VAD_CHUNK_SAMPLES, VAD_SAMPLE_RATE};
