@@ -261,9 +261,10 @@ def _graph(get, cfg):
                                       get("encoder.layer_norm.bias"))
     if not pre_ln:
         x = final_ln(x)
-    split = g.shape("attn.split", [0, -1, heads, hd])
-    merge = g.shape("attn.merge", [0, -1, d])
-    scale = g.const("attn.scale", np.array(hd ** -0.5, np.float32))
+    if cfg["encoder_layers"]:
+        split = g.shape("attn.split", [0, -1, heads, hd])
+        merge = g.shape("attn.merge", [0, -1, d])
+        scale = g.const("attn.scale", np.array(hd ** -0.5, np.float32))
     for i in range(cfg["encoder_layers"]):
         p = f"encoder.layers.{i}."
         wq, wk, wvv = (get(p + f"self_attn.{m}_proj.weight") for m in "qkv")
