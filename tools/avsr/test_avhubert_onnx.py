@@ -18,8 +18,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "avhubert")
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "vision"))
 
 import avhubert_onnx as av  # noqa: E402
+from hf_checkpoint import write_safetensors  # noqa: E402
 
 
 def load_golden(name):
@@ -67,15 +69,28 @@ class GoldenTest(unittest.TestCase):
 
     def test_command_line_builds_the_same_model(self):
         cfg_path = os.path.join(GOLDEN, "post_ln", "config.json")
-        _, meta, video, want = load_golden("post_ln")
+        cfg, meta, video, want = load_golden("post_ln")
+        tensors = av.random_tensors(cfg, meta["seed"])
+        tensors["mask_emb"] = np.zeros(104, np.float32)  # a pretraining key, ignored
         with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "lip.onnx")
-            subprocess.run([sys.executable, os.path.join(HERE, "avhubert_onnx.py"), "--random-seed",
-                            str(meta["seed"]), out, "--config", cfg_path], check=True, capture_output=True)
+            weights = os.path.join(tmp, "avhubert.safetensors")
+            write_safetensors(weights, [(n, t.shape, lambda t=t: t) for n, t in sorted(tensors.items())])
+            outs = []
+            for source in ([weights], ["--random-seed", str(meta["seed"])]):
+                out = os.path.join(tmp, f"lip{len(outs)}.onnx")
+                subprocess.run([sys.executable, os.path.join(HERE, "avhubert_onnx.py"), *source, out,
+                                "--config", cfg_path], check=True, capture_output=True)
+                outs.append(out)
             import onnx
 
-            got = session(onnx.load(out)).run(["features"], {"video": video})[0]
-        self.assertLessEqual(float(np.abs(got - want).max()), meta["tolerance_max_abs"])
+            for out in outs:
+                got = session(onnx.load(out)).run(["features"], {"video": video})[0]
+                self.assertLessEqual(float(np.abs(got - want).max()), meta["tolerance_max_abs"], out)
+            refused = subprocess.run([sys.executable, os.path.join(HERE, "avhubert_onnx.py"), weights, outs[0],
+                                      "--config", os.path.join(GOLDEN, "pre_ln_lora", "config.json")],
+                                     capture_output=True, text=True)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("missing", refused.stderr)
 
 
 class RefusalTest(unittest.TestCase):
