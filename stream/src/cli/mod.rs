@@ -8,6 +8,7 @@ mod camera;
 mod credentials;
 mod eval;
 mod info;
+mod mouth;
 mod paths;
 mod print;
 mod progress;
@@ -58,6 +59,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Word error rate on a test set (LRS3 layout), clean and in noise.
     Eval(eval::EvalArgs),
+    /// Write the live mouth crops of a video file (96x96 at 25 fps, MP4) and count its faces.
+    Mouth(mouth::MouthArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|_| 0),
             Command::Validate(args) => validate::run(args).await.map(|_| 0),
             Command::Eval(args) => eval::run(args).await.map(|_| 0),
+            Command::Mouth(args) => mouth::run(args).await.map(|_| 0),
         }
     });
     match result {
