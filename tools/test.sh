@@ -21,10 +21,10 @@ fi
 # the Python tools: the default bundle's tuned encoder writer (fails loudly on bad weights) and the
 # training stream's random espeak-ng voices (spoken by the installed espeak-ng); the sentence pool
 # a GPU machine reads from a file; the EfficientNet-Lite2 ONNX against its PyTorch golden; the
-# VideoLLM-online and SmolVLM converters' merges and refusals; the AV-HuBERT lip encoder's ONNX
-# against its PyTorch goldens and its refusals
+# VideoLLM-online, SmolVLM and Llama-AVSR converters' merges and refusals; the AV-HuBERT lip
+# encoder's ONNX against its PyTorch goldens and its refusals
 .avlm/venv/bin/python -m unittest tools/bundle/test_patch_encoder.py tools/data/test_synth_stream.py \
   tools/data/test_text_corpus.py tools/vision/test_efficientnet_onnx.py tools/vision/test_vision_converters.py \
-  tools/avsr/test_avhubert_onnx.py
+  tools/avsr/test_avhubert_onnx.py tools/avsr/test_convert_llama_avsr.py
 
 cargo test --workspace --locked "$@"

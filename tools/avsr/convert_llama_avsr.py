@@ -273,7 +273,9 @@ def audio_encoder_plan(sd, whisper_dir):
         shape = lambda n: ckpt.shape(prefix + n)  # noqa: E731
         source = os.path.abspath(whisper_dir)
     layers = _layer_count(names)
-    check_names("the Whisper encoder (audio_encoder.*)", names, whisper_names(layers))
+    label = "audio_encoder." if source.endswith("audio_encoder.*") else prefix
+    check_names(f"the Whisper encoder ({source})", {label + n for n in names},
+                {label + n for n in whisper_names(layers)})
     d, n_mels, _ = shape("conv1.weight")
     cfg = {"d_model": d, "encoder_layers": layers, "encoder_ffn_dim": shape("layers.0.fc1.weight")[0],
            "num_mel_bins": n_mels, "max_source_positions": shape("embed_positions.weight")[0],
