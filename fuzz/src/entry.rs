@@ -316,6 +316,7 @@ fn capabilities() -> [Capabilities; 3] {
     let segments = Capabilities {
         model_name: "fuzz".into(),
         transcribe: false,
+        lips: avlm_stream::session::valid::LipCaps::default(),
         caption: None,
     };
     [

@@ -37,6 +37,7 @@ static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1)
 fn request(samples: Vec<f32>, forced: &str, partial: bool) -> (Request, Receiver<Answer>) {
     let (tx, rx) = channel();
     let r = Request {
+        video: None,
         samples,
         forced: forced.to_string(),
         session: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -120,6 +121,7 @@ fn a_request_nobody_waits_for_leaves_without_an_answer() {
     let long: Vec<f32> = (1..=5).flat_map(card).collect();
     engine
         .try_submit(Request {
+            video: None,
             samples: long,
             forced: String::new(),
             session: 0,

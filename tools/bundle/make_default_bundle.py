@@ -112,7 +112,7 @@ description = "Whisper tiny.en encoder (ONNX, from CTranslate2 weights) + stack-
 encoder = "../../models/whisper-tiny.en-encoder.onnx"
 n_mels = 80
 hidden = 384
-window = "utterance"        # encode the utterance at its own length ("30s": pad to 3000 frames, keep ceil(samples/320) frames)
+window = "utterance"        # encode the utterance at its own length ("30s": pad to 3000 frames, keep max(samples/320, 25) of them, as Llama-AVSR)
 
 [projector]
 weights = "projector.safetensors"

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use avlm_encoders::{EncoderError, VisionEncoder, VisionPreprocess, WhisperEncoder};
+use avlm_encoders::{EncoderError, LipEncoder, VisionEncoder, VisionPreprocess, WhisperEncoder};
 use avlm_llm::{CtcHead, Llama, LlmError, Tokenizer, WeightMode};
 use avlm_projector::{Projector, ProjectorConfig, ProjectorError, VisionTokens};
 use candle_core::Device;
@@ -58,6 +58,16 @@ pub struct LoadedBundle {
     pub ctc: Option<CtcHead>,
     /// Live captions, when the bundle has `[vision]`.
     pub vision: Option<VisionParts>,
+    /// Lip reading, when the bundle has `[lip]`.
+    pub lip: Option<LipParts>,
+}
+
+/// What lip reading needs besides the LLM.
+pub struct LipParts {
+    pub encoder: LipEncoder,
+    pub projector: Projector,
+    /// The face detector's ONNX file (each stream runs its own).
+    pub face_detector: PathBuf,
 }
 
 /// What transcription needs besides the LLM.
@@ -103,9 +113,9 @@ impl LoadedBundle {
     /// changed) itself; its relative paths are relative to `dir`.
     pub fn load_with(dir: &Path, manifest: Manifest, threads: usize) -> Result<Self, BundleError> {
         let at = |p: &Path| dir.join(p);
-        if manifest.audio.is_none() && manifest.vision.is_none() {
+        if manifest.audio.is_none() && manifest.vision.is_none() && manifest.lip.is_none() {
             return Err(BundleError::Manifest(
-                "no [audio] and no [vision] section: a bundle transcribes audio, captions video, or both".into(),
+                "no [audio], [lip] or [vision] section: a bundle transcribes audio, reads lips, captions video, or several of these".into(),
             ));
         }
 
@@ -180,6 +190,7 @@ impl LoadedBundle {
             (_, false) => None,
         };
         let vision = load_vision(dir, &manifest, &tokenizer, hidden, threads, &device)?;
+        let lip = load_lip(dir, &manifest, hidden, threads, &device)?;
         Ok(LoadedBundle {
             dir: dir.to_path_buf(),
             manifest,
@@ -189,6 +200,7 @@ impl LoadedBundle {
             stop_ids,
             ctc,
             vision,
+            lip,
         })
     }
 
@@ -227,10 +239,20 @@ impl LoadedBundle {
                 dim = a.encoder.dim(),
                 proj = a.projector.config(),
             ),
-            None => "no audio encoder: captions only".to_string(),
+            None => "no audio encoder".to_string(),
+        };
+        let lip = match &self.lip {
+            Some(l) => format!(
+                "\n  lip encoder: {enc} (88x88 mouth crops at 25 frames/s -> width {dim}), faces found by {det}\n  video projector: {proj:?}",
+                enc = l.encoder.path().display(),
+                dim = l.encoder.dim(),
+                det = l.face_detector.display(),
+                proj = l.projector.config(),
+            ),
+            None => String::new(),
         };
         format!(
-            "bundle {name:?} at {dir}\n  {desc}\n  {audio}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam} (partials {pbeam}), length penalty {lp}, up to {new} new tokens{ctc}",
+            "bundle {name:?} at {dir}\n  {desc}\n  {audio}{lip}\n  LLM: {llm}\n  tokenizer: {vocab} tokens, stop {stop:?}\n  KV cache: {kv} bytes per token, context {ctx}\n  decoding: beam {beam} (partials {pbeam}), length penalty {lp}, up to {new} new tokens{ctc}",
             name = m.name,
             dir = self.dir.display(),
             desc = m.description,
@@ -297,17 +319,86 @@ fn load_audio(
         device,
     )?;
     projector.check(audio.hidden, llm_hidden)?;
-    let template = manifest
-        .prompts
-        .transcribe_audio
-        .clone()
-        .ok_or_else(|| BundleError::Manifest("prompts.transcribe_audio missing".into()))?;
-    if template.matches("{audio}").count() != 1 {
+    if manifest.prompts.transcribe_audio.is_none()
+        && manifest.prompts.transcribe_audio_video.is_none()
+    {
         return Err(BundleError::Manifest(
-            "prompts.transcribe_audio must contain {audio} exactly once".into(),
+            "[audio] needs prompts.transcribe_audio (or transcribe_audio_video)".into(),
         ));
     }
     Ok(Some(AudioParts { encoder, projector }))
+}
+
+/// Loads and checks the lip encoder, its projector and the face detector's path.
+fn load_lip(
+    dir: &Path,
+    manifest: &Manifest,
+    llm_hidden: usize,
+    threads: usize,
+    device: &Device,
+) -> Result<Option<LipParts>, BundleError> {
+    let Some(lip) = &manifest.lip else {
+        if manifest.prompts.transcribe_video.is_some()
+            || manifest.prompts.transcribe_audio_video.is_some()
+        {
+            return Err(BundleError::Manifest(
+                "prompts.transcribe_video / transcribe_audio_video need a [lip] section (the lip encoder)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let proj =
+        manifest.projector.video.clone().ok_or_else(|| {
+            BundleError::Manifest("[lip] needs a [projector.video] section".into())
+        })?;
+    if manifest.prompts.transcribe_video.is_none()
+        && manifest.prompts.transcribe_audio_video.is_none()
+    {
+        return Err(BundleError::Manifest(
+            "[lip] needs prompts.transcribe_video or prompts.transcribe_audio_video".into(),
+        ));
+    }
+    if manifest.prompts.transcribe_audio_video.is_some() && manifest.audio.is_none() {
+        return Err(BundleError::Manifest(
+            "prompts.transcribe_audio_video needs an [audio] section (the audio encoder)".into(),
+        ));
+    }
+    let face_detector = dir.join(&lip.face_detector);
+    if !face_detector.is_file() {
+        return Err(BundleError::Manifest(format!(
+            "lip.face_detector: {} is not a file",
+            face_detector.display()
+        )));
+    }
+    let encoder = LipEncoder::load(&dir.join(&lip.encoder), threads)?;
+    if encoder.dim() != lip.hidden {
+        return Err(BundleError::Mismatch(format!(
+            "lip encoder {} outputs width {}; lip.hidden says {}",
+            lip.encoder.display(),
+            encoder.dim(),
+            lip.hidden
+        )));
+    }
+    let projector = Projector::load(
+        &dir.join(proj.weights.as_ref().unwrap_or(&manifest.projector.weights)),
+        &proj.prefix,
+        ProjectorConfig {
+            compression: proj.compression,
+            activation: proj.activation,
+            layer_norm: proj.layer_norm,
+            input_dim: lip.hidden,
+            layers: proj.layers,
+            hidden_dim: proj.hidden,
+            output_dim: llm_hidden,
+        },
+        device,
+    )?;
+    projector.check(lip.hidden, llm_hidden)?;
+    Ok(Some(LipParts {
+        encoder,
+        projector,
+        face_detector,
+    }))
 }
 
 /// Loads and checks the vision encoder, its projector and the caption format.

@@ -25,6 +25,16 @@
 //! max_context = 2048
 //! [prompts]
 //! transcribe_audio = "<|im_start|>user\n{audio}\nTranscribe speech to text.<|im_end|>\n<|im_start|>assistant\n"
+//! # [lip]                      # optional: lip reading (TRANSCRIBE with video)
+//! # encoder = "lip_encoder.onnx"   # `video` [N, 1, T, 88, 88] -> `features` [N, T, D], 25 frames/s
+//! # hidden = 1024
+//! # face_detector = "../../models/blazeface.onnx"
+//! # [projector.video]
+//! # prefix = "video_proj"
+//! # compression = { kind = "stack", k = 2 }
+//! # activation = "relu"
+//! # hidden = 2048
+//! # transcribe_video / transcribe_audio_video in [prompts] (with {video})
 //! # [vision]                   # optional: live captions (task CAPTION)
 //! # encoder = "../../models/efficientnet-lite2.onnx"
 //! # mean = [0.485, 0.456, 0.406]
@@ -81,10 +91,26 @@ pub struct Manifest {
     pub prompts: Prompts,
     #[serde(default)]
     pub decoding: Decoding,
+    /// The lip encoder of audio-visual and visual speech recognition.
+    pub lip: Option<LipSection>,
     /// The vision encoder of live captions.
     pub vision: Option<VisionSection>,
     /// The stream format and decisions of live captions.
     pub caption: Option<CaptionSection>,
+}
+
+/// Lip reading: mouth crops from a face detector, a lip encoder (AV-HuBERT
+/// as Llama-AVSR runs it) at 25 frames a second, and `[projector.video]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LipSection {
+    /// ONNX: `video` [batch, 1, frames, 88, 88] (normalised grayscale mouth
+    /// crops) -> `features` [batch, frames, hidden].
+    pub encoder: PathBuf,
+    /// Encoder output width.
+    pub hidden: usize,
+    /// The face detector (BlazeFace ONNX) the mouth crops are cut with.
+    pub face_detector: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,5 +6,5 @@
 pub mod load;
 pub mod manifest;
 
-pub use load::{AudioParts, BundleError, CaptionFormat, LoadedBundle, VisionParts};
+pub use load::{AudioParts, BundleError, CaptionFormat, LipParts, LoadedBundle, VisionParts};
 pub use manifest::Manifest;

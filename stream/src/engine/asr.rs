@@ -1,6 +1,7 @@
-//! The transcription chain for one utterance: log-mel, Whisper encoder,
-//! projector, and the LLM decoding from the prompt with the projected audio
-//! spliced in where the template says `{audio}`.
+//! The transcription chain for one utterance: log-mel, Whisper encoder and
+//! projector for the audio; lip encoder and video projector for the mouth
+//! crops; the LLM decoding from the prompt of that input with the projected
+//! features spliced in where the template says `{audio}` and `{video}`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use avlm_llm::{
 };
 use candle_core::Tensor;
 
+use super::prompt::{Piece, PromptTemplate, SpeechInput};
 use crate::bundle::manifest::EncoderWindow;
 use crate::bundle::{BundleError, LoadedBundle};
 
@@ -24,11 +26,38 @@ const SILENT_PEAK: f32 = 1e-4;
 /// Longest utterance the encoder takes (Whisper's 30 s window).
 pub const MAX_SAMPLES: usize = MAX_FRAMES * HOP;
 
+/// Frames a second of the mouth crops the lip encoder reads.
+pub const LIP_FPS: f64 = 25.0;
+
+/// Side of the square mouth crops the lip encoder reads.
+pub const LIP_SIZE: usize = 88;
+
+/// Audio samples per video frame: audio-visual utterances take exactly
+/// this much audio per crop (cut or zero-padded), as Llama-AVSR aligns them.
+pub const SAMPLES_PER_LIP_FRAME: usize = 640;
+
+/// Mouth crops for the lip encoder: `frames` x 88 x 88, normalised as it
+/// reads them, at 25 frames a second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LipClip {
+    pub frames: usize,
+    pub data: Vec<f32>,
+}
+
+impl LipClip {
+    /// Seconds of video the clip covers.
+    pub fn seconds(&self) -> f64 {
+        self.frames as f64 / LIP_FPS
+    }
+}
+
 /// Wall time per stage of one transcription.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
     pub mel: Duration,
     pub encoder: Duration,
+    /// The lip encoder and the video projector.
+    pub lip: Duration,
     pub projector: Duration,
     pub prefill: Duration,
     pub decode: Duration,
@@ -37,7 +66,7 @@ pub struct StageTimes {
 impl StageTimes {
     /// All stages together: the model time one utterance took.
     pub fn total(&self) -> Duration {
-        self.mel + self.encoder + self.projector + self.prefill + self.decode
+        self.mel + self.encoder + self.lip + self.projector + self.prefill + self.decode
     }
 }
 
@@ -50,7 +79,7 @@ pub struct Transcript {
     /// start, from the CTC head's forced alignment of the tokens (empty
     /// without a CTC head, or when the alignment fails).
     pub words: Vec<WordTime>,
-    /// Projected audio positions in the prompt.
+    /// Projected audio and video positions in the prompt.
     pub audio_tokens: usize,
     pub prompt_tokens: usize,
     pub times: StageTimes,
@@ -66,12 +95,12 @@ pub struct WordTime {
 
 pub struct AsrPipeline {
     bundle: LoadedBundle,
-    /// KV of the prompt text before the audio, computed once and copied into
-    /// every utterance's cache (it is the same for all of them).
-    prefix_cache: Option<avlm_llm::KvCache>,
+    /// The prompt of each input the bundle transcribes ([`SpeechInput::index`]).
+    templates: [Option<PromptTemplate>; 3],
+    /// KV of each prompt's text before the features, computed once and
+    /// copied into every utterance's cache (it is the same for all of them).
+    prefix_caches: [Option<KvCache>; 3],
     mel: LogMel,
-    prefix_ids: Vec<u32>,
-    suffix_ids: Vec<u32>,
     window: EncoderWindow,
     normalize: bool,
 }
@@ -80,50 +109,55 @@ impl AsrPipeline {
     /// The pipeline of `bundle`; a bundle without `[audio]` (captions only)
     /// gives one whose transcriptions fail with a clear error.
     pub fn new(bundle: LoadedBundle) -> Result<Self, BundleError> {
-        let (prefix_ids, suffix_ids) = match &bundle.manifest.audio {
-            Some(_) => {
-                let template = bundle
-                    .manifest
-                    .prompts
-                    .transcribe_audio
-                    .clone()
-                    .ok_or_else(|| {
-                        BundleError::Manifest("prompts.transcribe_audio missing".into())
-                    })?;
-                let (prefix, suffix) = template.split_once("{audio}").ok_or_else(|| {
-                    BundleError::Manifest("prompts.transcribe_audio has no {audio}".into())
-                })?;
-                (
-                    bundle.tokenizer.encode(prefix)?,
-                    bundle.tokenizer.encode(suffix)?,
-                )
+        let mut templates = [None, None, None];
+        for input in SpeechInput::ALL {
+            let usable = (!input.has_audio() || bundle.audio.is_some())
+                && (!input.has_video() || bundle.lip.is_some());
+            if usable {
+                templates[input.index()] =
+                    PromptTemplate::of(input, &bundle.manifest.prompts, &bundle.tokenizer)?;
             }
-            None => (Vec::new(), Vec::new()),
-        };
+        }
         let audio = bundle.manifest.audio.as_ref();
         Ok(AsrPipeline {
             mel: LogMel::whisper(audio.map_or(80, |a| a.n_mels)),
             window: audio.map(|a| a.window).unwrap_or_default(),
             normalize: audio.is_some_and(|a| a.normalize_waveform),
             bundle,
-            prefix_cache: None,
-            prefix_ids,
-            suffix_ids,
+            templates,
+            prefix_caches: [None, None, None],
         })
+    }
+
+    /// Whether the bundle transcribes `input`.
+    pub fn transcribes(&self, input: SpeechInput) -> bool {
+        self.templates[input.index()].is_some()
     }
 
     pub fn bundle(&self) -> &LoadedBundle {
         &self.bundle
     }
 
-    /// Token ids of the prompt around the audio.
-    pub fn prompt_ids(&self) -> (&[u32], &[u32]) {
-        (&self.prefix_ids, &self.suffix_ids)
+    /// Token ids of the audio prompt before and after the audio (empty
+    /// when the bundle does not transcribe audio alone).
+    pub fn prompt_ids(&self) -> (Vec<u32>, Vec<u32>) {
+        let Some(t) = &self.templates[SpeechInput::Audio.index()] else {
+            return (Vec::new(), Vec::new());
+        };
+        let suffix = t
+            .rest
+            .iter()
+            .flat_map(|p| match p {
+                Piece::Text(ids) => ids.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        (t.prefix.clone(), suffix)
     }
 
     /// The log-mel input the encoder gets for `samples` (even frame count).
     pub fn spectrogram(&self, samples: &[f32]) -> MelSpectrogram {
-        let samples = &samples[..samples.len().min(MAX_SAMPLES)];
+        // Llama-AVSR normalises the whole utterance, then cuts it to 30 s.
         let normalized;
         let samples = if self.normalize {
             normalized = normalize(samples);
@@ -131,6 +165,7 @@ impl AsrPipeline {
         } else {
             samples
         };
+        let samples = &samples[..samples.len().min(MAX_SAMPLES)];
         match self.window {
             EncoderWindow::Utterance => {
                 let mut mel = self.mel.compute(samples);
@@ -159,6 +194,16 @@ impl AsrPipeline {
         if samples.iter().all(|s| s.abs() < SILENT_PEAK) {
             return Ok(None);
         }
+        self.audio_features(samples, times)
+    }
+
+    /// [`AsrPipeline::audio_embeddings`] of audio that may be silent (the
+    /// video beside it has something to say).
+    fn audio_features(
+        &mut self,
+        samples: &[f32],
+        times: &mut StageTimes,
+    ) -> Result<Option<Tensor>, BundleError> {
         let t = Instant::now();
         let mel = self.spectrogram(samples);
         times.mel = t.elapsed();
@@ -173,12 +218,7 @@ impl AsrPipeline {
         })?;
         let mut features = audio.encoder.encode(&mel)?;
         if self.window == EncoderWindow::Padded30s {
-            // Keep the frames that cover speech, as Llama-AVSR cuts its 30 s windows.
-            let keep = samples
-                .len()
-                .min(MAX_SAMPLES)
-                .div_ceil(2 * HOP)
-                .clamp(1, features.frames);
+            let keep = padded_frames_kept(samples.len()).min(features.frames);
             features.data.truncate(keep * features.dim);
             features.frames = keep;
         }
@@ -198,6 +238,46 @@ impl AsrPipeline {
         Ok(Some(projected))
     }
 
+    /// Projected video embeddings `[tokens, hidden]` of `clip`, or `None`
+    /// when it is too short to give a single token.
+    pub fn video_embeddings(
+        &mut self,
+        clip: &LipClip,
+        times: &mut StageTimes,
+    ) -> Result<Option<Tensor>, BundleError> {
+        let lip = self.bundle.lip.as_mut().ok_or_else(|| {
+            BundleError::Manifest("this bundle has no [lip] section: it does not read lips".into())
+        })?;
+        if clip.frames == 0 || lip.projector.output_len(clip.frames) == 0 {
+            return Ok(None);
+        }
+        if clip.data.len() != clip.frames * LIP_SIZE * LIP_SIZE {
+            return Err(BundleError::Mismatch(format!(
+                "a lip clip of {} frames holds {} values, not {} (88x88 a frame)",
+                clip.frames,
+                clip.data.len(),
+                clip.frames * LIP_SIZE * LIP_SIZE
+            )));
+        }
+        // Llama-AVSR trims the crops to whole projector stacks before the
+        // encoder (its attention sees every frame, so trimming after differs).
+        let k = lip.projector.config().compression.k().max(1);
+        let frames = clip.frames / k * k;
+        let t = Instant::now();
+        let features = lip
+            .encoder
+            .encode(&clip.data[..frames * LIP_SIZE * LIP_SIZE], frames)?;
+        let x = Tensor::from_vec(
+            features.data,
+            (features.frames, features.dim),
+            self.bundle.llm.device(),
+        )
+        .map_err(avlm_llm::LlmError::from)?;
+        let projected = lip.projector.forward(&x)?;
+        times.lip += t.elapsed();
+        Ok(Some(projected))
+    }
+
     /// Transcribes one utterance of 16 kHz mono audio (at most 30 s is used).
     pub fn transcribe(&mut self, samples: &[f32]) -> Result<Transcript, BundleError> {
         self.transcribe_with(samples, &[])
@@ -211,7 +291,17 @@ impl AsrPipeline {
         samples: &[f32],
         forced: &[u32],
     ) -> Result<Transcript, BundleError> {
-        self.decode(samples, forced, false)
+        self.decode(samples, None, forced, false)
+    }
+
+    /// Transcribes one utterance from its audio (16 kHz mono; may be empty)
+    /// and its mouth crops (`None`: audio alone), with the prompt of that input.
+    pub fn transcribe_clip(
+        &mut self,
+        samples: &[f32],
+        video: Option<&LipClip>,
+    ) -> Result<Transcript, BundleError> {
+        self.decode(samples, video, &[], false)
     }
 
     /// A provisional transcript of an open segment's audio so far, starting
@@ -221,16 +311,17 @@ impl AsrPipeline {
         samples: &[f32],
         forced: &[u32],
     ) -> Result<Transcript, BundleError> {
-        self.decode(samples, forced, true)
+        self.decode(samples, None, forced, true)
     }
 
     fn decode(
         &mut self,
         samples: &[f32],
+        video: Option<&LipClip>,
         forced: &[u32],
         partial: bool,
     ) -> Result<Transcript, BundleError> {
-        let mut d = self.begin(samples, forced, partial)?;
+        let mut d = self.begin_clip(samples, video, forced, partial)?;
         self.prefill(&mut d, usize::MAX)?;
         let llm = &self.bundle.llm;
         loop {
@@ -260,6 +351,19 @@ impl AsrPipeline {
         forced: &[u32],
         partial: bool,
     ) -> Result<Decode, BundleError> {
+        self.begin_clip(samples, None, forced, partial)
+    }
+
+    /// [`AsrPipeline::begin`] of an utterance with mouth crops: audio alone
+    /// (`video` `None`), video alone (`samples` empty), or both (the audio
+    /// cut or zero-padded to 640 samples a crop); each with its own prompt.
+    pub fn begin_clip(
+        &mut self,
+        samples: &[f32],
+        video: Option<&LipClip>,
+        forced: &[u32],
+        partial: bool,
+    ) -> Result<Decode, BundleError> {
         let decoding = &self.bundle.manifest.decoding;
         let width = if partial {
             decoding.partial_beam_width.unwrap_or(decoding.beam_width)
@@ -282,56 +386,108 @@ impl AsrPipeline {
             ctc: None,
             frame_s: 0.0,
         };
-        let Some(audio) = self.audio_embeddings(samples, &mut times)? else {
-            return Ok(empty(times));
+        let input = match (samples.is_empty(), video) {
+            (_, None) => SpeechInput::Audio,
+            (true, Some(_)) => SpeechInput::Video,
+            (false, Some(_)) => SpeechInput::AudioVideo,
         };
-        let audio_tokens = audio.dim(0).map_err(tensor_error)?;
+        if self.templates[input.index()].is_none() {
+            return Err(BundleError::Manifest(format!(
+                "this bundle has no {} (or not the encoders it needs)",
+                input.prompt_key()
+            )));
+        }
+        let aligned;
+        let samples = match video {
+            Some(clip) if input == SpeechInput::AudioVideo => {
+                let mut a = samples.to_vec();
+                a.resize(clip.frames * SAMPLES_PER_LIP_FRAME, 0.0);
+                aligned = a;
+                &aligned[..]
+            }
+            _ => samples,
+        };
+        let audio = match input {
+            SpeechInput::Audio => match self.audio_embeddings(samples, &mut times)? {
+                Some(a) => Some(a),
+                None => return Ok(empty(times)),
+            },
+            SpeechInput::AudioVideo => match self.audio_features(samples, &mut times)? {
+                Some(a) => Some(a),
+                None => return Ok(empty(times)),
+            },
+            SpeechInput::Video => None,
+        };
+        let clip_s = video.map(LipClip::seconds);
+        let video = match video {
+            Some(clip) => match self.video_embeddings(clip, &mut times)? {
+                Some(v) => Some(v),
+                None => return Ok(empty(times)),
+            },
+            None => None,
+        };
         let t = Instant::now();
-        self.ensure_prefix_cache()?;
+        self.ensure_prefix_cache(input)?;
         let llm = &self.bundle.llm;
         let decoding = &self.bundle.manifest.decoding;
-        let mut parts = vec![audio.clone()];
-        if !self.suffix_ids.is_empty() {
-            parts.push(llm.embed_tokens(&self.suffix_ids)?);
+        let template = self.templates[input.index()]
+            .as_ref()
+            .expect("checked above");
+        let mut parts = Vec::with_capacity(template.rest.len() + 1);
+        let mut feature_tokens = 0;
+        for piece in &template.rest {
+            match piece {
+                Piece::Text(ids) => parts.push(llm.embed_tokens(ids)?),
+                Piece::Audio | Piece::Video => {
+                    let x = if *piece == Piece::Audio {
+                        &audio
+                    } else {
+                        &video
+                    };
+                    let x = x.clone().expect("the template's inputs were encoded");
+                    feature_tokens += x.dim(0).map_err(tensor_error)?;
+                    parts.push(x);
+                }
+            }
         }
         if !forced.is_empty() {
             parts.push(llm.embed_tokens(forced)?);
         }
-        let input = Tensor::cat(&parts, 0).map_err(tensor_error)?;
+        let embedded = Tensor::cat(&parts, 0).map_err(tensor_error)?;
         // The CTC head scores the audio alone (not the prompt around it).
-        let ctc = match &self.bundle.ctc {
-            Some(head) => Some(Arc::new(head.scorer(llm, &audio)?)),
-            None => None,
+        let ctc = match (&self.bundle.ctc, &audio) {
+            (Some(head), Some(audio)) => Some(Arc::new(head.scorer(llm, audio)?)),
+            _ => None,
         };
         let ctc_for_words = ctc.clone();
         // Encoder frames are 2 hops (20 ms); the projector merges k of them.
-        let frame_s = {
-            let audio = self
-                .bundle
-                .audio
-                .as_ref()
-                .expect("audio embeddings came from it");
-            let k = 1000.0 / audio.projector.output_len(1000).max(1) as f64;
-            k * (2 * HOP) as f64 / f64::from(crate::media::AUDIO_RATE)
+        let frame_s = match (&audio, &self.bundle.audio) {
+            (Some(_), Some(a)) => {
+                let k = 1000.0 / a.projector.output_len(1000).max(1) as f64;
+                k * (2 * HOP) as f64 / f64::from(crate::media::AUDIO_RATE)
+            }
+            _ => 0.0,
         };
-        let fed_before = input.dim(0).map_err(tensor_error)?;
-        let prompt_tokens = self.prefix_ids.len() + fed_before - forced.len();
-        let budget = decoding
-            .token_budget(samples.len() as f64 / f64::from(crate::media::AUDIO_RATE))
-            .max(forced.len() + 1);
+        let fed_before = embedded.dim(0).map_err(tensor_error)?;
+        let prompt_tokens = template.prefix.len() + fed_before - forced.len();
+        let seconds = match clip_s {
+            Some(s) if input == SpeechInput::Video => s,
+            _ => samples.len() as f64 / f64::from(crate::media::AUDIO_RATE),
+        };
+        let budget = decoding.token_budget(seconds).max(forced.len() + 1);
         let mut cache = llm.new_cache(prompt_tokens + budget + 1)?;
-        if let Some(prefix) = &self.prefix_cache {
+        if let Some(prefix) = &self.prefix_caches[input.index()] {
             cache.copy_prefix_from(prefix, prefix.len())?;
         }
         times.prefill = t.elapsed();
         Ok(Decode {
             forced: forced.to_vec(),
-            audio_tokens,
+            audio_tokens: feature_tokens,
             prompt_tokens,
             times,
             state: DecodeState::Prefill(Box::new(Prefill {
                 cache,
-                input,
+                input: embedded,
                 fed: 0,
                 ctc,
                 width,
@@ -535,13 +691,16 @@ impl AsrPipeline {
         Ok(self.bundle.tokenizer.encode(text)?)
     }
 
-    fn ensure_prefix_cache(&mut self) -> Result<(), BundleError> {
-        if self.prefix_cache.is_none() && !self.prefix_ids.is_empty() {
-            let llm = &self.bundle.llm;
-            let mut cache = llm.new_cache(self.prefix_ids.len())?;
-            llm.forward(&self.prefix_ids, &mut cache, false)?;
-            self.prefix_cache = Some(cache);
-        }
+    fn ensure_prefix_cache(&mut self, input: SpeechInput) -> Result<(), BundleError> {
+        let i = input.index();
+        let prefix = match &self.templates[i] {
+            Some(t) if self.prefix_caches[i].is_none() && !t.prefix.is_empty() => &t.prefix,
+            _ => return Ok(()),
+        };
+        let llm = &self.bundle.llm;
+        let mut cache = llm.new_cache(prefix.len())?;
+        llm.forward(prefix, &mut cache, false)?;
+        self.prefix_caches[i] = Some(cache);
         Ok(())
     }
 }
@@ -692,7 +851,16 @@ fn drop_last_frame(mel: &mut MelSpectrogram) {
     mel.frames = frames;
 }
 
-/// Zero mean, unit variance over the utterance (Llama-AVSR's layer norm of the waveform).
+/// Encoder frames kept of a 30 s window holding `samples` of audio, as
+/// Llama-AVSR cuts them: `max(int(samples / 16000 * 50), 25)`, in f64 as
+/// Python computes it (a frame fewer than `samples / 320` at some lengths).
+pub fn padded_frames_kept(samples: usize) -> usize {
+    let frames = (samples as f64 / f64::from(crate::media::AUDIO_RATE) * 50.0).floor() as usize;
+    frames.max(25)
+}
+
+/// Zero mean, unit variance over the utterance (Llama-AVSR's layer norm of
+/// the waveform, eps 1e-8).
 fn normalize(samples: &[f32]) -> Vec<f32> {
     let n = samples.len().max(1) as f64;
     let mean = samples.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
@@ -701,7 +869,7 @@ fn normalize(samples: &[f32]) -> Vec<f32> {
         .map(|&x| (f64::from(x) - mean).powi(2))
         .sum::<f64>()
         / n;
-    let scale = 1.0 / (var + 1e-5).sqrt();
+    let scale = 1.0 / (var + 1e-8).sqrt();
     samples
         .iter()
         .map(|&x| ((f64::from(x) - mean) * scale) as f32)

@@ -7,6 +7,7 @@
 
 pub mod asr;
 pub mod caption;
+pub mod prompt;
 pub mod repetition;
 pub mod scheduler;
 
@@ -17,11 +18,12 @@ use std::sync::Arc;
 
 use avlm_proto as pb;
 
-pub use asr::{AsrPipeline, Decode, StageTimes, Transcript};
+pub use asr::{AsrPipeline, Decode, LipClip, StageTimes, Transcript};
 pub use caption::{
     caption_cache, caption_frames, CaptionEvent, CaptionSettings, CaptionSink, CaptionWork,
     FrameOutcome, VisionFrontEnd,
 };
+pub use prompt::SpeechInput;
 
 use crate::bundle::{BundleError, LoadedBundle};
 
@@ -45,8 +47,10 @@ pub enum EngineError {
 
 /// One utterance to transcribe.
 pub struct Request {
-    /// 16 kHz mono.
+    /// 16 kHz mono (empty when the utterance is read from the lips alone).
     pub samples: Vec<f32>,
+    /// The speaker's mouth crops over the same time (lip reading), if any.
+    pub video: Option<Box<LipClip>>,
     /// Text the answer must start with (already committed to the client).
     pub forced: String,
     /// Who asked (any number unique to the session): finals are admitted
@@ -154,8 +158,12 @@ pub struct Engine {
     caption_defaults: Option<(CaptionSettings, f32)>,
     /// The caption format takes client questions.
     questions: bool,
-    /// The bundle has an audio encoder.
+    /// The bundle transcribes audio alone.
     transcribes: bool,
+    /// What the bundle reads lips with.
+    lips: crate::session::valid::LipCaps,
+    /// The face detector of lip reading.
+    face_detector: Option<std::path::PathBuf>,
 }
 
 /// Why a request was not accepted.
@@ -198,7 +206,7 @@ impl Engine {
             )
         });
         let questions = format.as_ref().is_some_and(|f| f.question.is_some());
-        let transcribes = bundle.audio.is_some();
+        let face_detector = bundle.lip.as_ref().map(|l| l.face_detector.clone());
         let info = pb::ModelInfo {
             name: bundle.manifest.name.clone(),
             vad: String::new(),
@@ -215,6 +223,11 @@ impl Engine {
             llm: bundle.llm.describe().to_string(),
         };
         let pipeline = AsrPipeline::new(bundle)?;
+        let transcribes = pipeline.transcribes(SpeechInput::Audio);
+        let lips = crate::session::valid::LipCaps {
+            video: pipeline.transcribes(SpeechInput::Video),
+            audio_video: pipeline.transcribes(SpeechInput::AudioVideo),
+        };
         let (tx, rx) = sync_channel::<Work>(INBOX);
         let load = Arc::new(EngineLoad::default());
         let thread_load = load.clone();
@@ -230,6 +243,8 @@ impl Engine {
             caption_defaults,
             questions,
             transcribes,
+            lips,
+            face_detector,
         })
     }
 
@@ -252,9 +267,19 @@ impl Engine {
         self.caption_defaults
     }
 
-    /// Whether the bundle transcribes audio (it may caption only).
+    /// Whether the bundle transcribes audio alone (it may caption only).
     pub fn transcribes(&self) -> bool {
         self.transcribes
+    }
+
+    /// What the bundle reads lips with.
+    pub fn lips(&self) -> crate::session::valid::LipCaps {
+        self.lips
+    }
+
+    /// The face detector's ONNX file, when the bundle reads lips.
+    pub fn face_detector(&self) -> Option<&std::path::Path> {
+        self.face_detector.as_deref()
     }
 
     /// Whether caption sessions may ask questions (Control ACTION_ASK).

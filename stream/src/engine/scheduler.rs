@@ -385,14 +385,16 @@ impl Scheduler {
                 session: r.session,
                 partial: r.partial,
                 backlog: if r.partial { 0 } else { r.samples.len() as u64 },
-                audio_s: r.samples.len() as f64 / crate::media::AUDIO_RATE as f64,
+                audio_s: (r.samples.len() as f64 / crate::media::AUDIO_RATE as f64)
+                    .max(r.video.as_deref().map_or(0.0, super::LipClip::seconds)),
                 cancelled: r.cancelled,
                 reply: r.reply,
             };
             let pipeline = &mut self.pipeline;
             let started = guarded(|| {
                 let forced = pipeline.encode_answer(&r.forced)?;
-                let mut decode = pipeline.begin(&r.samples, &forced, r.partial)?;
+                let mut decode =
+                    pipeline.begin_clip(&r.samples, r.video.as_deref(), &forced, r.partial)?;
                 let n = pipeline.prefill(&mut decode, budget)?;
                 Ok((decode, n))
             });

@@ -65,6 +65,11 @@ pub struct Analysis {
     video_only: bool,
     /// Frames the captioner looked at (kept after it finished, for the last Stats).
     caption_frames: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The transcriber reads lips from every frame (25 a second); the
+    /// captioner then sees them at its own rate: the next frame it takes.
+    lips: bool,
+    caption_period_s: f64,
+    next_caption_s: f64,
 }
 
 /// How the analysis ended.
@@ -105,7 +110,18 @@ impl Analysis {
             captioner: None,
             video_only: false,
             caption_frames: None,
+            lips: false,
+            caption_period_s: 0.0,
+            next_caption_s: f64::NEG_INFINITY,
         }
+    }
+
+    /// The transcriber reads lips from the frames; a captioner beside it
+    /// looks at `caption_fps` of them a second.
+    pub fn reading_lips(mut self, lips: bool, caption_fps: Option<f32>) -> Self {
+        self.lips = lips;
+        self.caption_period_s = caption_fps.map_or(0.0, |f| 1.0 / f64::from(f));
+        self
     }
 
     /// Captions the video frames; `video_only`: the session decodes no audio.
@@ -200,8 +216,34 @@ impl Analysis {
         if self.video_only {
             self.processed_s = self.processed_s.max(frame.pts_s);
         }
+        if self.lips {
+            if let Some(t) = &mut self.transcriber {
+                match t.frame(&frame) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.out
+                            .fail(SessionError::unavailable("the model thread has stopped"));
+                        return false;
+                    }
+                    Err(e) => {
+                        self.out.fail(e);
+                        return false;
+                    }
+                }
+            }
+        }
         if let Some(c) = &self.captioner {
-            c.frame(frame);
+            if !self.lips || frame.pts_s >= self.next_caption_s {
+                // on the caption grid from the first frame, never drifting
+                let on_grid = self.next_caption_s.is_finite()
+                    && frame.pts_s - self.next_caption_s < self.caption_period_s;
+                self.next_caption_s = if on_grid {
+                    self.next_caption_s + self.caption_period_s
+                } else {
+                    frame.pts_s + self.caption_period_s
+                };
+                c.frame(frame);
+            }
         }
         if self.video_only {
             return self.periodic_stats();

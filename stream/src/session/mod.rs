@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod caption;
+pub mod lips;
 pub mod transcribe;
 pub mod valid;
 
@@ -98,6 +99,7 @@ pub async fn run(
     let caps = valid::Capabilities {
         model_name: state.model_name(),
         transcribe: state.engine.as_ref().is_some_and(|e| e.transcribes()),
+        lips: state.engine.as_ref().map(|e| e.lips()).unwrap_or_default(),
         caption: state.engine.as_ref().and_then(|e| e.caption_defaults()),
     };
     let valid = match valid::validate(config, &state.config.defaults, &caps) {
@@ -132,6 +134,33 @@ pub async fn run(
                 .await
             }
         }
+    };
+
+    let lips = match (
+        valid.lips,
+        state.engine.as_ref().and_then(|e| e.face_detector()),
+    ) {
+        (true, Some(path)) => {
+            let path = path.to_path_buf();
+            let max_segment_s = valid.endpoint.max_segment_s;
+            let video_only = !valid.decode.audio;
+            match tokio::task::spawn_blocking(move || lips::LipTrack::new(&path)).await {
+                Ok(Ok(track)) => Some(if video_only {
+                    (track.segmenting(max_segment_s), max_segment_s)
+                } else {
+                    (track, max_segment_s)
+                }),
+                Ok(Err(e)) => return fail(&tx, e).await,
+                Err(e) => {
+                    return fail(
+                        &tx,
+                        SessionError::internal(format!("cannot start lip reading: {e}")),
+                    )
+                    .await
+                }
+            }
+        }
+        _ => None,
     };
 
     let ready = pb::Ready {
@@ -208,20 +237,25 @@ pub async fn run(
         },
         valid.stats_interval_s,
         match (valid.task, &state.engine) {
-            (valid::Task::Transcribe, Some(engine)) => Some(
-                transcribe::Transcriber::new(
+            (valid::Task::Transcribe, Some(engine)) => {
+                let t = transcribe::Transcriber::new(
                     engine.clone(),
                     tx.clone(),
                     lease.clone(),
                     valid.partial_interval_s,
                     &tokio::runtime::Handle::current(),
                 )
-                .reaching_back(&valid.endpoint),
-            ),
+                .reaching_back(&valid.endpoint);
+                Some(match lips {
+                    Some((track, max_segment_s)) => t.reading_lips(track, max_segment_s),
+                    None => t,
+                })
+            }
             _ => None,
         },
     )
     .whole_utterance(valid.whole_utterance)
+    .reading_lips(valid.lips, valid.captions.map(|c| c.fps))
     .captioning(captioner, !valid.decode.audio);
     let analysis_lease = lease.clone();
     // Fires when the analysis thread is done, so a client that sent

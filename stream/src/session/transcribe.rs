@@ -10,17 +10,21 @@
 //! its segment ends is skipped.
 //!
 //! Keeps the audio of the open segment plus a few seconds of history so the
-//! pre-roll before an onset is there.
+//! pre-roll before an onset is there. A stream that reads lips keeps the
+//! mouth crops of the same span; a segment waits for the crops up to its
+//! end to settle (the tracker smooths over a few frames ahead) before it is
+//! handed in.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use avlm_encoders::SpeechEvent;
+use avlm_encoders::{Frame, SpeechEvent};
 use avlm_proto as pb;
 use tokio::sync::mpsc::Sender;
 
+use super::lips::LipTrack;
 use crate::engine::{Engine, Request, SubmitError};
 use crate::error::SessionError;
 use crate::media::AUDIO_RATE;
@@ -215,9 +219,14 @@ pub struct Transcriber {
     engine: Engine,
     /// This session's number for the engine.
     session: u64,
-    /// Finals the model thread's inbox had no room for, in order: handed in
-    /// before anything newer.
-    held: VecDeque<Request>,
+    /// Finals the model thread's inbox had no room for, or whose mouth
+    /// crops are not settled yet, in order: handed in before anything newer.
+    held: VecDeque<Held>,
+    /// The mouth crops of a stream that reads lips.
+    lips: Option<LipTrack>,
+    /// Crops kept behind the newest settled one (the longest segment and
+    /// its pre-roll).
+    lip_history_s: f64,
     /// Watched to skip work for a client that went away.
     tx: ReplyTx,
     out: Forwarder,
@@ -246,6 +255,8 @@ impl Transcriber {
             engine,
             session: crate::engine::session_number(),
             held: VecDeque::new(),
+            lips: None,
+            lip_history_s: IDLE_HISTORY_S,
             out: Forwarder::start(tx.clone(), lease, runtime),
             tx,
             buffer: Vec::new(),
@@ -265,6 +276,53 @@ impl Transcriber {
         let reach = endpoint.pre_roll_s + endpoint.min_speech_s + endpoint.min_silence_s + 1.0;
         self.history_s = reach.max(IDLE_HISTORY_S);
         self
+    }
+
+    /// Reads the speaker's lips from the frames given to [`Transcriber::frame`].
+    pub fn reading_lips(mut self, track: LipTrack, max_segment_s: f64) -> Self {
+        self.lip_history_s = max_segment_s + self.history_s + 1.0;
+        self.lips = Some(track);
+        self
+    }
+
+    /// Takes one decoded frame of a stream that reads lips: its mouth crop,
+    /// and for a stream without audio, the segments that face presence
+    /// closed. `Ok(false)` when the model thread is gone.
+    pub fn frame(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+        let Some(lips) = &mut self.lips else {
+            return Ok(true);
+        };
+        let mut events = Vec::new();
+        lips.frame(frame, &mut events)?;
+        let horizon = lips.settled_until() - self.lip_history_s;
+        lips.forget_before(horizon);
+        for e in &events {
+            if !self.event(e) {
+                return Ok(false);
+            }
+        }
+        Ok(self.hand_in_held())
+    }
+
+    /// Media time up to which a stream that reads lips has settled crops.
+    pub fn lips_settled_until(&self) -> Option<f64> {
+        self.lips.as_ref().map(LipTrack::settled_until)
+    }
+
+    /// The mouth crops of `from_s..to_s` for `request`, or none when the
+    /// stream has none there, or when they show no face and the model can
+    /// transcribe the audio alone.
+    fn attach_video(&self, request: &mut Request, from_s: f64, to_s: f64) {
+        let Some(lips) = &self.lips else {
+            return;
+        };
+        request.video = match lips.clip(from_s, to_s) {
+            Some((clip, faces)) => {
+                let audio_alone = !request.samples.is_empty() && self.engine.transcribes();
+                (faces > 0 || !audio_alone).then(|| Box::new(clip))
+            }
+            None => None,
+        };
     }
 
     /// Appends decoded audio that starts at `start_s`.
@@ -320,7 +378,8 @@ impl Transcriber {
         let (gen_watch, tx_watch) = (self.generation.clone(), self.tx.clone());
         let (agreement, out) = (self.agreement.clone(), self.out.clone());
         let before = out.finals_issued();
-        let request = Request {
+        let mut request = Request {
+            video: None,
             samples,
             forced,
             session: self.session,
@@ -376,6 +435,9 @@ impl Transcriber {
                 );
             }),
         };
+        if let Some(settled) = self.lips_settled_until() {
+            self.attach_video(&mut request, audio_start_s, now_s.min(settled));
+        }
         match self.engine.try_submit(request) {
             Ok(()) => true,
             // A busy model skips this partial; the next one is due soon.
@@ -411,7 +473,7 @@ impl Transcriber {
         if self.out.owed.segments.load(Ordering::Acquire) == 0 {
             return 0.0;
         }
-        let held: usize = self.held.iter().map(|r| r.samples.len()).sum();
+        let held: usize = self.held.iter().map(|h| h.request.samples.len()).sum();
         self.engine
             .load()
             .expected_delay_s(held as f64 / f64::from(AUDIO_RATE))
@@ -420,11 +482,23 @@ impl Transcriber {
     /// Hands in the finals held back by a full inbox, oldest first, while
     /// there is room; `false` when the model thread is gone.
     fn hand_in_held(&mut self) -> bool {
-        while let Some(request) = self.held.pop_front() {
-            match self.engine.try_submit(request) {
+        while let Some(mut h) = self.held.pop_front() {
+            if let Some((from, to)) = h.video.take() {
+                if self.lips_settled_until().is_some_and(|s| s < to) {
+                    // its crops are not settled yet: it and all after it wait
+                    h.video = Some((from, to));
+                    self.held.push_front(h);
+                    return true;
+                }
+                self.attach_video(&mut h.request, from, to);
+            }
+            match self.engine.try_submit(h.request) {
                 Ok(()) => {}
                 Err(SubmitError::Full(request)) => {
-                    self.held.push_front(request);
+                    self.held.push_front(Held {
+                        request,
+                        video: None,
+                    });
                     self.out.owed.busy.store(true, Ordering::Release);
                     return true;
                 }
@@ -435,17 +509,31 @@ impl Transcriber {
         true
     }
 
-    /// At the end of the stream: hands in every held final, waiting for
-    /// room (nothing else is left to do); `false` when the model thread is gone.
+    /// At the end of the stream: settles the last mouth crops (closing a
+    /// face-presence segment still open), then hands in every held final,
+    /// waiting for room (nothing else is left to do); `false` when the
+    /// model thread is gone.
     pub fn finish(&mut self) -> bool {
-        while let Some(request) = self.held.pop_front() {
+        if let Some(lips) = &mut self.lips {
+            let mut events = Vec::new();
+            lips.finish(&mut events);
+            for e in &events {
+                if !self.event(e) {
+                    return false;
+                }
+            }
+        }
+        while let Some(mut h) = self.held.pop_front() {
             // A client that went away is owed nothing: its finals do not
             // wait in line behind other sessions' work.
             if self.tx.is_closed() {
                 self.held.clear();
                 break;
             }
-            if self.engine.submit_waiting(request).is_err() {
+            if let Some((from, to)) = h.video.take() {
+                self.attach_video(&mut h.request, from, to);
+            }
+            if self.engine.submit_waiting(h.request).is_err() {
                 return false;
             }
         }
@@ -462,12 +550,19 @@ impl Transcriber {
 
     /// Submits everything buffered as one utterance (segment 0).
     pub fn whole(&mut self) -> bool {
-        // No audio, no utterance: the stream ends with no Final.
-        if self.buffer.is_empty() {
-            return true;
-        }
-        let start = self.buffer_start_s;
-        let end = start + self.buffer.len() as f64 / f64::from(AUDIO_RATE);
+        let lip_span = self.lips.as_mut().and_then(|l| {
+            l.finish(&mut Vec::new());
+            l.span()
+        });
+        let (start, end) = match lip_span {
+            // No audio, no utterance: the stream ends with no Final.
+            None if self.buffer.is_empty() => return true,
+            Some(span) if self.buffer.is_empty() => span,
+            _ => (
+                self.buffer_start_s,
+                self.buffer_start_s + self.buffer.len() as f64 / f64::from(AUDIO_RATE),
+            ),
+        };
         self.event(&SpeechEvent::End {
             id: 0,
             start_s: start,
@@ -523,6 +618,7 @@ impl Transcriber {
         backlog.segments.fetch_add(1, Ordering::AcqRel);
         backlog.samples.fetch_add(owed, Ordering::AcqRel);
         let request = Request {
+            video: None,
             samples,
             forced,
             session: self.session,
@@ -561,9 +657,19 @@ impl Transcriber {
                 out.deliver_final(ticket, msg, Some(owed));
             }),
         };
-        self.held.push_back(request);
+        self.held.push_back(Held {
+            request,
+            video: self.lips.is_some().then_some((audio_start_s, audio_end_s)),
+        });
         self.hand_in_held()
     }
+}
+
+/// A final not handed in yet.
+struct Held {
+    request: Request,
+    /// The span whose mouth crops it still needs.
+    video: Option<(f64, f64)>,
 }
 
 #[cfg(test)]

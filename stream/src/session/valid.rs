@@ -36,6 +36,8 @@ pub struct ValidConfig {
     pub stats_interval_s: f64,
     /// Live captions of the video (task CAPTION, or `options.captions`).
     pub captions: Option<CaptionConfig>,
+    /// TRANSCRIBE reads the speaker's lips from the video.
+    pub lips: bool,
     /// What `Ready` echoes back: the request with every default filled in.
     pub effective: pb::StreamConfig,
 }
@@ -90,16 +92,46 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 #[derive(Debug, Clone)]
 pub struct Capabilities {
     pub model_name: String,
+    /// The model transcribes audio.
     pub transcribe: bool,
+    /// What the model reads lips with.
+    pub lips: LipCaps,
     /// The model's caption settings and frame rate, when it captions video.
     pub caption: Option<(CaptionSettings, f32)>,
 }
 
+/// Which inputs a model reads lips from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LipCaps {
+    /// The video alone.
+    pub video: bool,
+    /// The audio and the video together.
+    pub audio_video: bool,
+}
+
+/// Frames a second a lip-reading stream decodes (the lip encoder's rate).
+pub const LIP_FPS: f32 = 25.0;
+
 impl Capabilities {
+    /// What TRANSCRIBE reads on this server, for error messages.
+    fn transcribe_inputs(&self) -> String {
+        let mut t = Vec::new();
+        if self.transcribe {
+            t.push("MODALITIES_AUDIO");
+        }
+        if self.lips.video {
+            t.push("MODALITIES_VIDEO");
+        }
+        if self.lips.audio_video {
+            t.push("MODALITIES_AUDIO_VIDEO");
+        }
+        t.join(", ")
+    }
+
     /// The tasks this server runs, for error messages.
     fn tasks(&self) -> String {
         let mut t = vec!["SEGMENTS"];
-        if self.transcribe {
+        if self.transcribe || self.lips.video || self.lips.audio_video {
             t.push("TRANSCRIBE");
         }
         if self.caption.is_some() {
@@ -147,17 +179,33 @@ pub fn validate(
                 "task SEGMENTS finds speech in the audio, so the modalities must include audio",
             ));
         }
-        Task::Transcribe if !caps.transcribe => {
+        Task::Transcribe if !caps.transcribe && caps.lips == LipCaps::default() => {
             return Err(SessionError::unsupported(format!(
-                "task TRANSCRIBE needs a model bundle with an audio encoder (serve --bundle DIR; [audio] in its avlm.toml), and this server has none; it serves {}",
+                "task TRANSCRIBE needs a model bundle with an audio or lip encoder (serve --bundle DIR; [audio] or [lip] in its avlm.toml), and this server has none; it serves {}",
                 caps.tasks()
             )));
         }
-        Task::Transcribe if !audio => {
-            return Err(bad(
-                "modalities",
-                "this server transcribes audio: the modalities must include audio",
-            ));
+        Task::Transcribe if !audio && !caps.lips.video => {
+            return Err(SessionError::precondition(format!(
+                "StreamConfig.modalities: MODALITIES_VIDEO transcribes from the lips alone, and this server's model does not ({}); it transcribes {}",
+                if caps.lips.audio_video { "it reads lips only together with the audio" } else { "it has no lip encoder: no [lip] in its avlm.toml" },
+                caps.transcribe_inputs()
+            )));
+        }
+        Task::Transcribe
+            if audio && video && !caps.lips.audio_video && !o.captions.unwrap_or(false) =>
+        {
+            return Err(SessionError::precondition(format!(
+                "StreamConfig.modalities: MODALITIES_AUDIO_VIDEO transcribes the audio with the lips, and this server's model does not ({}); it transcribes {}; ask for MODALITIES_AUDIO, or set options.captions to caption the video beside the transcript",
+                if caps.lips.video { "it reads lips only from the video alone" } else { "it has no lip encoder: no [lip] in its avlm.toml" },
+                caps.transcribe_inputs()
+            )));
+        }
+        Task::Transcribe if audio && !video && !caps.transcribe => {
+            return Err(SessionError::precondition(format!(
+                "StreamConfig.modalities: this server's model reads lips and has no audio-only prompt; it transcribes {}",
+                caps.transcribe_inputs()
+            )));
         }
         Task::Caption if caps.caption.is_none() => {
             return Err(SessionError::unsupported(format!(
@@ -180,6 +228,13 @@ pub fn validate(
         ));
     }
     let captioning = task == Task::Caption || o.captions.unwrap_or(false);
+    let lips = task == Task::Transcribe
+        && video
+        && if audio {
+            caps.lips.audio_video
+        } else {
+            caps.lips.video
+        };
     let captions = if captioning {
         let Some((defaults, default_fps)) = caps.caption else {
             return Err(SessionError::unsupported(format!(
@@ -344,6 +399,15 @@ pub fn validate(
         " ms",
     )?;
     let video_fps = match &captions {
+        _ if lips => {
+            if o.video_fps.is_some_and(|f| f != LIP_FPS) {
+                return Err(bad(
+                    "options.video_fps",
+                    format!("a lip-reading stream decodes video at {LIP_FPS} frames/s (the lip encoder's rate); leave video_fps unset"),
+                ));
+            }
+            LIP_FPS
+        }
         Some(c) => {
             if o.video_fps.is_some_and(|f| f != c.fps) {
                 return Err(bad(
@@ -362,7 +426,7 @@ pub fn validate(
         ));
     }
     let default_side = |side: u32| {
-        if captions.is_some() {
+        if captions.is_some() || lips {
             CAPTION_FRAME_BOX
         } else {
             side
@@ -399,7 +463,7 @@ pub fn validate(
             fps: f64::from(video_fps),
             width: video_width,
             height: video_height,
-            keep_aspect: captions.is_some(),
+            keep_aspect: captions.is_some() || lips,
         }),
     };
     let effective = pb::StreamConfig {
@@ -480,6 +544,7 @@ pub fn validate(
         endpoint,
         stats_interval_s: f64::from(stats_interval_ms) / 1e3,
         captions,
+        lips,
         effective,
     })
 }
@@ -496,10 +561,108 @@ mod tests {
             &Capabilities {
                 model_name: "default".into(),
                 transcribe: false,
+                lips: LipCaps::default(),
                 caption: None,
             },
         )
         .map_err(tonic::Status::from)
+    }
+
+    fn transcribe(
+        modalities: pb::Modalities,
+        captions: bool,
+        caps: &Capabilities,
+    ) -> Result<ValidConfig, tonic::Status> {
+        let config = pb::StreamConfig {
+            task: pb::Task::Transcribe as i32,
+            modalities: modalities as i32,
+            options: Some(pb::StreamOptions {
+                captions: captions.then_some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        validate(config, &SessionDefaults::default(), caps).map_err(tonic::Status::from)
+    }
+
+    #[test]
+    fn transcribing_video_needs_a_model_that_reads_lips() {
+        let audio_only = Capabilities {
+            model_name: "default".into(),
+            transcribe: true,
+            lips: LipCaps::default(),
+            caption: Some((
+                CaptionSettings {
+                    threshold: 0.7,
+                    max_new_tokens: 16,
+                },
+                2.0,
+            )),
+        };
+        for m in [pb::Modalities::Video, pb::Modalities::AudioVideo] {
+            let e = transcribe(m, false, &audio_only).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{m:?}");
+            assert!(e.message().contains("no lip encoder"), "{}", e.message());
+            assert!(e.message().contains("MODALITIES_AUDIO"), "{}", e.message());
+        }
+        // audio and video with captions: the video is captioned, the audio transcribed
+        let v = transcribe(pb::Modalities::AudioVideo, true, &audio_only).unwrap();
+        assert!(!v.lips && v.captions.is_some());
+
+        let avsr = Capabilities {
+            lips: LipCaps {
+                video: false,
+                audio_video: true,
+            },
+            transcribe: false,
+            ..audio_only.clone()
+        };
+        let v = transcribe(pb::Modalities::AudioVideo, false, &avsr).unwrap();
+        assert!(v.lips && v.decode.audio);
+        let video = v.decode.video.unwrap();
+        assert_eq!(video.fps, f64::from(LIP_FPS));
+        assert!(video.keep_aspect);
+        // with captions too, the frames still come at the lips' rate
+        let v = transcribe(pb::Modalities::AudioVideo, true, &avsr).unwrap();
+        assert!(v.lips && v.captions.is_some());
+        assert_eq!(v.decode.video.unwrap().fps, f64::from(LIP_FPS));
+        let e = transcribe(pb::Modalities::Video, false, &avsr).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("only together with the audio"),
+            "{}",
+            e.message()
+        );
+        let e = transcribe(pb::Modalities::Audio, false, &avsr).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("MODALITIES_AUDIO_VIDEO"),
+            "{}",
+            e.message()
+        );
+
+        let vsr = Capabilities {
+            lips: LipCaps {
+                video: true,
+                audio_video: false,
+            },
+            ..avsr
+        };
+        let v = transcribe(pb::Modalities::Video, false, &vsr).unwrap();
+        assert!(v.lips && !v.decode.audio);
+        let mut config = pb::StreamConfig {
+            task: pb::Task::Transcribe as i32,
+            modalities: pb::Modalities::Video as i32,
+            ..Default::default()
+        };
+        config.options = Some(pb::StreamOptions {
+            video_fps: Some(10.0),
+            ..Default::default()
+        });
+        let e = validate(config, &SessionDefaults::default(), &vsr)
+            .map_err(tonic::Status::from)
+            .unwrap_err();
+        assert!(e.message().contains("25 frames/s"), "{}", e.message());
     }
 
     #[test]
