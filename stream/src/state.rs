@@ -178,6 +178,8 @@ impl ServerState {
                 audio_encoder: String::new(),
                 vision_encoder: String::new(),
                 llm: String::new(),
+                lip_encoder: String::new(),
+                transcribe_modalities: Vec::new(),
             },
         }
     }

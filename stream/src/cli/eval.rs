@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use avlm_proto as pb;
 
-use avlm_stream::bundle::LoadedBundle;
-use avlm_stream::engine::AsrPipeline;
+use avlm_stream::bundle::{LoadedBundle, Manifest};
+use avlm_stream::engine::{AsrPipeline, SpeechInput};
 use avlm_stream::eval::lrs3::{self, Backend, Condition};
 use avlm_stream::eval::noise::NoiseMixer;
 use avlm_stream::eval::plot::PlotTitle;
@@ -78,12 +78,51 @@ pub struct Lrs3Args {
 
 pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     let EvalSet::Lrs3(args) = args.set;
-    if args.modality != Modality::Audio {
-        anyhow::bail!(
-            "--modalities {:?} needs a lip encoder (mouth crops + AV-HuBERT); the loaded bundles are audio-only, so only --modalities audio can run",
-            args.modality
-        );
-    }
+    let input = match args.modality {
+        Modality::Audio => SpeechInput::Audio,
+        Modality::Video => SpeechInput::Video,
+        Modality::Av => SpeechInput::AudioVideo,
+    };
+    let config = args.runtime.server_config(1, 1);
+    // What the model reads, checked before anything is decoded.
+    let detector = match &args.server {
+        Some(url) => {
+            let info = server_model_info(&args.credentials.target(url)).await?;
+            let wanted = match input {
+                SpeechInput::Audio => pb::Modalities::Audio,
+                SpeechInput::Video => pb::Modalities::Video,
+                SpeechInput::AudioVideo => pb::Modalities::AudioVideo,
+            } as i32;
+            if !info.transcribe_modalities.contains(&wanted) {
+                anyhow::bail!(
+                    "--modalities {:?}: the server's model {:?} does not transcribe it{}",
+                    args.modality,
+                    info.name,
+                    if info.lip_encoder.is_empty() && input.has_video() {
+                        " (it has no lip encoder)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None
+        }
+        None if input.has_video() => {
+            let dir = config.bundle.clone().ok_or_else(|| {
+                anyhow::anyhow!("no model bundle (run tools/setup.sh or pass --bundle)")
+            })?;
+            let manifest = Manifest::read(&dir).map_err(|e| anyhow::anyhow!(e))?;
+            let Some(lip) = manifest.lip else {
+                anyhow::bail!(
+                    "--modalities {:?} needs a lip encoder (mouth crops + AV-HuBERT, [lip] in the bundle's avlm.toml); the bundle {} has none, so only --modalities audio can run (tools/avsr/convert_llama_avsr.py makes one from a Llama-AVSR checkpoint)",
+                    args.modality,
+                    dir.display()
+                );
+            };
+            Some(dir.join(lip.face_detector))
+        }
+        None => None,
+    };
     let conditions: Vec<Condition> = args
         .snr
         .iter()
@@ -102,7 +141,6 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
     if clips.is_empty() {
         anyhow::bail!("no clips to evaluate");
     }
-    let config = args.runtime.server_config(1, 1);
     let (mixer, noise) = if conditions.iter().any(|c| matches!(c, Condition::Snr(_))) {
         let (mixer, noise) = load_noise(&args).await?;
         (Some(mixer), noise)
@@ -128,7 +166,16 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
                 let loaded = LoadedBundle::load(&dir, threads)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
                 let name = loaded.manifest.name.clone();
-                anyhow::Ok((AsrPipeline::new(loaded)?, name))
+                let pipeline = AsrPipeline::new(loaded)?;
+                if !pipeline.transcribes(input) {
+                    anyhow::bail!(
+                        "{}: the bundle has no {}: it does not transcribe --modalities {:?}",
+                        dir.display(),
+                        input.prompt_key(),
+                        input
+                    );
+                }
+                anyhow::Ok((pipeline, name))
             })
             .await??;
             let model = serde_json::json!({"name": name, "bundle": bundle});
@@ -144,9 +191,25 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
             conditions.len()
         ),
     );
-    let results = lrs3::run(&clips, &conditions, &mut backend, mixer.as_ref(), |r| {
-        progress.step(&format!("{} @ {}", r.id, r.condition));
-    })
+    let reading = lrs3::Reading {
+        input,
+        detector: detector.as_deref(),
+    };
+    if args.server.is_none() && input.has_video() {
+        // the mouth tracker's face detector runs here
+        let ort = config.ort_lib.clone();
+        tokio::task::spawn_blocking(move || avlm_encoders::runtime::init(&ort)).await??;
+    }
+    let results = lrs3::run(
+        &clips,
+        &conditions,
+        &mut backend,
+        mixer.as_ref(),
+        reading,
+        |r| {
+            progress.step(&format!("{} @ {}", r.id, r.condition));
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
     progress.finish();
@@ -165,7 +228,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<()> {
         let meta = serde_json::json!({
             "dir": args.dir,
             "clips_found": clips_found,
-            "modality": "audio",
+            "modality": match input {
+                SpeechInput::Audio => "audio",
+                SpeechInput::Video => "video",
+                SpeechInput::AudioVideo => "av",
+            },
             "backend": match &args.server { Some(u) => format!("grpc {u}"), None => "in-process".to_string() },
             "bundle": if args.server.is_none() { model["bundle"].clone() } else { serde_json::Value::Null },
             "server_model": if args.server.is_some() { model.clone() } else { serde_json::Value::Null },
@@ -220,6 +287,16 @@ async fn load_noise(args: &Lrs3Args) -> anyhow::Result<(NoiseMixer, serde_json::
     Ok((mixer, record))
 }
 
+/// The first model a server runs, as its GetInfo reports it.
+async fn server_model_info(target: &avlm_stream::client::Target) -> anyhow::Result<pb::ModelInfo> {
+    let mut client = avlm_stream::client::connect(target).await?;
+    let info = client.get_info(pb::GetInfoRequest {}).await?.into_inner();
+    info.models
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the server reports no model"))
+}
+
 /// The model a server runs, as its GetInfo reports it.
 async fn server_model(target: &avlm_stream::client::Target) -> anyhow::Result<serde_json::Value> {
     let mut client = avlm_stream::client::connect(target).await?;
@@ -236,6 +313,7 @@ async fn server_model(target: &avlm_stream::client::Target) -> anyhow::Result<se
         "audio_encoder": m.audio_encoder,
         "vision_encoder": m.vision_encoder,
         "llm": m.llm,
+        "lip_encoder": m.lip_encoder,
     }))
 }
 

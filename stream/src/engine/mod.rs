@@ -207,7 +207,7 @@ impl Engine {
         });
         let questions = format.as_ref().is_some_and(|f| f.question.is_some());
         let face_detector = bundle.lip.as_ref().map(|l| l.face_detector.clone());
-        let info = pb::ModelInfo {
+        let mut info = pb::ModelInfo {
             name: bundle.manifest.name.clone(),
             vad: String::new(),
             audio_encoder: bundle
@@ -221,8 +221,24 @@ impl Engine {
                 .map(|v| v.name().to_string())
                 .unwrap_or_default(),
             llm: bundle.llm.describe().to_string(),
+            lip_encoder: bundle
+                .lip
+                .as_ref()
+                .and_then(|l| l.encoder.path().file_name())
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            transcribe_modalities: Vec::new(),
         };
         let pipeline = AsrPipeline::new(bundle)?;
+        for (input, m) in [
+            (SpeechInput::Audio, pb::Modalities::Audio),
+            (SpeechInput::Video, pb::Modalities::Video),
+            (SpeechInput::AudioVideo, pb::Modalities::AudioVideo),
+        ] {
+            if pipeline.transcribes(input) {
+                info.transcribe_modalities.push(m as i32);
+            }
+        }
         let transcribes = pipeline.transcribes(SpeechInput::Audio);
         let lips = crate::session::valid::LipCaps {
             video: pipeline.transcribes(SpeechInput::Video),

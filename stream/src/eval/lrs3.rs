@@ -1,6 +1,9 @@
 //! The LRS3 evaluation protocol (as Llama-AVSR, auto_avsr and AV-HuBERT run
 //! it): clips `DIR/<speaker>/<clip>.mp4` with `<clip>.txt` whose first line
-//! is `Text:  THE WORDS`; every clip decoded whole; corpus WER and CER.
+//! is `Text:  THE WORDS`; every clip decoded whole; corpus WER and CER. Lip
+//! reading (video alone, or with the audio) reads the clip's frames through
+//! the face detector and mouth tracker of a live stream (or takes 96x96
+//! frames as mouth crops already); noise is mixed into the audio only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,11 @@ use std::time::Instant;
 use avlm_proto as pb;
 use serde::Serialize;
 
+use super::clip::{read_clip, ClipMedia};
 use super::noise::NoiseMixer;
 use super::wer::{normalize, Errors};
 use crate::client::{self, SendOptions, Source};
-use crate::engine::AsrPipeline;
-use crate::media::file::decode_audio_file;
+use crate::engine::{AsrPipeline, LipClip, SpeechInput};
 
 /// Media file extensions taken as clips (LRS3 ships .mp4).
 const MEDIA_EXTENSIONS: [&str; 8] = ["mp4", "mkv", "webm", "wav", "flac", "ogg", "mp3", "m4a"];
@@ -132,15 +135,36 @@ pub struct ClipResult {
     pub decode_s: f64,
 }
 
+/// One utterance to decode.
+pub struct Utterance<'a> {
+    /// The clip's file (a server is sent its bytes when it reads lips).
+    pub media: &'a Path,
+    /// 16 kHz mono, noise mixed in (empty for lips alone).
+    pub samples: Vec<f32>,
+    /// The mouth crops (lip reading).
+    pub lips: Option<LipClip>,
+    /// The audio is the clip's own (no noise mixed in).
+    pub clean: bool,
+}
+
 impl Backend {
-    /// The hypothesis for one utterance of 16 kHz mono audio.
-    pub async fn transcribe(&mut self, samples: Vec<f32>) -> Result<String, String> {
+    /// The hypothesis for one utterance.
+    pub async fn transcribe(
+        &mut self,
+        input: SpeechInput,
+        u: Utterance<'_>,
+    ) -> Result<String, String> {
         match self {
             Backend::InProcess(slot) => {
                 let mut pipeline = slot.take().ok_or("the in-process model is gone")?;
                 let (pipeline, result) = tokio::task::spawn_blocking(move || {
+                    let samples = if input.has_audio() {
+                        &u.samples[..]
+                    } else {
+                        &[]
+                    };
                     let r = pipeline
-                        .transcribe(&samples)
+                        .transcribe_clip(samples, u.lips.as_ref())
                         .map(|t| t.text)
                         .map_err(|e| e.to_string());
                     (pipeline, r)
@@ -150,8 +174,33 @@ impl Backend {
                 *slot = Some(pipeline);
                 result
             }
+            Backend::Server(url) if input.has_video() => {
+                // The server reads the lips from the clip's own frames.
+                if !u.clean {
+                    return Err("through a server, lip reading runs the clean condition only (noise is mixed into the audio here, and the clip is sent as it is)".into());
+                }
+                let bytes = tokio::fs::read(u.media)
+                    .await
+                    .map_err(|e| format!("{}: {e}", u.media.display()))?;
+                let config = pb::StreamConfig {
+                    task: pb::Task::Transcribe as i32,
+                    modalities: match input {
+                        SpeechInput::Video => pb::Modalities::Video,
+                        _ => pb::Modalities::AudioVideo,
+                    } as i32,
+                    input: Some(pb::stream_config::Input::Container(
+                        pb::ContainerInput::default(),
+                    )),
+                    options: Some(pb::StreamOptions {
+                        whole_utterance: Some(true),
+                        stats_interval_ms: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                stream_finals(url, config, bytes).await
+            }
             Backend::Server(url) => {
-                let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+                let bytes: Vec<u8> = u.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
                 let config = pb::StreamConfig {
                     task: pb::Task::Transcribe as i32,
                     modalities: pb::Modalities::Audio as i32,
@@ -166,57 +215,130 @@ impl Backend {
                         ..Default::default()
                     }),
                 };
-                let mut texts = Vec::new();
-                client::stream(
-                    &*url,
-                    config,
-                    Source::Memory(bytes),
-                    SendOptions {
-                        chunk_bytes: 64 * 1024,
-                        realtime: false,
-                        stop: None,
-                    },
-                    |m| {
-                        if let Some(pb::server_message::Msg::Final(f)) = &m.msg {
-                            texts.push(f.text.clone());
-                        }
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(texts.join(" "))
+                stream_finals(url, config, bytes).await
             }
+        }
+    }
+
+    /// Whether the backend may drop the crops of a clip where no face was
+    /// found and decode the audio alone (as a stream does).
+    fn transcribes_audio_alone(&self) -> bool {
+        match self {
+            Backend::InProcess(Some(p)) => p.transcribes(SpeechInput::Audio),
+            _ => false,
         }
     }
 }
 
+/// The Finals of one whole-utterance stream, joined.
+async fn stream_finals(
+    url: &client::Target,
+    config: pb::StreamConfig,
+    bytes: Vec<u8>,
+) -> Result<String, String> {
+    let mut texts = Vec::new();
+    client::stream(
+        url,
+        config,
+        Source::Memory(bytes),
+        SendOptions {
+            chunk_bytes: 64 * 1024,
+            realtime: false,
+            stop: None,
+        },
+        |m| {
+            if let Some(pb::server_message::Msg::Final(f)) = &m.msg {
+                texts.push(f.text.clone());
+            }
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(texts.join(" "))
+}
+
+/// What an evaluation reads, and with what.
+pub struct Reading<'a> {
+    pub input: SpeechInput,
+    /// The face detector's ONNX file (lip reading).
+    pub detector: Option<&'a Path>,
+}
+
 /// Runs every clip under every condition; `progress` is told after each.
+/// Each clip is read once and heard under every condition in turn.
 pub async fn run(
     clips: &[Clip],
     conditions: &[Condition],
     backend: &mut Backend,
     mixer: Option<&NoiseMixer>,
+    reading: Reading<'_>,
     mut progress: impl FnMut(&ClipResult),
 ) -> Result<Vec<ClipResult>, String> {
+    let input = reading.input;
     let mut results = Vec::with_capacity(clips.len() * conditions.len());
-    for condition in conditions {
-        for clip in clips {
-            let media = clip.media.clone();
-            let clean = tokio::task::spawn_blocking(move || decode_audio_file(&media))
+    // A server reading lips is sent the clip itself (clean only).
+    let server_reads = input.has_video() && matches!(backend, Backend::Server(_));
+    for clip in clips {
+        let detector = if input.has_video() && !server_reads {
+            Some(
+                reading
+                    .detector
+                    .ok_or("lip reading needs the face detector")?,
+            )
+        } else {
+            None
+        };
+        let audio = input.has_audio() && !server_reads;
+        let ClipMedia {
+            audio: clean,
+            lips,
+            faces,
+            ..
+        } = if audio || detector.is_some() {
+            read_clip(&clip.media, audio, detector)
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("{}: {e}", clip.id))?;
+                .map_err(|e| format!("{}: {e}", clip.id))?
+        } else {
+            ClipMedia {
+                audio: Vec::new(),
+                audio_start_s: 0.0,
+                lips: None,
+                faces: 0,
+            }
+        };
+        if input.has_video() && !server_reads && lips.is_none() {
+            return Err(format!("{}: no video frames", clip.id));
+        }
+        // A clip with no face at all is heard from its audio alone, as a
+        // stream hears it, when the model transcribes audio alone.
+        let lips = match lips {
+            Some(_) if faces == 0 && input.has_audio() && backend.transcribes_audio_alone() => None,
+            l => l,
+        };
+        for condition in conditions {
             let audio = match (condition, mixer) {
-                (Condition::Clean, _) => clean,
+                (_, _) if !input.has_audio() => Vec::new(),
+                (Condition::Clean, _) => clean.clone(),
                 (Condition::Snr(db), Some(m)) => m.mix(&clean, *db, &clip.id),
                 (Condition::Snr(_), None) => {
                     return Err("an SNR condition needs a noise recording".into())
                 }
             };
-            let audio_s = audio.len() as f64 / f64::from(crate::media::AUDIO_RATE);
+            let seconds = match &lips {
+                Some(l) if !input.has_audio() => l.seconds(),
+                _ => audio.len() as f64 / f64::from(crate::media::AUDIO_RATE),
+            };
             let started = Instant::now();
             let hypothesis = backend
-                .transcribe(audio)
+                .transcribe(
+                    input,
+                    Utterance {
+                        media: &clip.media,
+                        samples: audio,
+                        lips: lips.clone(),
+                        clean: *condition == Condition::Clean,
+                    },
+                )
                 .await
                 .map_err(|e| format!("{}: {e}", clip.id))?;
             let decode_s = started.elapsed().as_secs_f64();
@@ -230,7 +352,7 @@ pub async fn run(
                 words: e.words,
                 char_edits: e.char_edits,
                 chars: e.chars,
-                audio_s,
+                audio_s: seconds,
                 decode_s,
             };
             progress(&r);

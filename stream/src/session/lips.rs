@@ -2,12 +2,14 @@
 //! goes through the face detector and the mouth tracker; the settled crops
 //! are kept, normalised for the lip encoder, until a segment takes them.
 //! Streams without audio are cut into segments by face presence here.
+//! Frames of exactly 96x96 pixels are taken as mouth crops already (the
+//! clips auto_avsr's preparation writes, such as pre-cropped LRS3).
 
 use std::collections::VecDeque;
 use std::path::Path;
 
 use avlm_encoders::face::FaceDetector;
-use avlm_encoders::mouth::{lip_input, MouthConfig, MouthTracker};
+use avlm_encoders::mouth::{lip_input, MouthConfig, MouthCrop, MouthTracker, CROP};
 use avlm_encoders::{EndReason, Frame, SpeechEvent};
 
 use crate::engine::asr::{LIP_FPS, LIP_SIZE};
@@ -26,6 +28,11 @@ struct Crop {
     pts_s: f64,
     face: bool,
     pixels: Vec<f32>,
+}
+
+/// Whether `frame` is a mouth crop already (96x96, as auto_avsr writes them).
+pub fn is_mouth_crop(frame: &Frame) -> bool {
+    frame.width as usize == CROP && frame.height as usize == CROP
 }
 
 /// Mouth crops of one stream.
@@ -68,6 +75,18 @@ impl LipTrack {
         frame: &Frame,
         events: &mut Vec<SpeechEvent>,
     ) -> Result<(), SessionError> {
+        if is_mouth_crop(frame) {
+            let rgb = (0..frame.height)
+                .flat_map(|y| frame.row(y).to_vec())
+                .collect();
+            let crop = MouthCrop {
+                pts_s: frame.pts_s,
+                face: true,
+                rgb,
+            };
+            self.settle(vec![crop], events);
+            return Ok(());
+        }
         let crops = self
             .tracker
             .push(frame, &mut self.detector)
