@@ -176,10 +176,10 @@ impl CameraArgs {
         }
     }
 
-    fn config(&self, captions: bool) -> pb::StreamConfig {
+    fn config(&self, captions: bool, lips: bool) -> pb::StreamConfig {
         pb::StreamConfig {
             task: pb::Task::Transcribe as i32,
-            modalities: if captions {
+            modalities: if captions || lips {
                 pb::Modalities::AudioVideo
             } else {
                 pb::Modalities::Audio
@@ -291,22 +291,41 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<i32> {
         realtime: false,
         stop: Some(super::stop_on_ctrl_c()),
     };
-    // Captions when there is video and the server can describe it.
+    // Captions when there is video and the server can describe it; the
+    // lips read with the audio when its model does that.
+    let info = match client::connect(&url).await {
+        Ok(mut c) => c
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .ok(),
+        Err(_) => None,
+    };
     let captions = spec.video
         && !args.no_captions
-        && match client::connect(&url).await {
-            Ok(mut c) => c
-                .get_info(pb::GetInfoRequest {})
-                .await
-                .map(|r| r.into_inner().tasks.contains(&(pb::Task::Caption as i32)))
-                .unwrap_or(false),
-            Err(_) => false,
-        };
+        && info
+            .as_ref()
+            .is_some_and(|i| i.tasks.contains(&(pb::Task::Caption as i32)));
+    let lips = spec.video
+        && info.as_ref().is_some_and(|i| {
+            i.models.first().is_some_and(|m| {
+                m.transcribe_modalities
+                    .contains(&(pb::Modalities::AudioVideo as i32))
+            })
+        });
+    let mut spec = spec;
+    if lips {
+        // the lip encoder reads 25 frames a second
+        spec.max_fps = spec
+            .max_fps
+            .max(f64::from(avlm_stream::session::valid::LIP_FPS));
+        eprintln!("reading lips with the audio (25 frames a second)");
+    }
     let mut view = LiveView::new(args.json);
     let mut cues = avlm_stream::subtitles::CueCollector::default();
     let result = client::stream(
         &url,
-        args.config(captions),
+        args.config(captions, lips),
         Source::Capture(spec),
         send,
         |msg| {

@@ -52,13 +52,26 @@ pub async fn run(args: InfoArgs) -> anyhow::Result<i32> {
             }
         };
         println!(
-            "model {}: vad {}{}{}{}",
+            "model {}: vad {}{}{}{}{}",
             m.name,
             m.vad,
             named("audio encoder", &m.audio_encoder),
+            named("lip encoder", &m.lip_encoder),
             named("vision encoder", &m.vision_encoder),
             named("LLM", &m.llm)
         );
+        if !m.transcribe_modalities.is_empty() {
+            let reads: Vec<String> = m
+                .transcribe_modalities
+                .iter()
+                .map(|x| {
+                    pb::Modalities::try_from(*x)
+                        .map(|x| x.as_str_name().to_string())
+                        .unwrap_or_else(|_| x.to_string())
+                })
+                .collect();
+            println!("  TRANSCRIBE reads: {}", reads.join(", "));
+        }
     }
     Ok(0)
 }
