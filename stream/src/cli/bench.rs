@@ -26,6 +26,10 @@ pub enum Part {
     /// server process for minutes; every stream's outcome, memory, threads,
     /// descriptors and active sessions before and after.
     Chaos,
+    /// Lip reading: mouth crops per second, lip encoder ms per second of
+    /// video (the bundle's, Base and Large-sized), concurrent real-time
+    /// audio+video streams.
+    Lips,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +103,16 @@ pub struct BenchArgs {
     /// Seed of the chaos section's mix of behaviours.
     #[arg(long, default_value_t = 1)]
     pub chaos_seed: u64,
+    /// Concurrent real-time audio+video stream counts for the lips section, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub lips_streams: Vec<usize>,
+    /// A talking-face clip for the lips section [default: a face photo
+    /// moving over a background with samples/demo.webm's speech, made here].
+    #[arg(long)]
+    pub lips_input: Option<PathBuf>,
+    /// Random lip encoders timed beside the bundle's (empty: none).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "base")]
+    pub lip_sizes: Vec<super::bench_lips::LipSize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -148,6 +162,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.parts.contains(&Part::Chaos) {
         chaos(&args).await?;
+    }
+    if args.parts.contains(&Part::Lips) {
+        super::bench_lips::lips(
+            &args.runtime,
+            &args.lips_streams,
+            args.lips_input.as_deref(),
+            &args.lip_sizes,
+        )
+        .await?;
     }
     if !args
         .parts

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_captions;
 mod bench_latency;
+mod bench_lips;
 mod bench_models;
 mod camera;
 mod credentials;
