@@ -18,3 +18,4 @@ pub mod service;
 pub mod session;
 pub mod state;
 pub mod subtitles;
+pub mod web;

@@ -94,15 +94,8 @@ async fn upgrade(
 /// The token of an `Authorization: Bearer` header, or of an
 /// `openai-insecure-api-key.TOKEN` subprotocol.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-    {
-        return Some(t.trim().to_string());
+    if let Some(t) = authorization_bearer(headers) {
+        return Some(t);
     }
     headers
         .get("sec-websocket-protocol")
@@ -113,6 +106,19 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
                 .find_map(|p| p.strip_prefix("openai-insecure-api-key."))
                 .map(String::from)
         })
+}
+
+/// The token of an `Authorization: Bearer` header (also read by the
+/// browser demo's socket).
+pub(crate) fn authorization_bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_string())
 }
 
 /// The session settings a client chose, in the API's terms.
@@ -272,7 +278,57 @@ impl Events {
 }
 
 /// Marks the writer's last item: the socket closes after the events before it.
-const CLOSE: &str = "\u{0}close";
+pub(crate) const CLOSE: &str = "\u{0}close";
+
+/// Writes JSON events to a socket as text messages, in order, until the
+/// senders are gone or a `{CLOSE: true}` item comes; then closes the socket.
+pub(crate) fn spawn_writer(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    queue: usize,
+) -> (mpsc::Sender<Value>, tokio::task::JoinHandle<()>) {
+    use futures::SinkExt;
+    let (tx, mut rx) = mpsc::channel::<Value>(queue);
+    let writer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if event.get(CLOSE).is_some() {
+                break;
+            }
+            if sink
+                .send(Message::Text(event.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, writer)
+}
+
+/// A `Stream` call on `client` that sends `config`, then what goes into
+/// the returned sender (`queue` messages deep); the future opens the call
+/// and gives its replies. Dropping the replies cancels the session.
+pub(crate) fn start_call(
+    mut client: client::Client,
+    config: pb::StreamConfig,
+    queue: usize,
+) -> (
+    mpsc::Sender<pb::ClientMessage>,
+    impl std::future::Future<Output = Result<tonic::Streaming<pb::ServerMessage>, tonic::Status>>
+        + Send
+        + 'static,
+) {
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel::<pb::ClientMessage>(queue);
+    let first = pb::ClientMessage {
+        msg: Some(pb::client_message::Msg::Config(config)),
+    };
+    let requests =
+        futures::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let replies = async move { client.stream(requests).await.map(|r| r.into_inner()) };
+    (tx, replies)
+}
 
 /// An item's id: the session's, then the segment's.
 fn item_id(session: &str, segment: u64) -> String {
@@ -288,24 +344,9 @@ struct Call {
 
 /// One socket, start to end.
 async fn run(socket: WebSocket, bridge: Bridge, token: Option<String>) {
-    use futures::{SinkExt, StreamExt};
-    let (mut sink, mut incoming) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Value>(256);
-    let writer = tokio::spawn(async move {
-        while let Some(event) = out_rx.recv().await {
-            if event.get(CLOSE).is_some() {
-                break;
-            }
-            if sink
-                .send(Message::Text(event.to_string().into()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    use futures::StreamExt;
+    let (sink, mut incoming) = socket.split();
+    let (out_tx, writer) = spawn_writer(sink, 256);
     let events = Events {
         next: Default::default(),
         tx: out_tx,
@@ -497,20 +538,12 @@ async fn open(
         token,
         ..Default::default()
     };
-    let mut client = client::connect(target).await.map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel::<pb::ClientMessage>(64);
-    tx.send(pb::ClientMessage {
-        msg: Some(pb::client_message::Msg::Config(settings.stream_config())),
-    })
-    .await
-    .map_err(|_| "the session closed".to_string())?;
+    let client = client::connect(target).await.map_err(|e| e.to_string())?;
+    let (tx, replies) = start_call(client, settings.stream_config(), 64);
     let session = session.to_string();
     let reader = tokio::spawn(async move {
-        let replies = match client
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
+        let replies = match replies.await {
+            Ok(r) => r,
             Err(status) => {
                 report(&events, &status).await;
                 events.close().await;

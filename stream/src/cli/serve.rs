@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// ws://ADDR/v1/realtime (bridged to a session on the gRPC listener).
     #[arg(long, env = "AVLM_OPENAI_REALTIME")]
     pub openai_realtime: Option<SocketAddr>,
+    /// Serve the browser demo at http://ADDR/ (camera and microphone from
+    /// the page, over a WebSocket bridged to a session on the gRPC listener).
+    #[arg(long, env = "AVLM_WEB")]
+    pub web: Option<SocketAddr>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100).
     #[arg(long, env = "AVLM_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -158,6 +162,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "--openai-realtime bridges to the plaintext gRPC listener: serve the socket behind a TLS-terminating proxy instead of --tls-cert"
         );
     }
+    if args.web.is_some() && transport.tls.is_some() {
+        anyhow::bail!(
+            "--web bridges to the plaintext gRPC listener: serve the page behind a TLS-terminating proxy instead of --tls-cert"
+        );
+    }
     // A stop while the models load (a pod deleted early) ends at once.
     let server = tokio::select! {
         started = avlm_stream::server::start_with(config, args.listen, transport) => started?,
@@ -179,6 +188,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let web = match args.web {
+        Some(addr) => {
+            let w = avlm_stream::web::serve(addr, server.url()).await?;
+            eprintln!("browser demo at http://{}/", w.addr);
+            Some(w)
+        }
+        None => None,
+    };
     eprintln!(
         "avlm serving on {} (Ctrl-C or SIGTERM to stop)",
         server.url()
@@ -191,6 +208,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     drop(metrics);
     drop(realtime);
+    drop(web);
     Ok(())
 }
 
