@@ -20,6 +20,7 @@ APT_PACKAGES=(
   libavcodec-dev libavformat-dev libavutil-dev libswresample-dev
   libswscale-dev libavdevice-dev libavfilter-dev
   espeak-ng sox pocketsphinx-testdata python3-venv fonts-dejavu-core
+  chromium  # the browser demo's test (headless)
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
