@@ -266,6 +266,12 @@ pub async fn channel(target: &Target) -> Result<(tonic::transport::Channel, Bear
 
 /// Streams `source` under `config` and calls `on_message` for each server
 /// message as it arrives. Returns when the server ends the stream with OK.
+///
+/// A resumable stream (`options.resumable`) whose connection drops is
+/// resumed: the client reconnects with back-off for up to
+/// [`RESUME_BUDGET`], sends the stream's token and how many replies it got,
+/// sends again the chunks the server had not acknowledged, and goes on;
+/// `on_message` sees every reply once (never `Ack` or `Resumed`).
 pub async fn stream(
     target: impl Into<Target>,
     config: pb::StreamConfig,
@@ -273,8 +279,10 @@ pub async fn stream(
     send: SendOptions,
     mut on_message: impl FnMut(&pb::ServerMessage),
 ) -> Result<(), ClientError> {
-    let mut client = connect(target).await?;
-    let (chunks_tx, mut chunks_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
+    let target: Target = target.into();
+    let resumable = config.options.as_ref().and_then(|o| o.resumable) == Some(true);
+    let mut client = connect(target.clone()).await?;
+    let (chunks_tx, chunks_rx) = mpsc::channel::<Result<Vec<u8>, String>>(8);
     let (err_tx, mut err_rx) = mpsc::channel::<String>(1);
     let reader = std::thread::Builder::new()
         .name("avlm-client-source".into())
@@ -284,41 +292,242 @@ pub async fn stream(
             }
         })
         .map_err(|e| ClientError::Source(e.to_string()))?;
+    let outgoing = Arc::new(Outgoing {
+        chunks: tokio::sync::Mutex::new(chunks_rx),
+        state: std::sync::Mutex::new(Sent {
+            generation: 0,
+            next_seq: 0,
+            unacked: std::collections::VecDeque::new(),
+            ended: false,
+        }),
+        keep: resumable,
+    });
 
-    let requests = async_stream::stream! {
-        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Config(config)) };
-        let mut seq = 0u64;
-        while let Some(item) = chunks_rx.recv().await {
-            match item {
-                Ok(data) => {
-                    yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Media(pb::MediaChunk { data, seq })) };
-                    seq += 1;
+    let mut first = pb::client_message::Msg::Config(config);
+    let mut token = String::new();
+    let mut replies_received = 0u64;
+    let mut away: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+    let result = 'calls: loop {
+        let generation = outgoing.next_generation();
+        let (from_tx, from_rx) = tokio::sync::oneshot::channel::<u64>();
+        // A resumable stream sends media once its Ready (with the token
+        // that can resume it) or its Resumed is in.
+        let requests = outgoing.requests(
+            generation,
+            first.clone(),
+            resumable.then_some(from_rx),
+            err_tx.clone(),
+        );
+        let mut from_tx = Some(from_tx);
+        let call = match client.stream(requests).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(status),
+        };
+        let failure = match call {
+            Ok(mut inbound) => loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => {
+                            match &m.msg {
+                                Some(pb::server_message::Msg::Resumed(r)) => {
+                                    if let Some(tx) = from_tx.take() {
+                                        let _ = tx.send(r.next_seq);
+                                    }
+                                    away = None;
+                                    backoff = Duration::from_millis(100);
+                                    continue;
+                                }
+                                Some(pb::server_message::Msg::Ack(a)) => outgoing.acked(a.next_seq),
+                                Some(pb::server_message::Msg::Ready(r)) => {
+                                    token = r.resume_token.clone();
+                                    if let Some(tx) = from_tx.take() {
+                                        let _ = tx.send(0);
+                                    }
+                                    on_message(&m);
+                                }
+                                _ => on_message(&m),
+                            }
+                            replies_received += 1;
+                        }
+                        Ok(None) => break 'calls Ok(()),
+                        Err(status) => break status,
+                    },
+                    Some(e) = err_rx.recv() => break 'calls Err(ClientError::Source(e)),
                 }
-                Err(e) => {
-                    let _ = err_tx.send(e).await;
-                    // Leave the stream open: the failure is reported below and
-                    // the call dropped, so the server never sees a clean end.
+            },
+            Err(status) => status,
+        };
+        // A resumable stream whose connection broke tries again.
+        let since = *away.get_or_insert_with(Instant::now);
+        if !(resumable && !token.is_empty() && transient(&failure))
+            || since.elapsed() > RESUME_BUDGET
+        {
+            break Err(ClientError::Status(failure));
+        }
+        tracing::info!(status = %failure.message(), "connection lost: resuming the stream");
+        first = pb::client_message::Msg::Resume(pb::Resume {
+            token: token.clone(),
+            replies_received,
+        });
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            match connect(target.clone()).await {
+                Ok(c) => {
+                    client = c;
+                    break;
+                }
+                Err(e) if since.elapsed() > RESUME_BUDGET => break 'calls Err(e),
+                Err(_) => {}
+            }
+        }
+    };
+    drop(reader);
+    result
+}
+
+/// How long a resumable stream's client keeps trying to reconnect.
+pub const RESUME_BUDGET: Duration = Duration::from_secs(30);
+
+/// Whether a call failed below gRPC (the connection broke), not by the server's word.
+fn transient(status: &Status) -> bool {
+    use tonic::Code;
+    let m = status.message();
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+        Code::Internal => m.contains("h2") || m.contains("transport") || m.contains("connection"),
+        _ => false,
+    }
+}
+
+/// What a stream has sent, shared by its calls (one after another).
+struct Outgoing {
+    chunks: tokio::sync::Mutex<mpsc::Receiver<Result<Vec<u8>, String>>>,
+    state: std::sync::Mutex<Sent>,
+    /// Keep chunks until acknowledged (resumable streams).
+    keep: bool,
+}
+
+struct Sent {
+    /// The call that takes new chunks; older calls' request streams stop.
+    generation: u64,
+    next_seq: u64,
+    /// Chunks not yet acknowledged, with their seq.
+    unacked: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The source is done (END_OF_STREAM goes after the chunks).
+    ended: bool,
+}
+
+impl Outgoing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sent> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_generation(&self) -> u64 {
+        let mut s = self.lock();
+        s.generation += 1;
+        s.generation
+    }
+
+    fn acked(&self, next_seq: u64) {
+        let mut s = self.lock();
+        while s.unacked.front().is_some_and(|(seq, _)| *seq < next_seq) {
+            s.unacked.pop_front();
+        }
+    }
+
+    /// The messages of call `generation`: `first`, then (resumable, once the
+    /// server said where from: 0 in Ready, `next_seq` in Resumed) the
+    /// unacknowledged chunks again, then new chunks from the source and
+    /// END_OF_STREAM.
+    fn requests(
+        self: &Arc<Self>,
+        generation: u64,
+        first: pb::client_message::Msg,
+        resume_from: Option<tokio::sync::oneshot::Receiver<u64>>,
+        err_tx: mpsc::Sender<String>,
+    ) -> impl futures::Stream<Item = pb::ClientMessage> + Send + 'static {
+        use pb::client_message::Msg;
+        let out = self.clone();
+        let media = |seq, data| pb::ClientMessage {
+            msg: Some(Msg::Media(pb::MediaChunk { data, seq })),
+        };
+        let end = || pb::ClientMessage {
+            msg: Some(Msg::Control(pb::Control {
+                action: pb::control::Action::EndOfStream as i32,
+                ..Default::default()
+            })),
+        };
+        async_stream::stream! {
+            yield pb::ClientMessage { msg: Some(first) };
+            if let Some(from) = resume_from {
+                let Ok(from) = from.await else {
                     std::future::pending::<()>().await;
+                    return;
+                };
+                // Wait out an older call still taking a chunk, so every
+                // chunk it took is in `unacked`.
+                drop(out.chunks.lock().await);
+                out.acked(from);
+                let (again, ended): (Vec<(u64, Vec<u8>)>, bool) = {
+                    let s = out.lock();
+                    (s.unacked.iter().cloned().collect(), s.ended)
+                };
+                for (seq, data) in again {
+                    yield media(seq, data);
+                }
+                if ended {
+                    yield end();
+                    return;
+                }
+            }
+            loop {
+                let taken = {
+                    let mut chunks = out.chunks.lock().await;
+                    if out.lock().generation != generation {
+                        None
+                    } else {
+                        match chunks.recv().await {
+                            Some(Ok(data)) => {
+                                let mut s = out.lock();
+                                let seq = s.next_seq;
+                                s.next_seq += 1;
+                                if out.keep {
+                                    s.unacked.push_back((seq, data.clone()));
+                                }
+                                Some(Ok((seq, data)))
+                            }
+                            Some(Err(e)) => Some(Err(e)),
+                            None => {
+                                out.lock().ended = true;
+                                Some(Ok((u64::MAX, Vec::new())))
+                            }
+                        }
+                    }
+                };
+                match taken {
+                    // A newer call took over.
+                    None => {
+                        std::future::pending::<()>().await;
+                        return;
+                    }
+                    Some(Ok((u64::MAX, _))) => {
+                        yield end();
+                        return;
+                    }
+                    Some(Ok((seq, data))) => yield media(seq, data),
+                    Some(Err(e)) => {
+                        let _ = err_tx.send(e).await;
+                        // Leave the stream open: the failure is reported and
+                        // the call dropped, so the server never sees a clean end.
+                        std::future::pending::<()>().await;
+                        return;
+                    }
                 }
             }
         }
-        yield pb::ClientMessage { msg: Some(pb::client_message::Msg::Control(pb::Control { action: pb::control::Action::EndOfStream as i32, ..Default::default() })) };
-    };
-    let response = client.stream(requests).await.map_err(ClientError::Status)?;
-    let mut inbound = response.into_inner();
-    let result = loop {
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(m)) => on_message(&m),
-                Ok(None) => break Ok(()),
-                Err(status) => break Err(ClientError::Status(status)),
-            },
-            Some(e) = err_rx.recv() => break Err(ClientError::Source(e)),
-        }
-    };
-    drop(inbound);
-    drop(reader);
-    result
+    }
 }
 
 /// Reads the source and sends chunks, pacing them for `realtime`.

@@ -69,7 +69,13 @@ pub struct ServerConfig {
     /// session's worst case when it starts; a session that would go past it
     /// is refused with RESOURCE_EXHAUSTED (None: no limit).
     pub max_media_memory_bytes: Option<u64>,
+    /// How long a resumable stream waits for its client to come back after
+    /// its connection dropped (StreamOptions.resumable).
+    pub resume_grace: std::time::Duration,
 }
+
+/// Seconds a resumable stream waits for its client after a dropped connection.
+pub const DEFAULT_RESUME_GRACE_S: u64 = 30;
 
 /// The ONNX Runtime library tools/setup.sh installs, inside the `.avlm` folder.
 pub const ORT_LIB: &str = "lib/libonnxruntime.so.1.31.1";
@@ -121,6 +127,7 @@ impl ServerConfig {
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             max_queued_audio_s: Some(DEFAULT_MAX_QUEUED_AUDIO_S),
             max_media_memory_bytes: Some(DEFAULT_MAX_MEDIA_MEMORY_MB << 20),
+            resume_grace: std::time::Duration::from_secs(DEFAULT_RESUME_GRACE_S),
         }
     }
 }

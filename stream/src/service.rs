@@ -16,7 +16,7 @@ use crate::metrics::{self, EndLabels, KindLabel, TaskLabel};
 use crate::state::ServerState;
 
 /// Server messages buffered per session before the session waits for the client.
-const REPLY_QUEUE: usize = 64;
+pub const REPLY_QUEUE: usize = 64;
 
 /// The loaded server state, set once the models are loaded; calls before
 /// that are answered UNAVAILABLE.
@@ -234,6 +234,7 @@ impl Seen {
             Some(Msg::Caption(_)) => {
                 metrics.captions.inc();
             }
+            Some(Msg::Ack(_) | Msg::Resumed(_)) => {}
             Some(Msg::Stats(s)) => {
                 let audio = s.media_seconds_processed - self.audio_s;
                 if audio > 0.0 {

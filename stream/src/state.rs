@@ -24,6 +24,8 @@ pub struct ServerState {
     active: Arc<AtomicUsize>,
     /// Decoded-media bytes the open sessions have reserved.
     media_reserved: Arc<AtomicU64>,
+    /// Resumable streams by resume token: where a resuming call is handed.
+    pub resumable: crate::session::resume::Registry,
 }
 
 /// The decoded-media memory a session may hold at most, reserved for as long
@@ -106,6 +108,7 @@ impl ServerState {
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             active: Arc::new(AtomicUsize::new(0)),
             media_reserved: Arc::new(AtomicU64::new(0)),
+            resumable: Default::default(),
             config,
             vad,
         })

@@ -65,6 +65,11 @@ pub struct CameraArgs {
     /// the server's model has a vision encoder).
     #[arg(long)]
     pub no_captions: bool,
+    /// Do not resume the stream when the connection drops (by default the
+    /// client reconnects with back-off and the server keeps the stream for
+    /// its grace period, serve --resume-grace-s).
+    #[arg(long)]
+    pub no_resume: bool,
     /// Media time between partial re-decodes, in ms.
     #[arg(long)]
     pub partial_interval_ms: Option<u32>,
@@ -196,6 +201,7 @@ impl CameraArgs {
                 partial_results: Some(!self.no_partials),
                 partial_interval_ms: self.partial_interval_ms,
                 captions: captions.then_some(true),
+                resumable: Some(!self.no_resume),
                 ..Default::default()
             }),
         }

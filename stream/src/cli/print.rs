@@ -74,6 +74,8 @@ pub fn to_json(msg: &pb::ServerMessage) -> serde_json::Value {
             json!({"type": "caption", "text": c.text, "media_time_s": round3(c.media_time_s),
                 "latency_s": c.latency_s, "compute_s": c.compute_s})
         }
+        Some(Msg::Ack(a)) => json!({"type": "ack", "next_seq": a.next_seq}),
+        Some(Msg::Resumed(r)) => json!({"type": "resumed", "next_seq": r.next_seq}),
         None => json!({"type": "empty"}),
     }
 }
@@ -147,7 +149,8 @@ pub fn human(out: &mut impl Write, msg: &pb::ServerMessage, colour: bool) -> std
         Some(Msg::Partial(p)) => writeln!(out, "partial   #{:<3} {}{}", p.segment_id, p.stable_text, dim(&p.unstable_text, colour))?,
         Some(Msg::Final(f)) => writeln!(out, "final     #{:<3} {:>8.2}s – {:>8.2}s  {}", f.segment_id, f.start_s, f.end_s, f.text)?,
         Some(Msg::Caption(c)) => writeln!(out, "caption   {:>8.2}s  {}", c.media_time_s, c.text)?,
-        None => {}
+        Some(Msg::Resumed(r)) => writeln!(out, "resumed   the connection dropped and came back; sending from chunk {}", r.next_seq)?,
+        Some(Msg::Ack(_)) | None => {}
     }
     out.flush()
 }

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED (0: no limit).
     #[arg(long, env = "AVLM_MAX_MEDIA_MEMORY_MB", default_value_t = avlm_stream::config::DEFAULT_MAX_MEDIA_MEMORY_MB)]
     pub max_media_memory_mb: u64,
+    /// Seconds a resumable stream (StreamOptions.resumable) waits for its
+    /// client to reconnect after its connection dropped.
+    #[arg(long, env = "AVLM_RESUME_GRACE_S", default_value_t = avlm_stream::config::DEFAULT_RESUME_GRACE_S)]
+    pub resume_grace_s: u64,
     /// Serve OpenAI's realtime transcription events on a WebSocket at
     /// ws://ADDR/v1/realtime (bridged to a session on the gRPC listener).
     #[arg(long, env = "AVLM_OPENAI_REALTIME")]
@@ -119,6 +123,9 @@ impl RuntimeArgs {
             ),
             max_queued_audio_s: Some(avlm_stream::config::DEFAULT_MAX_QUEUED_AUDIO_S),
             max_media_memory_bytes: Some(avlm_stream::config::DEFAULT_MAX_MEDIA_MEMORY_MB << 20),
+            resume_grace: std::time::Duration::from_secs(
+                avlm_stream::config::DEFAULT_RESUME_GRACE_S,
+            ),
         }
     }
 }
@@ -154,6 +161,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_s);
+    config.resume_grace = std::time::Duration::from_secs(args.resume_grace_s);
     config.max_queued_audio_s = (args.max_queued_audio_s > 0.0).then_some(args.max_queued_audio_s);
     config.max_media_memory_bytes =
         (args.max_media_memory_mb > 0).then_some(args.max_media_memory_mb << 20);

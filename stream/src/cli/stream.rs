@@ -116,6 +116,11 @@ pub struct StreamArgs {
     /// Ask for partial transcripts of the open segment (TRANSCRIBE).
     #[arg(long)]
     pub partials: bool,
+    /// Do not resume the stream when the connection drops (by default the
+    /// client reconnects with back-off and the server keeps the stream for
+    /// its grace period, serve --resume-grace-s).
+    #[arg(long)]
+    pub no_resume: bool,
     /// Media time between partial re-decodes, in ms.
     #[arg(long)]
     pub partial_interval_ms: Option<u32>,
@@ -208,6 +213,7 @@ impl StreamArgs {
                 caption_fps: self.caption_fps,
                 caption_threshold: self.caption_threshold,
                 caption_max_tokens: self.caption_max_tokens,
+                resumable: Some(!self.no_resume),
                 ..Default::default()
             }),
         }

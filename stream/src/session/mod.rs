@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod caption;
 pub mod lips;
+pub mod resume;
 pub mod transcribe;
 pub mod valid;
 
@@ -43,7 +44,7 @@ pub async fn run(
     lease: SessionLease,
 ) {
     let lease = Arc::new(lease);
-    release_when_the_call_ends(&lease, &tx);
+    let call_watch = release_when_the_call_ends(&lease, &tx);
     let idle = state.config.idle_timeout;
     let first = tokio::select! {
         m = inbound.message() => m,
@@ -61,6 +62,27 @@ pub async fn run(
         Ok(Some(pb::ClientMessage {
             msg: Some(pb::client_message::Msg::Config(c)),
         })) => c,
+        Ok(Some(pb::ClientMessage {
+            msg: Some(pb::client_message::Msg::Resume(r)),
+        })) => {
+            // This call carries a stream that already runs: it needs no slot.
+            drop(lease);
+            let attach = resume::Attach {
+                inbound,
+                tx,
+                replies_received: r.replies_received,
+            };
+            if let Err(attach) = state.resumable.resume(&r.token, attach) {
+                return fail(
+                    &attach.tx,
+                    SessionError::not_found(
+                        "Resume.token: no resumable stream with this token on this server (it ended, or its client was away longer than the server's grace period, serve --resume-grace-s)",
+                    ),
+                )
+                .await;
+            }
+            return;
+        }
         Ok(Some(pb::ClientMessage {
             msg: Some(pb::client_message::Msg::Media(_)),
         })) => {
@@ -114,6 +136,23 @@ pub async fn run(
         Err(e) => return fail(&tx, e).await,
     };
     tracing::info!(task = ?valid.task, input = ?valid.decode.input, "session started");
+    // A resumable stream replies through a relay that outlives this call.
+    let (tx, resume_token, mut resumed) = if valid.resumable {
+        let token = resume::new_token();
+        let (session_tx, reader_side) = resume::start(
+            state.clone(),
+            token.clone(),
+            tx,
+            crate::service::REPLY_QUEUE,
+            state.config.resume_grace,
+        );
+        // The slot is held until the stream is over, not this call.
+        call_watch.abort();
+        release_when_the_call_ends(&lease, &session_tx);
+        (session_tx, token, Some(reader_side))
+    } else {
+        (tx, String::new(), None)
+    };
 
     let vad = {
         let vad = state.vad.clone();
@@ -164,6 +203,7 @@ pub async fn run(
     };
 
     let ready = pb::Ready {
+        resume_token,
         session_id: lease.id.clone(),
         config: Some(valid.effective.clone()),
         model: Some(state.model_info()),
@@ -293,14 +333,36 @@ pub async fn run(
         ended: false,
         asker,
         questions,
+        acks: resumed.as_ref().map(|r| Acks {
+            next_seq: r.next_seq.clone(),
+            last: None,
+        }),
     };
-    if let Err(status) = reader
-        .pump(&mut inbound, &tx, &state, &mut analysis_done)
-        .await
-    {
-        abort.abort();
-        tracing::info!(kind = status.kind.label(), message = %status.message, "session failed");
-        fail(&tx, status).await;
+    loop {
+        match reader
+            .pump(&mut inbound, &tx, &state, &mut analysis_done)
+            .await
+        {
+            Err(status) => {
+                abort.abort();
+                tracing::info!(kind = status.kind.label(), message = %status.message, "session failed");
+                fail(&tx, status).await;
+                break;
+            }
+            // A resumable stream waits for its client's next call (the
+            // relay ends the wait after the grace period).
+            Ok(PumpEnd::Dropped) if resumed.is_some() => {
+                let next = resumed.as_mut().expect("checked").inbound.recv().await;
+                match next {
+                    Some(call) => inbound = call,
+                    None => {
+                        abort.abort();
+                        break;
+                    }
+                }
+            }
+            Ok(_) => break,
+        }
     }
     // The client is gone (its END_OF_STREAM may have come first): nobody
     // will see the rest of what it sent, so decoding stops.
@@ -318,7 +380,10 @@ pub async fn run(
 /// clients away at --max-sessions. So the slot is released as soon as the
 /// reply stream is dropped (the client is gone, or the call ended with an
 /// error), whatever the parts still do; they stop as they notice.
-fn release_when_the_call_ends(lease: &Arc<SessionLease>, tx: &Sender<Reply>) {
+fn release_when_the_call_ends(
+    lease: &Arc<SessionLease>,
+    tx: &Sender<Reply>,
+) -> tokio::task::JoinHandle<()> {
     let watched = Arc::downgrade(lease);
     let all_parts_done = lease.dropped();
     // Holds a sender only until every part let go, so it never keeps the
@@ -333,7 +398,7 @@ fn release_when_the_call_ends(lease: &Arc<SessionLease>, tx: &Sender<Reply>) {
             }
             () = all_parts_done => {}
         }
-    });
+    })
 }
 
 /// Ends the stream with `status` (if the client still listens).
@@ -381,6 +446,26 @@ struct Reader {
     asker: Option<caption::Asker>,
     /// The model takes questions.
     questions: bool,
+    /// Resumable streams: the accepted chunks, told to the client.
+    acks: Option<Acks>,
+}
+
+/// How a resumable stream acknowledges chunks.
+struct Acks {
+    /// Shared with the relay: the seq a resuming client sends from.
+    next_seq: Arc<AtomicU64>,
+    last: Option<std::time::Instant>,
+}
+
+/// Acknowledgements at most this often while chunks arrive.
+const ACK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Why the reader stopped reading a call.
+enum PumpEnd {
+    /// The client is done (END_OF_STREAM, half-close) or the stream ended.
+    Finished,
+    /// The connection dropped under the call.
+    Dropped,
 }
 
 /// Names the chunks skipped when `got` arrives where `expected` was due
@@ -433,15 +518,15 @@ impl Reader {
         tx: &Sender<Reply>,
         state: &ServerState,
         analysis_done: &mut tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<PumpEnd, SessionError> {
         let idle = state.config.idle_timeout;
         loop {
             let msg = tokio::select! {
                 m = inbound.message() => m,
                 // The response side closed: the client is gone or the session failed.
-                _ = tx.closed() => return Ok(()),
+                _ = tx.closed() => return Ok(PumpEnd::Finished),
                 // Everything after END_OF_STREAM is reported: end the call.
-                _ = &mut *analysis_done, if self.ended => return Ok(()),
+                _ = &mut *analysis_done, if self.ended => return Ok(PumpEnd::Finished),
                 // A client that holds a stream open without sending frees its slot.
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() && !self.ended => {
                     if let Some(w) = self.writer.take() {
@@ -457,17 +542,22 @@ impl Reader {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     // Half-close counts as end of stream.
-                    self.close();
-                    return Ok(());
+                    self.close(tx).await;
+                    return Ok(PumpEnd::Finished);
                 }
                 Err(status) => {
+                    let error = inbound_status(status, state.config.max_message_bytes);
+                    if error.kind == ErrorKind::Cancelled && self.acks.is_some() {
+                        // A resumable stream keeps what it accepted.
+                        tracing::info!(message = %error.message, "connection dropped: the stream waits for its client");
+                        return Ok(PumpEnd::Dropped);
+                    }
                     if let Some(w) = self.writer.take() {
                         w.abort_handle().abort();
                     }
-                    let error = inbound_status(status, state.config.max_message_bytes);
                     if error.kind == ErrorKind::Cancelled {
                         tracing::info!(message = %error.message, "client went away");
-                        return Ok(());
+                        return Ok(PumpEnd::Finished);
                     }
                     return Err(error);
                 }
@@ -478,7 +568,12 @@ impl Reader {
                         "a second StreamConfig: a stream takes exactly one, as its first message",
                     ));
                 }
-                Some(pb::client_message::Msg::Media(chunk)) => self.media(chunk).await?,
+                Some(pb::client_message::Msg::Resume(_)) => {
+                    return Err(SessionError::bad_input(
+                        "a Resume inside a stream: Resume is the first message of a call that continues a stream",
+                    ));
+                }
+                Some(pb::client_message::Msg::Media(chunk)) => self.media(chunk, tx).await?,
                 Some(pb::client_message::Msg::Control(control)) => {
                     match pb::control::Action::try_from(control.action) {
                         Ok(pb::control::Action::Flush) => {
@@ -491,7 +586,7 @@ impl Reader {
                                 w.mark_flush();
                             }
                         }
-                        Ok(pb::control::Action::EndOfStream) => self.close(),
+                        Ok(pb::control::Action::EndOfStream) => self.close(tx).await,
                         Ok(pb::control::Action::Ask) => self.ask(control.text)?,
                         _ => {
                             return Err(SessionError::bad_input(format!(
@@ -506,12 +601,21 @@ impl Reader {
         }
     }
 
-    async fn media(&mut self, chunk: pb::MediaChunk) -> Result<(), SessionError> {
+    async fn media(
+        &mut self,
+        chunk: pb::MediaChunk,
+        tx: &Sender<Reply>,
+    ) -> Result<(), SessionError> {
         if self.ended {
             return Err(SessionError::bad_input(format!(
                 "MediaChunk seq {} after END_OF_STREAM",
                 chunk.seq
             )));
+        }
+        // A resumed client sends again what it was not told was accepted:
+        // chunks the server has already taken are skipped, once.
+        if self.acks.is_some() && chunk.seq < self.expected_seq {
+            return Ok(());
         }
         if chunk.seq != self.expected_seq {
             return Err(if chunk.seq > self.expected_seq {
@@ -546,7 +650,27 @@ impl Reader {
                 self.writer = None;
             }
         }
+        self.ack(tx, false).await;
         Ok(())
+    }
+
+    /// Resumable streams: tells the client which chunks are accepted, at
+    /// most every [`ACK_INTERVAL`] unless `now`.
+    async fn ack(&mut self, tx: &Sender<Reply>, now: bool) {
+        let Some(acks) = &mut self.acks else {
+            return;
+        };
+        acks.next_seq.store(self.expected_seq, Ordering::Release);
+        if !now && acks.last.is_some_and(|t| t.elapsed() < ACK_INTERVAL) {
+            return;
+        }
+        acks.last = Some(std::time::Instant::now());
+        let ack = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Ack(pb::Ack {
+                next_seq: self.expected_seq,
+            })),
+        };
+        let _ = tx.send(Ok(ack)).await;
     }
 
     fn ask(&mut self, text: String) -> Result<(), SessionError> {
@@ -573,10 +697,14 @@ impl Reader {
         Ok(())
     }
 
-    fn close(&mut self) {
+    async fn close(&mut self, tx: &Sender<Reply>) {
+        let first = !self.ended;
         self.ended = true;
         if let Some(w) = &self.writer {
             w.close();
+        }
+        if first {
+            self.ack(tx, true).await;
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct ValidConfig {
     pub captions: Option<CaptionConfig>,
     /// TRANSCRIBE reads the speaker's lips from the video.
     pub lips: bool,
+    /// The stream survives a dropped connection (StreamOptions.resumable).
+    pub resumable: bool,
     /// What `Ready` echoes back: the request with every default filled in.
     pub effective: pb::StreamConfig,
 }
@@ -512,6 +514,7 @@ pub fn validate(
             caption_fps: captions.map(|c| c.fps),
             caption_threshold: captions.map(|c| c.settings.threshold),
             caption_max_tokens: captions.map(|c| c.settings.max_new_tokens as u32),
+            resumable: Some(o.resumable.unwrap_or(false)),
         }),
     };
     let whole_utterance = o.whole_utterance.unwrap_or(false);
@@ -545,6 +548,7 @@ pub fn validate(
         stats_interval_s: f64::from(stats_interval_ms) / 1e3,
         captions,
         lips,
+        resumable: o.resumable.unwrap_or(false),
         effective,
     })
 }
