@@ -94,6 +94,10 @@ pub struct MouthCrop {
     pub face: bool,
     /// Packed RGB, `96 * 96 * 3` bytes.
     pub rgb: Vec<u8>,
+    /// No face was found here or after: the crop holds the last detection's
+    /// place (a gap longer than `max_gap`, or the end of the stream), as
+    /// auto_avsr does; the face may well have left (`face` is true).
+    pub held: bool,
 }
 
 /// What the tracker has seen so far.
@@ -246,6 +250,8 @@ struct Slot {
     points: Option<Option<Points>>,
     /// The frame itself had a face.
     detected: bool,
+    /// Its points hold the last detection's (no detection came after).
+    held: bool,
 }
 
 /// A run of slots of one frame size.
@@ -301,6 +307,15 @@ impl Segment {
         self.settled = self.settled.max(to);
     }
 
+    /// Settles slots `from..to` holding the last detection's points.
+    fn hold(&mut self, from: usize, to: usize) {
+        let held = self.last_detection.map(|(_, p)| p);
+        for i in from..to {
+            self.slot(i).held = held.is_some();
+        }
+        self.settle(from, to, held);
+    }
+
     fn push(&mut self, pts: f64, frame: Arc<Frame>, detected: Option<Points>, max_gap: usize) {
         let j = self.len;
         self.slots.push_back(Slot {
@@ -308,6 +323,7 @@ impl Segment {
             frame: Some(frame),
             points: None,
             detected: detected.is_some(),
+            held: false,
         });
         self.len += 1;
         match detected {
@@ -334,16 +350,14 @@ impl Segment {
                 // start), including frames already settled for being in it.
                 let gap_start = self.last_detection.map_or(0, |(d, _)| d + 1);
                 if j + 1 - gap_start > max_gap {
-                    let held = self.last_detection.map(|(_, p)| p);
-                    self.settle(self.settled, j + 1, held);
+                    self.hold(self.settled, j + 1);
                 }
             }
         }
     }
 
     fn end(&mut self) {
-        let held = self.last_detection.map(|(_, p)| p);
-        self.settle(self.settled, self.len, held);
+        self.hold(self.settled, self.len);
         self.ended = true;
     }
 
@@ -395,7 +409,10 @@ impl Segment {
                     frame.map(|f| (true, mouth_crop(&f, &s)))
                 }
             };
-            let (pts, detected) = (self.slot(i).pts, self.slot(i).detected);
+            let (pts, detected, held) = {
+                let slot = self.slot(i);
+                (slot.pts, slot.detected, slot.held)
+            };
             if let Some((face, rgb)) = crop {
                 match (face, detected) {
                     (false, _) => stats.no_face += 1,
@@ -406,6 +423,7 @@ impl Segment {
                     pts_s: pts,
                     face,
                     rgb,
+                    held: face && held,
                 });
             }
             self.emitted += 1;

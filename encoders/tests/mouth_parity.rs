@@ -300,6 +300,7 @@ fn lip_input_matches_the_reference() {
                 pts_s: 0.0,
                 face: true,
                 rgb: stored[i * n..(i + 1) * n].to_vec(),
+                held: false,
             })
             .collect();
         first += count;

@@ -86,6 +86,7 @@ fn tiny_llama_avsr_gives_the_reference_tokens_for_audio_video_and_both() {
             pts_s: i as f64 / 25.0,
             face: true,
             rgb: rgb.to_vec(),
+            held: false,
         })
         .collect();
     assert_eq!(

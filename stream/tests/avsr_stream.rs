@@ -301,6 +301,123 @@ fn lip_reading_in_eval_and_over_grpc() {
     assert!(!finals(&events).is_empty(), "no finals: {events:?}");
 }
 
+/// `talking_face` with the face shown only while `enable` (an ffmpeg
+/// expression of t) holds, and the video cut at `video_s`.
+fn face_clip(name: &str, speech: &Path, enable: &str, video_s: f64) -> PathBuf {
+    let out = tmp(name);
+    let graph = format!(
+        "color=c=0x5a646e:s=320x240:r=25[bg];[0:v]scale=150:150[f];\
+         [bg][f]overlay=x=40:y=40:shortest=1:enable='{enable}',trim=duration={video_s}[v]"
+    );
+    ffmpeg(&[
+        "-loop",
+        "1",
+        "-framerate",
+        "25",
+        "-i",
+        root()
+            .join("tests/golden/mouth/astronaut.ppm")
+            .to_str()
+            .unwrap(),
+        "-i",
+        speech.to_str().unwrap(),
+        "-filter_complex",
+        &graph,
+        "-map",
+        "[v]",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "flac",
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+fn events_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[test]
+fn video_that_ends_leaves_or_runs_long_is_handled() {
+    let bundle = avsr_bundle();
+    let server = serve(&bundle);
+    let speech = media("speech.wav");
+
+    // The video ends at 4 s while the speech goes on to 16 s: later
+    // segments do not wait for crops that never come (each Final comes
+    // before the next segment ends), and they are heard from the audio.
+    let early = face_clip("early.mkv", &speech, "1", 4.0);
+    let (ok, events, stderr) = stream(&server.url, &early, &["--modalities", "av", "--realtime"]);
+    assert!(ok, "{stderr}");
+    let order: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "final" || e["type"] == "speech_end")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["segment_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let at = |kind: &str, id: u64| order.iter().position(|(k, i)| k == kind && *i == id);
+    let ends = events_of(&events, "speech_end").len() as u64;
+    assert!(ends >= 3, "{order:?}");
+    for id in 1..ends - 1 {
+        let fin = at("final", id).unwrap_or_else(|| panic!("no final {id}: {order:?}"));
+        let next_end = at("speech_end", id + 1).unwrap();
+        assert!(fin < next_end, "final {id} waited for the end: {order:?}");
+    }
+
+    // Video alone: the face shows for 3 s of 8 and then leaves; the
+    // segment opens and closes with it (SPEECH_START / SPEECH_END), not at
+    // the end of the stream.
+    let gone = face_clip("gone.mkv", &speech, "lt(t,3)", 8.0);
+    let (ok, events, stderr) = stream(&server.url, &gone, &["--modalities", "video"]);
+    assert!(ok, "{stderr}");
+    let starts = events_of(&events, "speech_start");
+    let ends = events_of(&events, "speech_end");
+    let finals = finals(&events);
+    assert_eq!(
+        (starts.len(), ends.len(), finals.len()),
+        (1, 1, 1),
+        "{events:?}"
+    );
+    let end_s = finals[0]["end_s"].as_f64().unwrap();
+    assert!(
+        end_s > 2.5 && end_s < 3.5,
+        "the face left at 3 s: {events:?}"
+    );
+
+    // A whole-utterance stream of video alone holds at most 30 s.
+    let long = tmp("long.mkv");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=0x5a646e:s=64x48:r=25:d=32",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        long.to_str().unwrap(),
+    ]);
+    let (ok, _, stderr) = stream(
+        &server.url,
+        &long,
+        &["--modalities", "video", "--whole-utterance"],
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("FailedPrecondition") && stderr.contains("30 s of video"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_model_without_a_lip_encoder_refuses_video_by_name() {
     let bundle = common::quick_bundle("avsr-no-lips");

@@ -231,13 +231,14 @@ pub async fn lips(
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let wall = started.elapsed().as_secs_f64();
-    let lips = media
+    let segment = media
         .lips
         .ok_or_else(|| anyhow::anyhow!("{} has no video frames", clip.display()))?;
+    let faces = segment.faces;
+    let lips = segment.clip;
     println!(
-        "mouth crops: {} at 25 fps ({} with a face) in {wall:.2} s: {:.1} crops/s decoding included ({:.1}x real time)",
+        "mouth crops: {} at 25 fps ({faces} with a face) in {wall:.2} s: {:.1} crops/s decoding included ({:.1}x real time)",
         lips.frames,
-        media.faces,
         lips.frames as f64 / wall,
         lips.frames as f64 / 25.0 / wall
     );

@@ -116,6 +116,10 @@ pub struct StreamArgs {
     /// Ask for partial transcripts of the open segment (TRANSCRIBE).
     #[arg(long)]
     pub partials: bool,
+    /// Transcribe the whole input as one utterance, without voice activity
+    /// segmentation (TRANSCRIBE; at most 30 s).
+    #[arg(long)]
+    pub whole_utterance: bool,
     /// Do not resume the stream when the connection drops (by default the
     /// client reconnects with back-off and the server keeps the stream for
     /// its grace period, serve --resume-grace-s).
@@ -208,6 +212,7 @@ impl StreamArgs {
                 stats_interval_ms: self.stats_interval_ms,
                 model: self.model.clone().unwrap_or_default(),
                 partial_results: self.partials.then_some(true),
+                whole_utterance: self.whole_utterance.then_some(true),
                 partial_interval_ms: self.partial_interval_ms,
                 captions: self.captions.then_some(true),
                 caption_fps: self.caption_fps,

@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
-use crate::engine::LipClip;
 use crate::media::pipe::byte_pipe;
 use crate::media::{self, DecodeMeter, DecodeSpec, InputSpec, MediaItem, MediaSink, VideoSpec};
-use crate::session::lips::LipTrack;
+use crate::session::lips::{LipTrack, SegmentClip};
 
 /// Box frames are shrunk to before face detection (as a lip-reading stream's).
 const FRAME_BOX: u32 = 640;
@@ -26,9 +25,7 @@ pub struct ClipMedia {
     pub audio_start_s: f64,
     /// The mouth crops over the audio's span (the whole video without
     /// audio), when the video was asked for and has frames.
-    pub lips: Option<LipClip>,
-    /// Crops showing a face (found or interpolated).
-    pub faces: usize,
+    pub lips: Option<SegmentClip>,
 }
 
 /// Reads `path`: its audio when `audio`, its mouth crops when `detector`
@@ -103,7 +100,7 @@ pub async fn read_clip(
             }
         }
         let audio_start_s = start.unwrap_or(0.0);
-        let (lips, faces) = match &mut track {
+        let lips = match &mut track {
             Some(t) => {
                 t.finish(&mut events);
                 // The span a whole-utterance stream takes: the audio's,
@@ -116,18 +113,14 @@ pub async fn read_clip(
                         audio_start_s + samples.len() as f64 / f64::from(media::AUDIO_RATE),
                     ))
                 };
-                match span.and_then(|(a, b)| t.clip(a, b)) {
-                    Some((clip, faces)) => (Some(clip), faces),
-                    None => (None, 0),
-                }
+                span.and_then(|(a, b)| t.clip(a, b))
             }
-            None => (None, 0),
+            None => None,
         };
         Ok(ClipMedia {
             audio: samples,
             audio_start_s,
             lips,
-            faces,
         })
     });
     let clip = consumer

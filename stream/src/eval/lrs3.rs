@@ -179,9 +179,6 @@ impl Backend {
                 if !u.clean {
                     return Err("through a server, lip reading runs the clean condition only (noise is mixed into the audio here, and the clip is sent as it is)".into());
                 }
-                let bytes = tokio::fs::read(u.media)
-                    .await
-                    .map_err(|e| format!("{}: {e}", u.media.display()))?;
                 let config = pb::StreamConfig {
                     task: pb::Task::Transcribe as i32,
                     modalities: match input {
@@ -197,7 +194,10 @@ impl Backend {
                         ..Default::default()
                     }),
                 };
-                stream_finals(url, config, bytes).await
+                // As `avlm stream` sends a file: as it is when it streams,
+                // re-muxed when its index sits at the end.
+                let source = Source::detect(&u.media.to_string_lossy(), None);
+                stream_finals(url, config, source).await
             }
             Backend::Server(url) => {
                 let bytes: Vec<u8> = u.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -215,7 +215,7 @@ impl Backend {
                         ..Default::default()
                     }),
                 };
-                stream_finals(url, config, bytes).await
+                stream_finals(url, config, Source::Memory(bytes)).await
             }
         }
     }
@@ -234,13 +234,13 @@ impl Backend {
 async fn stream_finals(
     url: &client::Target,
     config: pb::StreamConfig,
-    bytes: Vec<u8>,
+    source: Source,
 ) -> Result<String, String> {
     let mut texts = Vec::new();
     client::stream(
         url,
         config,
-        Source::Memory(bytes),
+        source,
         SendOptions {
             chunk_bytes: 64 * 1024,
             realtime: false,
@@ -288,32 +288,37 @@ pub async fn run(
         } else {
             None
         };
-        let audio = input.has_audio() && !server_reads;
-        let ClipMedia {
-            audio: clean,
-            lips,
-            faces,
-            ..
-        } = if audio || detector.is_some() {
-            read_clip(&clip.media, audio, detector)
-                .await
-                .map_err(|e| format!("{}: {e}", clip.id))?
+        // Audio alone is read as the server path sends it (decoded here
+        // whole); lip reading through the stream's own ingest and tracker.
+        let (clean, lips) = if !input.has_video() {
+            let media = clip.media.clone();
+            let audio =
+                tokio::task::spawn_blocking(move || crate::media::file::decode_audio_file(&media))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("{}: {e}", clip.id))?;
+            (audio, None)
+        } else if server_reads {
+            (Vec::new(), None)
         } else {
-            ClipMedia {
-                audio: Vec::new(),
-                audio_start_s: 0.0,
-                lips: None,
-                faces: 0,
+            let ClipMedia { audio, lips, .. } = read_clip(&clip.media, input.has_audio(), detector)
+                .await
+                .map_err(|e| format!("{}: {e}", clip.id))?;
+            if lips.is_none() {
+                return Err(format!("{}: no video frames", clip.id));
             }
+            let lips = crate::session::lips::video_for(
+                lips,
+                input.has_audio(),
+                backend.transcribes_audio_alone(),
+            );
+            (audio, lips)
         };
-        if input.has_video() && !server_reads && lips.is_none() {
-            return Err(format!("{}: no video frames", clip.id));
-        }
-        // A clip with no face at all is heard from its audio alone, as a
-        // stream hears it, when the model transcribes audio alone.
-        let lips = match lips {
-            Some(_) if faces == 0 && input.has_audio() && backend.transcribes_audio_alone() => None,
-            l => l,
+        // The clip's length for the real-time factor.
+        let clip_s = match (&lips, server_reads) {
+            (_, true) => client::media_duration(&clip.media).unwrap_or(0.0),
+            (Some(l), _) if !input.has_audio() => l.seconds(),
+            _ => clean.len() as f64 / f64::from(crate::media::AUDIO_RATE),
         };
         for condition in conditions {
             let audio = match (condition, mixer) {
@@ -324,10 +329,7 @@ pub async fn run(
                     return Err("an SNR condition needs a noise recording".into())
                 }
             };
-            let seconds = match &lips {
-                Some(l) if !input.has_audio() => l.seconds(),
-                _ => audio.len() as f64 / f64::from(crate::media::AUDIO_RATE),
-            };
+            let seconds = clip_s;
             let started = Instant::now();
             let hypothesis = backend
                 .transcribe(

@@ -70,6 +70,8 @@ pub struct Analysis {
     lips: bool,
     caption_period_s: f64,
     next_caption_s: f64,
+    /// The first frame's time (whole-utterance video).
+    first_frame_s: Option<f64>,
 }
 
 /// How the analysis ended.
@@ -113,6 +115,7 @@ impl Analysis {
             lips: false,
             caption_period_s: 0.0,
             next_caption_s: f64::NEG_INFINITY,
+            first_frame_s: None,
         }
     }
 
@@ -184,6 +187,7 @@ impl Analysis {
             Ok(Ok(())) => {
                 let ok = self.drain_tail()
                     && self.flush(EndReason::EndOfStream)
+                    && self.finish_lips()
                     && self.hand_in_held()
                     && self.finish_captions()
                     && self.stats(true);
@@ -216,9 +220,20 @@ impl Analysis {
         if self.video_only {
             self.processed_s = self.processed_s.max(frame.pts_s);
         }
+        if self.lips && self.whole && self.video_only {
+            let first = *self.first_frame_s.get_or_insert(frame.pts_s);
+            if frame.pts_s - first
+                > crate::engine::asr::MAX_SAMPLES as f64 / f64::from(VAD_SAMPLE_RATE)
+            {
+                self.out.fail(SessionError::precondition(
+                    "a whole_utterance stream holds at most 30 s of video (the audio encoder's window and the lip reader's segments); stream longer video with face-presence segmentation instead",
+                ));
+                return false;
+            }
+        }
         if self.lips {
             if let Some(t) = &mut self.transcriber {
-                match t.frame(&frame) {
+                match t.frame(&frame, &mut self.events) {
                     Ok(true) => {}
                     Ok(false) => {
                         self.out
@@ -230,6 +245,10 @@ impl Analysis {
                         return false;
                     }
                 }
+            }
+            // segments that face presence opened or closed
+            if !self.events.is_empty() && !self.send_events() {
+                return false;
             }
         }
         if let Some(c) = &self.captioner {
@@ -357,6 +376,20 @@ impl Analysis {
 
     fn flush(&mut self, reason: EndReason) -> bool {
         self.endpointer.finish(reason, &mut self.events);
+        if self.video_only && reason == EndReason::Flush {
+            if let Some(t) = &mut self.transcriber {
+                t.flush_lips(&mut self.events);
+            }
+        }
+        self.send_events()
+    }
+
+    /// Settles the last mouth crops at the end of the stream (a
+    /// face-presence segment still open closes and is reported).
+    fn finish_lips(&mut self) -> bool {
+        if let Some(t) = &mut self.transcriber {
+            t.finish_lips(&mut self.events);
+        }
         self.send_events()
     }
 

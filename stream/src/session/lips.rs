@@ -23,11 +23,47 @@ const DETECTOR_THREADS: usize = 1;
 /// without a face.
 const FACE_GAP_S: f64 = 1.0;
 
+/// A clip whose segment has crops for less than this share of its time is
+/// no clip: the video missed the segment.
+const MIN_COVER: f64 = 0.5;
+
 /// One settled mouth crop, normalised for the lip encoder.
 struct Crop {
     pts_s: f64,
+    /// A face was found there or between two detections around it (not
+    /// held after the face was last seen).
     face: bool,
     pixels: Vec<f32>,
+}
+
+/// Mouth crops over a segment's time.
+pub struct SegmentClip {
+    /// One crop per 25 fps slot of the segment; slots the video missed
+    /// take the nearest crop.
+    pub clip: LipClip,
+    /// Slots with a crop of their own that shows a face.
+    pub faces: usize,
+    /// Slots with a crop of their own.
+    pub covered: usize,
+}
+
+impl SegmentClip {
+    /// Whether the video covers enough of the segment to read it.
+    pub fn usable(&self) -> bool {
+        self.covered as f64 >= MIN_COVER * self.clip.frames as f64
+    }
+}
+
+/// The crops a segment is read with: its clip when the video covers most
+/// of it and shows a face; without them the audio alone (a segment
+/// without audio and without a face has nothing to read), unless the
+/// model cannot hear audio alone (`audio_alone` false) and there is audio.
+pub fn video_for(clip: Option<SegmentClip>, has_audio: bool, audio_alone: bool) -> Option<LipClip> {
+    let needs_video = has_audio && !audio_alone;
+    match clip {
+        Some(c) if (c.usable() && c.faces > 0) || needs_video => Some(c.clip),
+        _ => None,
+    }
 }
 
 /// Whether `frame` is a mouth crop already (96x96, as auto_avsr writes them).
@@ -45,6 +81,8 @@ pub struct LipTrack {
     finished: bool,
     /// Video-only streams: segments by face presence.
     segmenter: Option<FaceSegmenter>,
+    /// Presentation time of the newest frame taken.
+    last_frame_s: f64,
 }
 
 impl LipTrack {
@@ -59,6 +97,7 @@ impl LipTrack {
             settled_s: 0.0,
             finished: false,
             segmenter: None,
+            last_frame_s: f64::NEG_INFINITY,
         })
     }
 
@@ -75,6 +114,7 @@ impl LipTrack {
         frame: &Frame,
         events: &mut Vec<SpeechEvent>,
     ) -> Result<(), SessionError> {
+        self.last_frame_s = self.last_frame_s.max(frame.pts_s);
         if is_mouth_crop(frame) {
             let rgb = (0..frame.height)
                 .flat_map(|y| frame.row(y).to_vec())
@@ -83,6 +123,7 @@ impl LipTrack {
                 pts_s: frame.pts_s,
                 face: true,
                 rgb,
+                held: false,
             };
             self.settle(vec![crop], events);
             return Ok(());
@@ -93,6 +134,18 @@ impl LipTrack {
             .map_err(|e| SessionError::internal(format!("mouth tracking failed: {e}")))?;
         self.settle(crops, events);
         Ok(())
+    }
+
+    /// Presentation time of the newest frame (-inf before the first).
+    pub fn last_frame_s(&self) -> f64 {
+        self.last_frame_s
+    }
+
+    /// Closes an open face-presence segment (Control FLUSH).
+    pub fn flush(&mut self, events: &mut Vec<SpeechEvent>) {
+        if let Some(s) = &mut self.segmenter {
+            s.close(EndReason::Flush, events);
+        }
     }
 
     /// At the end of the stream: settles every crop held back.
@@ -118,12 +171,13 @@ impl LipTrack {
             let pixels = lip_input(std::slice::from_ref(&crop));
             debug_assert_eq!(pixels.len(), LIP_SIZE * LIP_SIZE);
             self.settled_s = self.settled_s.max(crop.pts_s + 1.0 / LIP_FPS);
+            let face = crop.face && !crop.held;
             if let Some(s) = &mut self.segmenter {
-                s.crop(crop.pts_s, crop.face, events);
+                s.crop(crop.pts_s, face, events);
             }
             self.crops.push_back(Crop {
                 pts_s: crop.pts_s,
-                face: crop.face,
+                face,
                 pixels,
             });
         }
@@ -134,21 +188,63 @@ impl LipTrack {
         self.settled_s
     }
 
-    /// The crops from `from_s` to `to_s` as a clip, with how many of them
-    /// show a face (found or interpolated); `None` when there are none.
-    pub fn clip(&self, from_s: f64, to_s: f64) -> Option<(LipClip, usize)> {
-        let mut data = Vec::new();
-        let (mut frames, mut faces) = (0, 0);
-        for c in self
-            .crops
-            .iter()
-            .filter(|c| c.pts_s >= from_s - 0.5 / LIP_FPS && c.pts_s < to_s - 0.5 / LIP_FPS)
-        {
-            data.extend_from_slice(&c.pixels);
-            frames += 1;
-            faces += usize::from(c.face);
+    /// The crops of `from_s..to_s` on its 25 fps grid (a slot the video
+    /// missed takes the nearest crop); `None` when no crop falls in it.
+    pub fn clip(&self, from_s: f64, to_s: f64) -> Option<SegmentClip> {
+        let frames = ((to_s - from_s) * LIP_FPS).round().max(1.0) as usize;
+        let half = 0.5 / LIP_FPS;
+        let start = self.crops.partition_point(|c| c.pts_s < from_s - half);
+        let mut own: Vec<Option<usize>> = vec![None; frames];
+        let (mut covered, mut faces) = (0, 0);
+        for i in start..self.crops.len() {
+            let c = &self.crops[i];
+            let slot = ((c.pts_s - from_s) * LIP_FPS).round();
+            if slot >= frames as f64 {
+                break;
+            }
+            let slot = slot.max(0.0) as usize;
+            if own[slot].is_none() {
+                own[slot] = Some(i);
+                covered += 1;
+                faces += usize::from(c.face);
+            }
         }
-        (frames > 0).then_some((LipClip { frames, data }, faces))
+        if covered == 0 {
+            return None;
+        }
+        // Missing slots take the nearest slot's own crop.
+        let mut data = Vec::with_capacity(frames * LIP_SIZE * LIP_SIZE);
+        let mut last = None;
+        for (k, slot) in own.iter().enumerate() {
+            let pick = slot.or_else(|| {
+                let after = own[k..]
+                    .iter()
+                    .position(Option::is_some)
+                    .map(|d| (d, own[k + d]));
+                match (last, after) {
+                    (Some((lk, li)), Some((d, ai))) => {
+                        if k - lk <= d {
+                            Some(li)
+                        } else {
+                            ai
+                        }
+                    }
+                    (Some((_, li)), None) => Some(li),
+                    (None, Some((_, ai))) => ai,
+                    (None, None) => None,
+                }
+            });
+            if let Some(i) = *slot {
+                last = Some((k, i));
+            }
+            let i = pick.expect("some slot has a crop");
+            data.extend_from_slice(&self.crops[i].pixels);
+        }
+        Some(SegmentClip {
+            clip: LipClip { frames, data },
+            faces,
+            covered,
+        })
     }
 
     /// From the first crop held to the end of the last.
@@ -188,7 +284,14 @@ impl FaceSegmenter {
     fn crop(&mut self, pts_s: f64, face: bool, events: &mut Vec<SpeechEvent>) {
         let frame_end = pts_s + 1.0 / LIP_FPS;
         match self.open {
-            None if face => self.open = Some((pts_s, frame_end)),
+            None if face => {
+                self.open = Some((pts_s, frame_end));
+                events.push(SpeechEvent::Start {
+                    id: self.next_id,
+                    start_s: pts_s,
+                    audio_start_s: pts_s,
+                });
+            }
             None => {}
             Some((start, _)) if face => {
                 self.open = Some((start, frame_end));
@@ -221,6 +324,58 @@ impl FaceSegmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream's track with the repo's face detector (tools/setup.sh).
+    fn track() -> LipTrack {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        avlm_encoders::runtime::init(&root.join(".avlm").join(crate::config::ORT_LIB)).unwrap();
+        LipTrack::new(&root.join(".avlm/models/face_detection_back_256x256.onnx"))
+            .expect("the face detector (run tools/setup.sh)")
+    }
+
+    /// A 96x96 frame (a mouth crop already) of one grey level at `pts_s`.
+    fn crop_frame(pts_s: f64, level: u8) -> Frame {
+        Frame {
+            width: 96,
+            height: 96,
+            stride: 96 * 3,
+            data: vec![level; 96 * 96 * 3],
+            pts_s,
+        }
+    }
+
+    #[test]
+    fn a_segment_clip_has_a_slot_per_25th_of_a_second_and_knows_what_the_video_missed() {
+        let mut t = track();
+        let mut events = Vec::new();
+        // video from 4.0 s to 6.0 s only
+        for i in 0..50 {
+            t.frame(&crop_frame(4.0 + i as f64 / 25.0, i as u8), &mut events)
+                .unwrap();
+        }
+        // a segment 0.8..4.9: 103 slots, 23 of them with video (4.0..4.9)
+        let c = t.clip(0.8, 4.9).unwrap();
+        assert_eq!(c.clip.frames, 103);
+        assert_eq!(c.clip.data.len(), 103 * LIP_SIZE * LIP_SIZE);
+        assert_eq!(c.covered, 23);
+        assert!(!c.usable(), "23 of 103 slots is not enough video");
+        // the audio would keep its length: 103 * 640 samples = 4.12 s
+        assert!(
+            video_for(Some(c), true, true).is_none(),
+            "the audio alone then"
+        );
+        // a segment the video covers
+        let c = t.clip(4.2, 5.8).unwrap();
+        assert_eq!((c.clip.frames, c.covered, c.faces), (40, 40, 40));
+        assert!(c.usable());
+        // missing slots take the nearest crop: the clip's first slots are the 4.0 s crop
+        let c = t.clip(3.8, 4.4).unwrap();
+        assert_eq!((c.clip.frames, c.covered), (15, 10));
+        let slot = |k: usize| c.clip.data[k * LIP_SIZE * LIP_SIZE];
+        assert_eq!(slot(0), slot(5));
+        assert_ne!(slot(5), slot(6));
+        assert!(t.clip(7.0, 8.0).is_none());
+    }
 
     fn ends(events: &[SpeechEvent]) -> Vec<(u64, f64, f64)> {
         events

@@ -182,7 +182,8 @@ pub async fn run(
         (true, Some(path)) => {
             let path = path.to_path_buf();
             let max_segment_s = valid.endpoint.max_segment_s;
-            let video_only = !valid.decode.audio;
+            // A whole-utterance stream is one segment: no face segmentation.
+            let video_only = !valid.decode.audio && !valid.whole_utterance;
             match tokio::task::spawn_blocking(move || lips::LipTrack::new(&path)).await {
                 Ok(Ok(track)) => Some(if video_only {
                     (track.segmenting(max_segment_s), max_segment_s)

@@ -33,6 +33,11 @@ use crate::state::SessionLease;
 /// Audio kept while no segment is open, at least.
 const IDLE_HISTORY_S: f64 = 5.0;
 
+/// A lip-reading stream whose newest frame lies this far behind its audio
+/// has lost its video (a camera gone, a track that ended): segments stop
+/// waiting for their crops.
+const VIDEO_STALL_S: f64 = 3.0;
+
 /// The session's reply stream.
 type ReplyTx = Sender<crate::replies::Reply>;
 
@@ -285,23 +290,49 @@ impl Transcriber {
         self
     }
 
-    /// Takes one decoded frame of a stream that reads lips: its mouth crop,
-    /// and for a stream without audio, the segments that face presence
-    /// closed. `Ok(false)` when the model thread is gone.
-    pub fn frame(&mut self, frame: &Frame) -> Result<bool, SessionError> {
+    /// Takes one decoded frame of a stream that reads lips: its mouth crop;
+    /// for a stream without audio, the segments face presence opens and
+    /// closes go to `events` (to be reported and handed back through
+    /// [`Transcriber::event`]). `Ok(false)` when the model thread is gone.
+    pub fn frame(
+        &mut self,
+        frame: &Frame,
+        events: &mut Vec<SpeechEvent>,
+    ) -> Result<bool, SessionError> {
         let Some(lips) = &mut self.lips else {
             return Ok(true);
         };
-        let mut events = Vec::new();
-        lips.frame(frame, &mut events)?;
+        lips.frame(frame, events)?;
         let horizon = lips.settled_until() - self.lip_history_s;
         lips.forget_before(horizon);
-        for e in &events {
-            if !self.event(e) {
-                return Ok(false);
-            }
-        }
         Ok(self.hand_in_held())
+    }
+
+    /// At the end of the stream: settles the last mouth crops; a
+    /// face-presence segment still open closes into `events`.
+    pub fn finish_lips(&mut self, events: &mut Vec<SpeechEvent>) {
+        if let Some(lips) = &mut self.lips {
+            lips.finish(events);
+        }
+    }
+
+    /// Control FLUSH on a stream without audio: closes its open
+    /// face-presence segment into `events`.
+    pub fn flush_lips(&mut self, events: &mut Vec<SpeechEvent>) {
+        if let Some(lips) = &mut self.lips {
+            lips.flush(events);
+        }
+    }
+
+    /// Whether the crops up to `to_s` are as settled as they will get: they
+    /// are, or the video stopped coming (a camera gone, a track that ended:
+    /// no frame for [`VIDEO_STALL_S`] of the audio's time).
+    fn video_ready(&self, to_s: f64) -> bool {
+        let Some(lips) = &self.lips else {
+            return true;
+        };
+        let audio_end = self.buffer_start_s + self.buffer.len() as f64 / f64::from(AUDIO_RATE);
+        lips.settled_until() >= to_s || audio_end - lips.last_frame_s() > VIDEO_STALL_S
     }
 
     /// Media time up to which a stream that reads lips has settled crops.
@@ -309,20 +340,21 @@ impl Transcriber {
         self.lips.as_ref().map(LipTrack::settled_until)
     }
 
-    /// The mouth crops of `from_s..to_s` for `request`, or none when the
-    /// stream has none there, or when they show no face and the model can
-    /// transcribe the audio alone.
+    /// The mouth crops of `from_s..to_s` for `request` (on the segment's
+    /// 25 fps grid, so the audio keeps its length). None when the video
+    /// missed most of the segment or shows no face there, and the model
+    /// can hear the audio alone (a segment without audio and without a
+    /// face has nothing to read: an empty Final).
     fn attach_video(&self, request: &mut Request, from_s: f64, to_s: f64) {
         let Some(lips) = &self.lips else {
             return;
         };
-        request.video = match lips.clip(from_s, to_s) {
-            Some((clip, faces)) => {
-                let audio_alone = !request.samples.is_empty() && self.engine.transcribes();
-                (faces > 0 || !audio_alone).then(|| Box::new(clip))
-            }
-            None => None,
-        };
+        request.video = super::lips::video_for(
+            lips.clip(from_s, to_s),
+            !request.samples.is_empty(),
+            self.engine.transcribes(),
+        )
+        .map(Box::new);
     }
 
     /// Appends decoded audio that starts at `start_s`.
@@ -484,7 +516,7 @@ impl Transcriber {
     fn hand_in_held(&mut self) -> bool {
         while let Some(mut h) = self.held.pop_front() {
             if let Some((from, to)) = h.video.take() {
-                if self.lips_settled_until().is_some_and(|s| s < to) {
+                if !self.video_ready(to) {
                     // its crops are not settled yet: it and all after it wait
                     h.video = Some((from, to));
                     self.held.push_front(h);
@@ -514,13 +546,11 @@ impl Transcriber {
     /// waiting for room (nothing else is left to do); `false` when the
     /// model thread is gone.
     pub fn finish(&mut self) -> bool {
-        if let Some(lips) = &mut self.lips {
-            let mut events = Vec::new();
-            lips.finish(&mut events);
-            for e in &events {
-                if !self.event(e) {
-                    return false;
-                }
+        let mut events = Vec::new();
+        self.finish_lips(&mut events);
+        for e in &events {
+            if !self.event(e) {
+                return false;
             }
         }
         while let Some(mut h) = self.held.pop_front() {

@@ -427,6 +427,12 @@ pub fn validate(
             format!("{video_fps} is outside (0, 60]"),
         ));
     }
+    if lips && (o.video_width.is_some() || o.video_height.is_some()) {
+        return Err(bad(
+            if o.video_width.is_some() { "options.video_width" } else { "options.video_height" },
+            "a lip-reading stream decodes frames as they come (shrunk to fit 640x640, aspect kept) so faces are found at the source's detail; leave video_width and video_height unset",
+        ));
+    }
     let default_side = |side: u32| {
         if captions.is_some() || lips {
             CAPTION_FRAME_BOX
@@ -667,6 +673,26 @@ mod tests {
             .map_err(tonic::Status::from)
             .unwrap_err();
         assert!(e.message().contains("25 frames/s"), "{}", e.message());
+        // a frame size would turn any square video into "mouth crops"
+        let config = pb::StreamConfig {
+            task: pb::Task::Transcribe as i32,
+            modalities: pb::Modalities::Video as i32,
+            options: Some(pb::StreamOptions {
+                video_width: Some(96),
+                video_height: Some(96),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = validate(config, &SessionDefaults::default(), &vsr)
+            .map_err(tonic::Status::from)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("options.video_width"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
