@@ -392,6 +392,16 @@ fn video_that_ends_leaves_or_runs_long_is_handled() {
         end_s > 2.5 && end_s < 3.5,
         "the face left at 3 s: {events:?}"
     );
+    // with partials, at the media's pace: provisional text while the face shows
+    let (ok, events, stderr) = stream(
+        &server.url,
+        &gone,
+        &["--modalities", "video", "--partials", "--realtime"],
+    );
+    assert!(ok, "{stderr}");
+    let partials = events_of(&events, "partial");
+    assert!(!partials.is_empty(), "no partials: {events:?}");
+    assert!(partials.iter().all(|p| p["end_s"].as_f64().unwrap() <= 3.5));
 
     // A whole-utterance stream of video alone holds at most 30 s.
     let long = tmp("long.mkv");

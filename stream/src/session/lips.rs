@@ -141,6 +141,13 @@ impl LipTrack {
         self.last_frame_s
     }
 
+    /// The open face-presence segment of a stream without audio: (id,
+    /// start, start), as the endpointer reports an open segment.
+    pub fn open_segment(&self) -> Option<(u64, f64, f64)> {
+        let s = self.segmenter.as_ref()?;
+        s.open.map(|(start, _)| (s.next_id, start, start))
+    }
+
     /// Closes an open face-presence segment (Control FLUSH).
     pub fn flush(&mut self, events: &mut Vec<SpeechEvent>) {
         if let Some(s) = &mut self.segmenter {

@@ -305,6 +305,12 @@ impl Transcriber {
         lips.frame(frame, events)?;
         let horizon = lips.settled_until() - self.lip_history_s;
         lips.forget_before(horizon);
+        // Video alone: partials of the open face-presence segment, on the
+        // settled crops (with audio the VAD's windows drive them).
+        if let Some(open) = lips.open_segment() {
+            let now = lips.settled_until();
+            return Ok(self.tick(Some(open), now));
+        }
         Ok(self.hand_in_held())
     }
 
