@@ -270,24 +270,11 @@ impl FaceDetector {
     /// Loads a BlazeFace ONNX model (front 128 or back 256) on `threads`
     /// intra-op threads and checks its inputs and outputs.
     pub fn load(path: &Path, threads: usize) -> Result<Self, EncoderError> {
-        let env = runtime::environment()?;
-        let load_err = |reason: String| EncoderError::ModelLoad {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(load_err(
-                "no such file (run tools/setup.sh to fetch the BlazeFace face detector)".into(),
-            ));
-        }
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = runtime::session(
+            path,
+            threads,
+            "run tools/setup.sh to fetch the BlazeFace face detector",
+        )?;
         let contract = |reason: String| EncoderError::Contract {
             model: path.display().to_string(),
             reason,

@@ -52,24 +52,7 @@ impl std::fmt::Debug for LipEncoder {
 impl LipEncoder {
     /// Loads an encoder on `threads` intra-op threads and checks its contract.
     pub fn load(path: &Path, threads: usize) -> Result<Self, EncoderError> {
-        let env = runtime::environment()?;
-        let load_err = |reason: String| EncoderError::ModelLoad {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(load_err(
-                "no such file (build it with tools/avsr/avhubert_onnx.py)".into(),
-            ));
-        }
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = runtime::session(path, threads, "build it with tools/avsr/avhubert_onnx.py")?;
         let contract = |reason: String| EncoderError::Contract {
             model: path.display().to_string(),
             reason,

@@ -53,3 +53,28 @@ pub(crate) fn environment() -> Result<&'static Environment, EncoderError> {
         }),
     }
 }
+
+/// An ONNX session of `path` on `threads` intra-op threads (one inter-op);
+/// `missing` says how to get the file when it is not there.
+pub(crate) fn session(
+    path: &Path,
+    threads: usize,
+    missing: &str,
+) -> Result<ort::session::Session, EncoderError> {
+    let env = environment()?;
+    let load_err = |reason: String| EncoderError::ModelLoad {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(load_err(format!("no such file ({missing})")));
+    }
+    ort::session::Session::builder(env)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| load_err(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| load_err(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| load_err(e.to_string()))
+}

@@ -52,24 +52,11 @@ impl WhisperEncoder {
     /// [batch, n_mels, frames], output `features` [batch, frames/2, dim]),
     /// running on `threads` intra-op threads.
     pub fn load(path: &Path, threads: usize) -> Result<Self, EncoderError> {
-        let env = runtime::environment()?;
-        let load_err = |reason: String| EncoderError::ModelLoad {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if !path.is_file() {
-            return Err(load_err(
-                "no such file (run tools/setup.sh to convert the Whisper encoder)".into(),
-            ));
-        }
-        let session = Session::builder(env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = runtime::session(
+            path,
+            threads,
+            "run tools/setup.sh to convert the Whisper encoder",
+        )?;
         let contract = |reason: String| EncoderError::Contract {
             model: path.display().to_string(),
             reason,

@@ -486,7 +486,7 @@ impl Outgoing {
                 let taken = {
                     let mut chunks = out.chunks.lock().await;
                     if out.lock().generation != generation {
-                        None
+                        Taken::Superseded
                     } else {
                         match chunks.recv().await {
                             Some(Ok(data)) => {
@@ -496,28 +496,28 @@ impl Outgoing {
                                 if out.keep {
                                     s.unacked.push_back((seq, data.clone()));
                                 }
-                                Some(Ok((seq, data)))
+                                Taken::Chunk(seq, data)
                             }
-                            Some(Err(e)) => Some(Err(e)),
+                            Some(Err(e)) => Taken::Failed(e),
                             None => {
                                 out.lock().ended = true;
-                                Some(Ok((u64::MAX, Vec::new())))
+                                Taken::End
                             }
                         }
                     }
                 };
                 match taken {
                     // A newer call took over.
-                    None => {
+                    Taken::Superseded => {
                         std::future::pending::<()>().await;
                         return;
                     }
-                    Some(Ok((u64::MAX, _))) => {
+                    Taken::End => {
                         yield end();
                         return;
                     }
-                    Some(Ok((seq, data))) => yield media(seq, data),
-                    Some(Err(e)) => {
+                    Taken::Chunk(seq, data) => yield media(seq, data),
+                    Taken::Failed(e) => {
                         let _ = err_tx.send(e).await;
                         // Leave the stream open: the failure is reported and
                         // the call dropped, so the server never sees a clean end.
@@ -528,6 +528,16 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// What a call's request stream took from the source.
+enum Taken {
+    Chunk(u64, Vec<u8>),
+    /// The source is done: END_OF_STREAM.
+    End,
+    Failed(String),
+    /// A newer call takes the chunks now.
+    Superseded,
 }
 
 /// Reads the source and sends chunks, pacing them for `realtime`.

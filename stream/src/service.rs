@@ -167,8 +167,9 @@ fn task_name(task: i32) -> &'static str {
     }
 }
 
-/// The gRPC status name of `code`, as Prometheus labels spell it.
-fn code_name(code: tonic::Code) -> &'static str {
+/// The gRPC status name of `code` (`INVALID_ARGUMENT`), as Prometheus labels
+/// and the browser socket spell it.
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

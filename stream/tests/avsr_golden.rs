@@ -17,6 +17,8 @@ use avlm_stream::bundle::LoadedBundle;
 use avlm_stream::engine::{AsrPipeline, LipClip};
 use serde_json::Value;
 
+mod common;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -33,32 +35,14 @@ fn read_wav(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-/// The lip encoder of the golden bundle, built from its seed (its 11M
-/// weights are not committed) into `dir`.
-fn build_lip_encoder(expected: &Value, dir: &Path) -> PathBuf {
-    let lip = &expected["lip_encoder"];
-    let out = dir.join("lip_encoder.onnx");
-    let status = std::process::Command::new(root().join(".avlm/venv/bin/python"))
-        .current_dir(root())
-        .arg("tools/avsr/avhubert_onnx.py")
-        .arg("--random-seed")
-        .arg(lip["seed"].as_u64().unwrap().to_string())
-        .arg(&out)
-        .arg("--config")
-        .arg(golden().join(lip["config"].as_str().unwrap()))
-        .status()
-        .expect("python (tools/setup.sh makes .avlm/venv)");
-    assert!(status.success(), "building the lip encoder failed");
-    out
-}
-
 #[test]
 fn tiny_llama_avsr_gives_the_reference_tokens_for_audio_video_and_both() {
     let expected: Value =
         serde_json::from_slice(&std::fs::read(golden().join("expected.json")).unwrap()).unwrap();
     let tmp = std::env::temp_dir().join(format!("avlm-avsr-golden-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let lip_encoder = build_lip_encoder(&expected, &tmp);
+    let lip_encoder = tmp.join("lip_encoder.onnx");
+    common::build_golden_lip_encoder(&lip_encoder);
 
     avlm_encoders::runtime::init(&root().join(".avlm").join(avlm_stream::config::ORT_LIB)).unwrap();
     let bundle_dir = golden().join("bundle");

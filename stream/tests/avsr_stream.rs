@@ -42,25 +42,7 @@ fn avsr_bundle() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let lip = dir.join("lip_encoder.onnx");
     if !lip.is_file() {
-        let expected: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(golden.join("expected.json")).unwrap()).unwrap();
-        let status = Command::new(root().join(".avlm/venv/bin/python"))
-            .current_dir(root())
-            .arg("tools/avsr/avhubert_onnx.py")
-            .arg("--random-seed")
-            .arg(
-                expected["lip_encoder"]["seed"]
-                    .as_u64()
-                    .unwrap()
-                    .to_string(),
-            )
-            .arg(&lip)
-            .arg("--config")
-            .arg(golden.join("lip_config.json"))
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the lip encoder failed");
+        common::build_golden_lip_encoder(&lip);
     }
     let manifest = std::fs::read_to_string(src.join("avlm.toml")).unwrap();
     let abs = |p: &str| format!("\"{}\"", src.join(p).display());
@@ -80,36 +62,7 @@ fn avsr_bundle() -> PathBuf {
 /// A face photo moving over a grey background for the length of `speech`,
 /// with it as the sound track.
 fn talking_face(name: &str, speech: &Path) -> PathBuf {
-    let out = tmp(name);
-    ffmpeg(&[
-        "-loop",
-        "1",
-        "-framerate",
-        "25",
-        "-i",
-        root()
-            .join("tests/golden/mouth/astronaut.ppm")
-            .to_str()
-            .unwrap(),
-        "-i",
-        speech.to_str().unwrap(),
-        "-filter_complex",
-        "color=c=0x5a646e:s=320x240:r=25[bg];[0:v]scale=150:150[f];\
-         [bg][f]overlay=x='40+10*sin(t)':y=40:shortest=1[v]",
-        "-map",
-        "[v]",
-        "-map",
-        "1:a",
-        "-shortest",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "flac",
-        out.to_str().unwrap(),
-    ]);
-    out
+    face_clip(name, speech, "1", None)
 }
 
 struct Server {
@@ -301,24 +254,24 @@ fn lip_reading_in_eval_and_over_grpc() {
     assert!(!finals(&events).is_empty(), "no finals: {events:?}");
 }
 
-/// `talking_face` with the face shown only while `enable` (an ffmpeg
-/// expression of t) holds, and the video cut at `video_s`.
-fn face_clip(name: &str, speech: &Path, enable: &str, video_s: f64) -> PathBuf {
+/// A face photo moving over a grey background, shown while `enable` (an
+/// ffmpeg expression of t) holds, with `speech` as the sound track; the
+/// video is cut at `video_s`, else both end with the speech.
+fn face_clip(name: &str, speech: &Path, enable: &str, video_s: Option<f64>) -> PathBuf {
     let out = tmp(name);
+    let trim = video_s.map_or(String::new(), |d| format!(",trim=duration={d}"));
     let graph = format!(
         "color=c=0x5a646e:s=320x240:r=25[bg];[0:v]scale=150:150[f];\
-         [bg][f]overlay=x=40:y=40:shortest=1:enable='{enable}',trim=duration={video_s}[v]"
+         [bg][f]overlay=x='40+10*sin(t)':y=40:shortest=1:enable='{enable}'{trim}[v]"
     );
-    ffmpeg(&[
+    let photo = root().join("tests/golden/mouth/astronaut.ppm");
+    let mut args = vec![
         "-loop",
         "1",
         "-framerate",
         "25",
         "-i",
-        root()
-            .join("tests/golden/mouth/astronaut.ppm")
-            .to_str()
-            .unwrap(),
+        photo.to_str().unwrap(),
         "-i",
         speech.to_str().unwrap(),
         "-filter_complex",
@@ -327,6 +280,11 @@ fn face_clip(name: &str, speech: &Path, enable: &str, video_s: f64) -> PathBuf {
         "[v]",
         "-map",
         "1:a",
+    ];
+    if video_s.is_none() {
+        args.push("-shortest");
+    }
+    args.extend([
         "-c:v",
         "libx264",
         "-pix_fmt",
@@ -335,6 +293,7 @@ fn face_clip(name: &str, speech: &Path, enable: &str, video_s: f64) -> PathBuf {
         "flac",
         out.to_str().unwrap(),
     ]);
+    ffmpeg(&args);
     out
 }
 
@@ -351,7 +310,7 @@ fn video_that_ends_leaves_or_runs_long_is_handled() {
     // The video ends at 4 s while the speech goes on to 16 s: later
     // segments do not wait for crops that never come (each Final comes
     // before the next segment ends), and they are heard from the audio.
-    let early = face_clip("early.mkv", &speech, "1", 4.0);
+    let early = face_clip("early.mkv", &speech, "1", Some(4.0));
     let (ok, events, stderr) = stream(&server.url, &early, &["--modalities", "av", "--realtime"]);
     assert!(ok, "{stderr}");
     let order: Vec<(String, u64)> = events
@@ -376,7 +335,7 @@ fn video_that_ends_leaves_or_runs_long_is_handled() {
     // Video alone: the face shows for 3 s of 8 and then leaves; the
     // segment opens and closes with it (SPEECH_START / SPEECH_END), not at
     // the end of the stream.
-    let gone = face_clip("gone.mkv", &speech, "lt(t,3)", 8.0);
+    let gone = face_clip("gone.mkv", &speech, "lt(t,3)", Some(8.0));
     let (ok, events, stderr) = stream(&server.url, &gone, &["--modalities", "video"]);
     assert!(ok, "{stderr}");
     let starts = events_of(&events, "speech_start");

@@ -219,32 +219,28 @@ impl LipTrack {
         if covered == 0 {
             return None;
         }
-        // Missing slots take the nearest slot's own crop.
+        // Missing slots take the nearest slot's own crop (the earlier on a tie).
+        let mut next: Vec<Option<(usize, usize)>> = vec![None; frames];
+        let mut seen = None;
+        for k in (0..frames).rev() {
+            seen = own[k].map(|i| (k, i)).or(seen);
+            next[k] = seen;
+        }
         let mut data = Vec::with_capacity(frames * LIP_SIZE * LIP_SIZE);
-        let mut last = None;
-        for (k, slot) in own.iter().enumerate() {
-            let pick = slot.or_else(|| {
-                let after = own[k..]
-                    .iter()
-                    .position(Option::is_some)
-                    .map(|d| (d, own[k + d]));
-                match (last, after) {
-                    (Some((lk, li)), Some((d, ai))) => {
-                        if k - lk <= d {
-                            Some(li)
-                        } else {
-                            ai
-                        }
+        let mut last: Option<(usize, usize)> = None;
+        for k in 0..frames {
+            last = own[k].map(|i| (k, i)).or(last);
+            let i = match (last, next[k]) {
+                (Some((lk, li)), Some((nk, ni))) => {
+                    if k - lk <= nk - k {
+                        li
+                    } else {
+                        ni
                     }
-                    (Some((_, li)), None) => Some(li),
-                    (None, Some((_, ai))) => ai,
-                    (None, None) => None,
                 }
-            });
-            if let Some(i) = *slot {
-                last = Some((k, i));
-            }
-            let i = pick.expect("some slot has a crop");
+                (Some((_, i)), None) | (None, Some((_, i))) => i,
+                (None, None) => unreachable!("some slot has a crop"),
+            };
             data.extend_from_slice(&self.crops[i].pixels);
         }
         Some(SegmentClip {

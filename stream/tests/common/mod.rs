@@ -71,3 +71,24 @@ pub fn read_wav(path: &str) -> Vec<f32> {
         .map(|s| f32::from(i16::from_le_bytes([s[0], s[1]])) / 32768.0)
         .collect()
 }
+
+/// The lip encoder of the tiny Llama-AVSR golden (tests/golden/llama_avsr),
+/// built from its seed into `out` (its 11M weights are not committed).
+pub fn build_golden_lip_encoder(out: &Path) {
+    let golden = root().join("tests/golden/llama_avsr");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden.join("expected.json")).unwrap()).unwrap();
+    let lip = &expected["lip_encoder"];
+    let status = Command::new(root().join(".avlm/venv/bin/python"))
+        .current_dir(root())
+        .arg("tools/avsr/avhubert_onnx.py")
+        .arg("--random-seed")
+        .arg(lip["seed"].as_u64().unwrap().to_string())
+        .arg(out)
+        .arg("--config")
+        .arg(golden.join(lip["config"].as_str().unwrap()))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("python (tools/setup.sh makes .avlm/venv)");
+    assert!(status.success(), "building the lip encoder failed");
+}
